@@ -1,0 +1,28 @@
+# The two quick-start commands are `make demo` and `make test`; everything else is a helper.
+.PHONY: setup demo test lint bench fmt
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/blindfed demo
+
+test:
+	bash scripts/setup.sh "pytest>=8" "ruff>=0.6"
+	cargo test
+	.venv/bin/python -m pytest tests/python --doctest-modules python/blindfed
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --features python -- -D warnings
+	.venv/bin/ruff check python tests
+	.venv/bin/ruff format --check python tests
+
+fmt:
+	cargo fmt
+	.venv/bin/ruff format python tests
+
+bench:
+	bash scripts/setup.sh "tenseal>=0.3.14"
+	.venv/bin/blindfed bench ckks --json bench-results/ckks.json

@@ -1,0 +1,31 @@
+//! Criterion benches of the arithmetic kernels (NTT, basis conversion) at the ring degrees the
+//! benchmark sets use.
+
+use blindfed::math::modulus::Modulus;
+use blindfed::math::ntt::NttTable;
+use blindfed::math::primes::{ntt_primes, Side};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn bench(c: &mut Criterion) {
+    for log_n in [14u32, 15] {
+        let n = 1usize << log_n;
+        for bits in [40u32, 60] {
+            let q = ntt_primes(bits, 1, n, Side::Below, &[])[0];
+            let m = Modulus::new(q);
+            let table = NttTable::new(m, n).unwrap();
+            let mut a: Vec<u64> = (0..n as u64).map(|i| (i * 0x9e37_79b9) % q).collect();
+            let mut g = c.benchmark_group(format!("ntt/N=2^{log_n},{bits}-bit"));
+            g.sample_size(20);
+            g.bench_function("forward", |b| b.iter(|| table.forward(&mut a)));
+            g.bench_function("inverse", |b| b.iter(|| table.inverse(&mut a)));
+            let x: Vec<u64> = a.clone();
+            g.bench_function("pointwise_mul", |b| {
+                b.iter(|| a.iter_mut().zip(&x).for_each(|(p, &y)| *p = m.mul(*p, y)))
+            });
+            g.finish();
+        }
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

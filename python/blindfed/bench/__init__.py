@@ -1,0 +1,1 @@
+"""Benchmarks behind ``blindfed bench``: each compares against a baseline timed in the same run."""

@@ -1,0 +1,93 @@
+//! Key material: the owner's secret key and the public keys it may ship.
+
+use std::collections::BTreeMap;
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::math::poly::RnsPoly;
+
+use super::context::Context;
+
+/// The secret key s, kept by its owner. Never serialised by the library; zeroised on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SecretKey {
+    #[zeroize(skip)]
+    pub(crate) ctx: Context,
+    /// s over every key modulus (q's then p's), NTT form.
+    pub(crate) poly: RnsPoly,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+impl SecretKey {
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+}
+
+/// (b, a) = (-a s + e, a) modulo Q_L. `a` may be regenerated from `seed`.
+#[derive(Clone, Debug)]
+pub struct PublicKey {
+    pub(crate) ctx: Context,
+    pub(crate) b: RnsPoly,
+    pub(crate) a: RnsPoly,
+    pub(crate) seed: Option<[u8; 32]>,
+}
+
+/// Hybrid key-switching key from some s' to s: for each digit i,
+/// (b_i, a_i) = (-a_i s + e_i + P g_i s', a_i) over the key moduli, where g_i is 1 modulo the
+/// primes of digit i and 0 modulo every other prime (so P s' appears on digit i's rows only).
+#[derive(Clone, Debug)]
+pub struct KeySwitchKey {
+    pub(crate) ctx: Context,
+    pub(crate) b: Vec<RnsPoly>,
+    pub(crate) a: Vec<RnsPoly>,
+    pub(crate) seed: Option<[u8; 32]>,
+}
+
+/// Switches s^2 to s after a ciphertext multiplication.
+#[derive(Clone, Debug)]
+pub struct RelinKey(pub(crate) KeySwitchKey);
+
+/// Switch keys from s(X^g) to s(X), by Galois element g.
+#[derive(Clone, Debug)]
+pub struct GaloisKeys {
+    pub(crate) ctx: Context,
+    pub(crate) keys: BTreeMap<u64, KeySwitchKey>,
+}
+
+impl PublicKey {
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+}
+
+impl RelinKey {
+    pub fn context(&self) -> &Context {
+        &self.0.ctx
+    }
+}
+
+impl GaloisKeys {
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Galois elements with a key.
+    pub fn elements(&self) -> Vec<u64> {
+        self.keys.keys().copied().collect()
+    }
+
+    pub fn get(&self, galois: u64) -> Option<&KeySwitchKey> {
+        self.keys.get(&galois)
+    }
+
+    /// Adds the keys of `other` (same parameter set) to this set.
+    pub fn extend(&mut self, other: GaloisKeys) {
+        self.keys.extend(other.keys);
+    }
+}

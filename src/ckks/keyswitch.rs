@@ -1,0 +1,136 @@
+//! Hybrid key switching (Han-Ki): decompose into digits, raise each to the extended basis
+//! Q_l P (ModUp), take the inner product with the key, divide by P (ModDown).
+//!
+//! The decomposition does not depend on the key, so rotations of one ciphertext share it
+//! (hoisting, Halevi-Shoup): the automorphism is applied to the raised digits in NTT form,
+//! where it is an index permutation, and folded into the inner product.
+
+use rayon::prelude::*;
+
+use crate::math::poly::RnsPoly;
+
+use super::context::Context;
+use super::keys::KeySwitchKey;
+
+/// The digits of one polynomial raised to the extended basis (NTT form), at some level.
+pub(crate) struct Decomposition {
+    level: usize,
+    /// One polynomial per digit, rows q_0..q_level then p_0..p_{alpha-1}.
+    digits: Vec<RnsPoly>,
+}
+
+/// Key-modulus index of each extended row at `level`.
+fn key_rows(ctx: &Context, level: usize) -> Vec<usize> {
+    ctx.extended_indices(level)
+}
+
+/// Raises the digits of `d` (NTT form, level + 1 rows) to the extended basis.
+pub(crate) fn decompose(ctx: &Context, d: &RnsPoly, level: usize) -> Decomposition {
+    let n = ctx.degree();
+    let mut coeff = d.clone();
+    coeff.intt(&ctx.q_ntt(level));
+    let rows = key_rows(ctx, level);
+    let active: Vec<(usize, usize)> =
+        ctx.digits.iter().filter(|g| g.start <= level).map(|g| (g.start, g.end.min(level + 1))).collect();
+    let mut digits: Vec<RnsPoly> = active.iter().map(|_| RnsPoly::zero(n, rows.len())).collect();
+    let prepared: Vec<Vec<u64>> = active
+        .iter()
+        .map(|&(s, e)| ctx.mod_up_converter(s, e).prepare(&coeff.as_flat()[s * n..e * n], n))
+        .collect();
+    // One task per (digit, row): copy the digit's own rows, convert and transform the others.
+    let mut tasks: Vec<(usize, usize, &mut [u64])> = Vec::new();
+    for (g, poly) in digits.iter_mut().enumerate() {
+        for (r, row) in poly.rows_mut().enumerate() {
+            tasks.push((g, r, row));
+        }
+    }
+    tasks.into_par_iter().for_each(|(g, r, row)| {
+        let (start, end) = active[g];
+        let key_row = rows[r];
+        if (start..end).contains(&key_row) {
+            row.copy_from_slice(d.limb(r));
+        } else {
+            ctx.mod_up_converter(start, end).convert_row(&prepared[g], n, key_row, row);
+            ctx.ntt[key_row].forward(row);
+        }
+    });
+    Decomposition { level, digits }
+}
+
+/// Inner product of the (optionally permuted) digits with a key, then ModDown:
+/// returns (c_0, c_1) at `dec.level` such that c_0 + c_1 s ~ d' s_from, where d' is the
+/// decomposed polynomial with X -> X^g applied when `perm` is given.
+pub(crate) fn key_switch(
+    ctx: &Context,
+    dec: &Decomposition,
+    key: &KeySwitchKey,
+    perm: Option<&[usize]>,
+) -> (RnsPoly, RnsPoly) {
+    let n = ctx.degree();
+    let level = dec.level;
+    let rows = key_rows(ctx, level);
+    let mut acc0 = RnsPoly::zero(n, rows.len());
+    let mut acc1 = RnsPoly::zero(n, rows.len());
+    const CHUNK: usize = 256;
+    acc0.rows_mut().zip(acc1.rows_mut()).enumerate().par_bridge().for_each(|(r, (out0, out1))| {
+        let k = rows[r];
+        let m = ctx.key_moduli[k];
+        for start in (0..n).step_by(CHUNK) {
+            let end = (start + CHUNK).min(n);
+            let mut s0 = [0u128; CHUNK];
+            let mut s1 = [0u128; CHUNK];
+            for (g, digit) in dec.digits.iter().enumerate() {
+                let src = digit.limb(r);
+                let (kb, ka) = (&key.b[g].limb(k)[start..end], &key.a[g].limb(k)[start..end]);
+                match perm {
+                    Some(p) => {
+                        for (j, ((x0, x1), (&b, &a))) in
+                            s0.iter_mut().zip(s1.iter_mut()).zip(kb.iter().zip(ka)).enumerate()
+                        {
+                            let v = src[p[start + j]] as u128;
+                            *x0 += v * b as u128;
+                            *x1 += v * a as u128;
+                        }
+                    }
+                    None => {
+                        for (((x0, x1), (&b, &a)), &v) in
+                            s0.iter_mut().zip(s1.iter_mut()).zip(kb.iter().zip(ka)).zip(&src[start..end])
+                        {
+                            *x0 += v as u128 * b as u128;
+                            *x1 += v as u128 * a as u128;
+                        }
+                    }
+                }
+            }
+            for j in start..end {
+                out0[j] = m.reduce_u128(s0[j - start]);
+                out1[j] = m.reduce_u128(s1[j - start]);
+            }
+        }
+    });
+    (mod_down(ctx, &acc0, level), mod_down(ctx, &acc1, level))
+}
+
+/// Divides a polynomial over Q_l P by P (up to a small additive error from the approximate
+/// basis conversion), returning it over Q_l in NTT form.
+fn mod_down(ctx: &Context, ext: &RnsPoly, level: usize) -> RnsPoly {
+    let n = ctx.degree();
+    let alpha = ctx.params.alpha();
+    let special = ctx.special_start();
+    let mut p_part = ext.slice_limbs(level + 1, level + 1 + alpha);
+    p_part.for_each_row(|i, row| ctx.ntt[special + i].inverse(row));
+    let prepared = ctx.mod_down.prepare(p_part.as_flat(), n);
+    let mut out = ext.slice_limbs(0, level + 1);
+    out.for_each_row(|j, row| {
+        let m = ctx.key_moduli[j];
+        let mut tmp = vec![0u64; n];
+        ctx.mod_down.convert_row(&prepared, n, j, &mut tmp);
+        ctx.ntt[j].forward(&mut tmp);
+        let w = ctx.p_inv_mod_q[j];
+        let ws = m.shoup(w);
+        for (x, &t) in row.iter_mut().zip(&tmp) {
+            *x = m.mul_shoup(m.sub(*x, t), w, ws);
+        }
+    });
+    out
+}

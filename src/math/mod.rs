@@ -1,0 +1,11 @@
+//! Arithmetic below any scheme: moduli, primes, NTT, RNS polynomials, basis conversion,
+//! automorphisms and samplers.
+
+pub mod automorphism;
+pub mod crt;
+pub mod modulus;
+pub mod ntt;
+pub mod poly;
+pub mod primes;
+pub mod rns;
+pub mod sampling;

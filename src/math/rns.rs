@@ -1,0 +1,126 @@
+//! Fast RNS basis conversion (Bajard et al.; the approximate "FastBConv" of HPS/BEHZ).
+//!
+//! Converts residues of x modulo B = b_0 ... b_{k-1} to residues modulo other primes c_t:
+//! x mod c_t ~ sum_i [x_i (B/b_i)^-1]_{b_i} (B/b_i) mod c_t. The result may be off by a small
+//! multiple of B (at most k - 1 times B), which key switching tolerates by design.
+
+use rayon::prelude::*;
+
+use super::modulus::Modulus;
+
+#[derive(Clone, Debug)]
+pub struct BaseConverter {
+    from: Vec<Modulus>,
+    to: Vec<Modulus>,
+    /// (B/b_i)^-1 mod b_i and its Shoup constant.
+    inv_punctured: Vec<(u64, u64)>,
+    /// punctured[t][i] = (B/b_i) mod c_t.
+    punctured: Vec<Vec<u64>>,
+}
+
+impl BaseConverter {
+    pub fn new(from: &[Modulus], to: &[Modulus]) -> Self {
+        let inv_punctured = from
+            .iter()
+            .enumerate()
+            .map(|(i, bi)| {
+                let prod = from
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .fold(1u64, |acc, (_, bj)| bi.mul(acc, bi.reduce(bj.value())));
+                let inv = bi.inv(prod).expect("RNS basis primes must be distinct");
+                (inv, bi.shoup(inv))
+            })
+            .collect();
+        let punctured = to
+            .iter()
+            .map(|ct| {
+                (0..from.len())
+                    .map(|i| {
+                        from.iter()
+                            .enumerate()
+                            .filter(|&(j, _)| j != i)
+                            .fold(1u64, |acc, (_, bj)| ct.mul(acc, ct.reduce(bj.value())))
+                    })
+                    .collect()
+            })
+            .collect();
+        BaseConverter { from: from.to_vec(), to: to.to_vec(), inv_punctured, punctured }
+    }
+
+    pub fn source(&self) -> &[Modulus] {
+        &self.from
+    }
+
+    pub fn target(&self) -> &[Modulus] {
+        &self.to
+    }
+
+    /// Multiplies each source row by (B/b_i)^-1 mod b_i; the result feeds [`Self::convert_row`].
+    pub fn prepare(&self, input: &[u64], n: usize) -> Vec<u64> {
+        debug_assert_eq!(input.len(), self.from.len() * n);
+        if self.from.len() == 1 {
+            // B/b_0 = 1: nothing to scale.
+            return input.to_vec();
+        }
+        let mut scaled = vec![0u64; input.len()];
+        scaled.chunks_mut(n).zip(input.chunks(n)).zip(&self.from).zip(&self.inv_punctured).for_each(
+            |(((y, x), bi), &(w, ws))| {
+                y.iter_mut().zip(x).for_each(|(y, &x)| *y = bi.mul_shoup(x, w, ws));
+            },
+        );
+        scaled
+    }
+
+    /// Writes x mod c_target for each of the n coefficients, from `prepared` source rows.
+    pub fn convert_row(&self, prepared: &[u64], n: usize, target: usize, out: &mut [u64]) {
+        let ct = self.to[target];
+        let p = &self.punctured[target];
+        if p.len() == 1 {
+            out.iter_mut().zip(prepared).for_each(|(o, &x)| *o = ct.reduce(x));
+            return;
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            let mut acc: u128 = 0;
+            for (i, &pi) in p.iter().enumerate() {
+                acc += prepared[i * n + j] as u128 * pi as u128;
+            }
+            *o = ct.reduce_u128(acc);
+        }
+    }
+
+    /// Converts k source rows (coefficient form) to every target prime, one row each.
+    pub fn convert(&self, input: &[u64], n: usize) -> Vec<u64> {
+        let prepared = self.prepare(input, n);
+        let mut output = vec![0u64; self.to.len() * n];
+        output.par_chunks_mut(n).enumerate().for_each(|(t, out)| self.convert_row(&prepared, n, t, out));
+        output
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::primes::{ntt_primes, Side};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn conversion_is_exact_up_to_small_multiple_of_source_product(
+            x in any::<u64>(), y in any::<u64>(), k in 1usize..4
+        ) {
+            let primes = ntt_primes(30, k + 1, 8, Side::Below, &[]);
+            let from: Vec<Modulus> = primes[..k].iter().map(|&q| Modulus::new(q)).collect();
+            let to = vec![Modulus::new(primes[k])];
+            let big_b: u128 = from.iter().map(|m| m.value() as u128).product();
+            let value = (((x as u128) << 64) | y as u128) % big_b;
+            let input: Vec<u64> = from.iter().map(|m| (value % m.value() as u128) as u64).collect();
+            let out = BaseConverter::new(&from, &to).convert(&input, 1);
+            let c = to[0].value() as u128;
+            let ok = (0..k as u128).any(|u| (value + u * big_b) % c == out[0] as u128);
+            prop_assert!(ok);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! PyO3 bindings: conversion only. Every heavy call releases the GIL; every engine error
+//! becomes a `ValueError` subclass with the engine's message.
+
+mod ckks;
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::error::Error;
+
+create_exception!(_core, CkksError, PyValueError, "An operation the CKKS engine refused.");
+create_exception!(_core, InsecureParametersError, CkksError, "Parameters below 128-bit security.");
+create_exception!(_core, MalformedDataError, CkksError, "Bytes that do not decode to a valid object.");
+create_exception!(_core, MissingKeyError, CkksError, "An operation needs a key that was not provided.");
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        let msg = e.to_string();
+        match e {
+            Error::Insecure(_) => InsecureParametersError::new_err(msg),
+            Error::Malformed(_) => MalformedDataError::new_err(msg),
+            Error::MissingKey(_) => MissingKeyError::new_err(msg),
+            _ => CkksError::new_err(msg),
+        }
+    }
+}
+
+/// Uses `threads` worker threads for heavy operations (0: one per core).
+#[pyfunction]
+fn set_num_threads(threads: usize) -> PyResult<()> {
+    Ok(crate::parallel::set_num_threads(threads)?)
+}
+
+/// The number of worker threads heavy operations use.
+#[pyfunction]
+fn num_threads() -> usize {
+    crate::parallel::num_threads()
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("CkksError", py.get_type::<CkksError>())?;
+    m.add("InsecureParametersError", py.get_type::<InsecureParametersError>())?;
+    m.add("MalformedDataError", py.get_type::<MalformedDataError>())?;
+    m.add("MissingKeyError", py.get_type::<MissingKeyError>())?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    ckks::register(m)
+}

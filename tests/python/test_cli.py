@@ -1,0 +1,26 @@
+"""The command line: the demo runs and checks its own result; bad options are errors."""
+
+import json
+
+import pytest
+
+from blindfed.cli import main
+
+
+def test_demo_runs_and_reports(tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--log-n", "13", "--levels", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["max_abs_error"] < 1e-3
+    assert report["ciphertext_bytes"] < report["reply_bytes"] * 2
+    assert "decrypted" in capsys.readouterr().out
+
+
+def test_demo_refuses_insecure_parameters(capsys):
+    assert main(["demo", "--log-n", "13", "--levels", "6"]) == 2
+    assert "insecure" in capsys.readouterr().err
+
+
+def test_bad_bench_sets_are_rejected():
+    with pytest.raises(SystemExit):
+        main(["bench", "ckks", "--sets", "14"])
