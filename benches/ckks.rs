@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function("encrypt_symmetric", |b| b.iter(|| sk.encrypt_symmetric(&pt).unwrap()));
         g.bench_function("decrypt", |b| b.iter(|| sk.decrypt(&ct).unwrap()));
         g.bench_function("multiply_relin_rescale", |b| {
-            b.iter(|| ev::rescale(&ev::relinearize(&ev::multiply(&ct, &ct).unwrap(), &rlk).unwrap()).unwrap())
+            b.iter(|| ev::multiply_relin_rescale(&ct, &ct, &rlk).unwrap())
         });
         g.bench_function("multiply_plain", |b| b.iter(|| ev::mul_plain(&ct, &pt).unwrap()));
         g.bench_function("rotate", |b| b.iter(|| ev::rotate(&ct, 1, &gk).unwrap()));

@@ -16,8 +16,12 @@ fn bench(c: &mut Criterion) {
             let mut a: Vec<u64> = (0..n as u64).map(|i| (i * 0x9e37_79b9) % q).collect();
             let mut g = c.benchmark_group(format!("ntt/N=2^{log_n},{bits}-bit"));
             g.sample_size(20);
+            // `forward`/`inverse` dispatch to the AVX-512 kernels where the CPU has them; the
+            // `_scalar` variants are the portable path, for comparison.
             g.bench_function("forward", |b| b.iter(|| table.forward(&mut a)));
+            g.bench_function("forward_scalar", |b| b.iter(|| table.forward_scalar(&mut a)));
             g.bench_function("inverse", |b| b.iter(|| table.inverse(&mut a)));
+            g.bench_function("inverse_scalar", |b| b.iter(|| table.inverse_scalar(&mut a)));
             let x: Vec<u64> = a.clone();
             g.bench_function("pointwise_mul", |b| {
                 b.iter(|| a.iter_mut().zip(&x).for_each(|(p, &y)| *p = m.mul(*p, y)))

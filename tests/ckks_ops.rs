@@ -110,6 +110,10 @@ proptest! {
         prop_assert_eq!(r.level(), f.ctx.max_level() - 1);
         prop_assert!((r.scale() / f.ctx.scale_at(r.level()) - 1.0).abs() < 1e-12, "canonical scale");
         prop_assert!(max_err(&decrypt(f, &r), &prod) < PRECISION);
+        let fused = ev::multiply_relin_rescale(&a, &b, &f.rlk).unwrap();
+        prop_assert_eq!(fused.level(), r.level());
+        prop_assert!((fused.scale() / r.scale() - 1.0).abs() < 1e-15);
+        prop_assert!(max_err(&decrypt(f, &fused), &prod) < PRECISION, "fused");
         // ct x pt and ct x scalar land on the same canonical scale.
         let pt = Plaintext::encode(&f.ctx, &y, None, None).unwrap();
         let rp = ev::rescale(&ev::mul_plain(&a, &pt).unwrap()).unwrap();

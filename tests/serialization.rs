@@ -2,12 +2,12 @@
 
 use blindfed::ckks::serial::{parameters_from_bytes, parameters_to_bytes};
 use blindfed::ckks::{
-    evaluator as ev, Ciphertext, Complex, Context, GaloisKeys, ParameterSpec, Plaintext, PublicKey, RelinKey,
-    SecretKey,
+    evaluator as ev, Ciphertext, Complex, Context, EvaluationKeys, GaloisKeys, ParameterSpec, Plaintext,
+    PublicKey, RelinKey, SecretKey,
 };
 use blindfed::Error;
 use proptest::prelude::*;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 fn setup() -> &'static (Context, SecretKey) {
     static S: OnceLock<(Context, SecretKey)> = OnceLock::new();
@@ -55,6 +55,9 @@ fn every_object_round_trips() {
     assert!(close(&sk.decrypt(&Ciphertext::from_bytes(ctx, &bytes).unwrap()).unwrap().decode(), &v));
 
     let rlk = RelinKey::from_bytes(ctx, &sk.relin_key().to_bytes()).unwrap();
+    let bundle = EvaluationKeys::new(ctx, None, Some(Arc::new(rlk.clone())), None).unwrap();
+    let bundle = EvaluationKeys::from_bytes(ctx, &bundle.to_bytes()).unwrap();
+    assert!(bundle.public.is_none() && bundle.relin.is_some() && bundle.galois.is_none());
     let gk = GaloisKeys::from_bytes(ctx, &sk.galois_keys(&[1, -2], true).unwrap().to_bytes()).unwrap();
     let sq = ev::rescale(&ev::relinearize(&ev::multiply(&back, &back).unwrap(), &rlk).unwrap()).unwrap();
     let expected: Vec<_> = v.iter().map(|z| *z * *z).collect();
@@ -105,6 +108,17 @@ fn all_encodings() -> Vec<(&'static str, Vec<u8>)> {
         ("pk", sk.public_key().to_bytes()),
         ("rlk", sk.relin_key().to_bytes()),
         ("gk", sk.galois_keys(&[1], false).unwrap().to_bytes()),
+        (
+            "bundle",
+            EvaluationKeys::new(
+                ctx,
+                Some(Arc::new(sk.public_key())),
+                None,
+                Some(Arc::new(sk.galois_keys(&[2], false).unwrap())),
+            )
+            .unwrap()
+            .to_bytes(),
+        ),
     ]
 }
 
@@ -116,6 +130,7 @@ fn decode_any(name: &str, bytes: &[u8]) -> Result<(), Error> {
         "pt" => Plaintext::from_bytes(ctx, bytes).map(|_| ()),
         "pk" => PublicKey::from_bytes(ctx, bytes).map(|_| ()),
         "rlk" => RelinKey::from_bytes(ctx, bytes).map(|_| ()),
+        "bundle" => EvaluationKeys::from_bytes(ctx, bytes).map(|_| ()),
         _ => GaloisKeys::from_bytes(ctx, bytes).map(|_| ()),
     }
 }
@@ -136,7 +151,7 @@ fn every_truncation_and_extension_is_an_error() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn corrupted_bytes_never_panic(which in 0usize..7, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+    fn corrupted_bytes_never_panic(which in 0usize..8, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
         let encodings = all_encodings();
         let (name, mut bytes) = encodings[which].clone();
         let i = pos.index(bytes.len());
@@ -145,7 +160,7 @@ proptest! {
     }
 
     #[test]
-    fn random_bytes_are_rejected(bytes in prop::collection::vec(any::<u8>(), 0..512), which in 0usize..7) {
+    fn random_bytes_are_rejected(bytes in prop::collection::vec(any::<u8>(), 0..512), which in 0usize..8) {
         let name = all_encodings()[which].0;
         prop_assert!(decode_any(name, &bytes).is_err());
     }

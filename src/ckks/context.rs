@@ -16,6 +16,14 @@ use crate::math::rns::BaseConverter;
 use super::encoder::Encoder;
 use super::params::{ParameterSpec, Parameters};
 
+/// A basis conversion from dropped primes to kept ones, with the inverse of the dropped
+/// product modulo each kept prime.
+#[derive(Debug)]
+pub struct DropConverter {
+    pub converter: BaseConverter,
+    pub inverse: Vec<u64>,
+}
+
 /// Shared handle to a parameter set and its precomputations. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Context(Arc<ContextData>);
@@ -35,6 +43,9 @@ pub struct ContextData {
     /// P^-1 mod q_j and P mod q_j.
     pub p_inv_mod_q: Vec<u64>,
     pub p_mod_q: Vec<u64>,
+    /// Per level l >= 1: conversion from {p_0.., q_l} to q_0..q_{l-1} and (P q_l)^-1 mod q_j,
+    /// for key switching fused with a rescale.
+    pub rescale_down: Vec<Option<DropConverter>>,
     /// rescale_inv[l][j] = q_l^-1 mod q_j for j < l.
     pub rescale_inv: Vec<Vec<u64>>,
     /// Canonical scale of each level: scale[L] = 2^scale_bits, scale[l-1] = scale[l]^2 / q_l,
@@ -94,6 +105,22 @@ impl Context {
         let rescale_inv = (0..num_q)
             .map(|l| (0..l).map(|j| q_moduli[j].inv(q_moduli[j].reduce(params.q[l])).unwrap()).collect())
             .collect();
+        let rescale_down = (0..num_q)
+            .map(|l| {
+                (l >= 1).then(|| {
+                    let mut dropped = p_moduli.to_vec();
+                    dropped.push(q_moduli[l]);
+                    let converter = BaseConverter::new(&dropped, &q_moduli[..l]);
+                    let inverse = (0..l)
+                        .map(|j| {
+                            let qj = q_moduli[j];
+                            qj.inv(qj.mul(p_mod_q[j], qj.reduce(params.q[l]))).unwrap()
+                        })
+                        .collect();
+                    DropConverter { converter, inverse }
+                })
+            })
+            .collect();
         let mut scales = vec![0f64; num_q];
         scales[num_q - 1] = 2f64.powi(params.scale_bits as i32);
         for l in (1..num_q).rev() {
@@ -110,6 +137,7 @@ impl Context {
             mod_down,
             p_inv_mod_q,
             p_mod_q,
+            rescale_down,
             rescale_inv,
             scales,
             fingerprint,

@@ -14,7 +14,7 @@ use crate::parallel;
 use super::ciphertext::Ciphertext;
 use super::context::Context;
 use super::keys::{GaloisKeys, RelinKey};
-use super::keyswitch::{decompose, key_switch};
+use super::keyswitch::{decompose, key_switch, key_switch_rescale};
 use super::plaintext::Plaintext;
 
 /// Relative difference below which two scales count as equal. A mismatch of r changes the
@@ -177,13 +177,10 @@ pub fn mul_integer(ct: &Ciphertext, k: i64) -> Ciphertext {
 }
 
 fn mul_integer_unchecked(ct: &Ciphertext, k: i128, scale: f64) -> Ciphertext {
+    let moduli = ct.ctx.q_moduli(ct.level);
+    let residues: Vec<u64> = moduli.iter().map(|m| m.reduce_i128(k)).collect();
     let mut polys = ct.polys.clone();
-    parallel::install(|| {
-        for p in &mut polys {
-            let c: Vec<u64> = ct.ctx.q_moduli(ct.level).iter().map(|m| m.reduce_i128(k)).collect();
-            p.mul_scalar_per_row(&c, ct.ctx.q_moduli(ct.level));
-        }
-    });
+    parallel::install(|| polys.iter_mut().for_each(|p| p.mul_scalar_per_row(&residues, moduli)));
     derived(ct, polys, ct.level, scale)
 }
 
@@ -239,6 +236,27 @@ pub fn multiply(a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
     });
     let mut out = derived(a, polys, a.level, a.scale * b.scale);
     out.slots = a.slots.max(b.slots);
+    Ok(out)
+}
+
+/// multiply + relinearize + rescale in one pass: the key switch and the rescale share one
+/// basis conversion (fewer NTTs). Same result as the three steps, up to rounding.
+pub fn multiply_relin_rescale(a: &Ciphertext, b: &Ciphertext, key: &RelinKey) -> Result<Ciphertext> {
+    if a.ctx != key.0.ctx {
+        return Err(Error::ParameterMismatch);
+    }
+    if a.level == 0 {
+        return Err(Error::OutOfLevels("cannot rescale a product at level 0".into()));
+    }
+    let product = multiply(a, b)?;
+    let ctx = &a.ctx;
+    let polys = parallel::install(|| {
+        let dec = decompose(ctx, &product.polys[2], product.level);
+        let (c0, c1) = key_switch_rescale(ctx, &dec, &key.0, [&product.polys[0], &product.polys[1]]);
+        vec![c0, c1]
+    });
+    let mut out = derived(&product, polys, a.level - 1, product.scale / ctx.params.q[a.level] as f64);
+    out.slots = product.slots;
     Ok(out)
 }
 

@@ -1,9 +1,11 @@
 //! Key material: the owner's secret key and the public keys it may ship.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::error::{Error, Result};
 use crate::math::poly::RnsPoly;
 
 use super::context::Context;
@@ -89,5 +91,37 @@ impl GaloisKeys {
     /// Adds the keys of `other` (same parameter set) to this set.
     pub fn extend(&mut self, other: GaloisKeys) {
         self.keys.extend(other.keys);
+    }
+}
+
+/// What an owner ships to an evaluator: any of the public, relinearisation and Galois keys,
+/// all of one parameter set.
+#[derive(Clone, Debug)]
+pub struct EvaluationKeys {
+    pub(crate) ctx: Context,
+    pub public: Option<Arc<PublicKey>>,
+    pub relin: Option<Arc<RelinKey>>,
+    pub galois: Option<Arc<GaloisKeys>>,
+}
+
+impl EvaluationKeys {
+    /// Bundles keys; refuses keys of different parameter sets.
+    pub fn new(
+        ctx: &Context,
+        public: Option<Arc<PublicKey>>,
+        relin: Option<Arc<RelinKey>>,
+        galois: Option<Arc<GaloisKeys>>,
+    ) -> Result<Self> {
+        let same = public.as_ref().is_none_or(|k| k.context() == ctx)
+            && relin.as_ref().is_none_or(|k| k.context() == ctx)
+            && galois.as_ref().is_none_or(|k| k.context() == ctx);
+        if !same {
+            return Err(Error::ParameterMismatch);
+        }
+        Ok(EvaluationKeys { ctx: ctx.clone(), public, relin, galois })
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
     }
 }

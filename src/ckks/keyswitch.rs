@@ -66,67 +66,120 @@ pub(crate) fn key_switch(
     key: &KeySwitchKey,
     perm: Option<&[usize]>,
 ) -> (RnsPoly, RnsPoly) {
+    let (acc0, acc1) = inner_product(ctx, dec, key, perm);
+    (divide_and_drop(ctx, &acc0, dec.level, false), divide_and_drop(ctx, &acc1, dec.level, false))
+}
+
+/// Key switching fused with a rescale: returns round((P add_i + <dec, key>_i) / (P q_l)) at
+/// level l - 1, i.e. add_i plus the switched term, divided by q_l. One basis conversion from
+/// {P, q_l} replaces ModDown followed by a separate rescale, saving l + 1 NTTs per polynomial.
+pub(crate) fn key_switch_rescale(
+    ctx: &Context,
+    dec: &Decomposition,
+    key: &KeySwitchKey,
+    add: [&RnsPoly; 2],
+) -> (RnsPoly, RnsPoly) {
+    let level = dec.level;
+    let (mut acc0, mut acc1) = inner_product(ctx, dec, key, None);
+    for (acc, addend) in [(&mut acc0, add[0]), (&mut acc1, add[1])] {
+        // Lift the addend to Q_l P: multiplying by P zeroes its special rows.
+        acc.for_each_row(|j, row| {
+            if j <= level {
+                let m = ctx.key_moduli[j];
+                let (w, ws) = (ctx.p_mod_q[j], m.shoup(ctx.p_mod_q[j]));
+                for (x, &y) in row.iter_mut().zip(addend.limb(j)) {
+                    *x = m.add(*x, m.mul_shoup(y, w, ws));
+                }
+            }
+        });
+    }
+    (divide_and_drop(ctx, &acc0, level, true), divide_and_drop(ctx, &acc1, level, true))
+}
+
+/// Sum over digits of digit x key, over the extended basis Q_l P (NTT form, lazy 128-bit
+/// accumulation with one reduction per coefficient).
+fn inner_product(
+    ctx: &Context,
+    dec: &Decomposition,
+    key: &KeySwitchKey,
+    perm: Option<&[usize]>,
+) -> (RnsPoly, RnsPoly) {
     let n = ctx.degree();
     let level = dec.level;
     let rows = key_rows(ctx, level);
     let mut acc0 = RnsPoly::zero(n, rows.len());
     let mut acc1 = RnsPoly::zero(n, rows.len());
     const CHUNK: usize = 256;
-    acc0.rows_mut().zip(acc1.rows_mut()).enumerate().par_bridge().for_each(|(r, (out0, out1))| {
-        let k = rows[r];
-        let m = ctx.key_moduli[k];
-        for start in (0..n).step_by(CHUNK) {
-            let end = (start + CHUNK).min(n);
-            let mut s0 = [0u128; CHUNK];
-            let mut s1 = [0u128; CHUNK];
-            for (g, digit) in dec.digits.iter().enumerate() {
-                let src = digit.limb(r);
-                let (kb, ka) = (&key.b[g].limb(k)[start..end], &key.a[g].limb(k)[start..end]);
-                match perm {
-                    Some(p) => {
-                        for (j, ((x0, x1), (&b, &a))) in
-                            s0.iter_mut().zip(s1.iter_mut()).zip(kb.iter().zip(ka)).enumerate()
-                        {
-                            let v = src[p[start + j]] as u128;
-                            *x0 += v * b as u128;
-                            *x1 += v * a as u128;
+    acc0.as_flat_mut().par_chunks_mut(n).zip(acc1.as_flat_mut().par_chunks_mut(n)).enumerate().for_each(
+        |(r, (out0, out1))| {
+            let k = rows[r];
+            let m = ctx.key_moduli[k];
+            for start in (0..n).step_by(CHUNK) {
+                let end = (start + CHUNK).min(n);
+                let mut s0 = [0u128; CHUNK];
+                let mut s1 = [0u128; CHUNK];
+                for (g, digit) in dec.digits.iter().enumerate() {
+                    let src = digit.limb(r);
+                    let (kb, ka) = (&key.b[g].limb(k)[start..end], &key.a[g].limb(k)[start..end]);
+                    match perm {
+                        Some(p) => {
+                            for (j, ((x0, x1), (&b, &a))) in
+                                s0.iter_mut().zip(s1.iter_mut()).zip(kb.iter().zip(ka)).enumerate()
+                            {
+                                let v = src[p[start + j]] as u128;
+                                *x0 += v * b as u128;
+                                *x1 += v * a as u128;
+                            }
                         }
-                    }
-                    None => {
-                        for (((x0, x1), (&b, &a)), &v) in
-                            s0.iter_mut().zip(s1.iter_mut()).zip(kb.iter().zip(ka)).zip(&src[start..end])
-                        {
-                            *x0 += v as u128 * b as u128;
-                            *x1 += v as u128 * a as u128;
+                        None => {
+                            for (((x0, x1), (&b, &a)), &v) in
+                                s0.iter_mut().zip(s1.iter_mut()).zip(kb.iter().zip(ka)).zip(&src[start..end])
+                            {
+                                *x0 += v as u128 * b as u128;
+                                *x1 += v as u128 * a as u128;
+                            }
                         }
                     }
                 }
+                for j in start..end {
+                    out0[j] = m.reduce_u128(s0[j - start]);
+                    out1[j] = m.reduce_u128(s1[j - start]);
+                }
             }
-            for j in start..end {
-                out0[j] = m.reduce_u128(s0[j - start]);
-                out1[j] = m.reduce_u128(s1[j - start]);
-            }
-        }
-    });
-    (mod_down(ctx, &acc0, level), mod_down(ctx, &acc1, level))
+        },
+    );
+    (acc0, acc1)
 }
 
-/// Divides a polynomial over Q_l P by P (up to a small additive error from the approximate
-/// basis conversion), returning it over Q_l in NTT form.
-fn mod_down(ctx: &Context, ext: &RnsPoly, level: usize) -> RnsPoly {
+/// Divides a polynomial over Q_l P by P (and by q_l too when `drop_q_last`), up to a small
+/// additive error from the approximate basis conversion. Returns the kept rows in NTT form:
+/// q_0..q_l, or q_0..q_{l-1}.
+fn divide_and_drop(ctx: &Context, ext: &RnsPoly, level: usize, drop_q_last: bool) -> RnsPoly {
     let n = ctx.degree();
     let alpha = ctx.params.alpha();
     let special = ctx.special_start();
-    let mut p_part = ext.slice_limbs(level + 1, level + 1 + alpha);
-    p_part.for_each_row(|i, row| ctx.ntt[special + i].inverse(row));
-    let prepared = ctx.mod_down.prepare(p_part.as_flat(), n);
-    let mut out = ext.slice_limbs(0, level + 1);
+    // Dropped rows in the converter's source order: p_0..p_{alpha-1}, then q_l if dropped.
+    let mut dropped = ext.slice_limbs(level + 1, level + 1 + alpha);
+    let mut tables: Vec<_> = ctx.ntt[special..special + alpha].iter().collect();
+    if drop_q_last {
+        dropped.push_limb(ext.limb(level));
+        tables.push(&ctx.ntt[level]);
+    }
+    dropped.intt(&tables);
+    let (converter, inverse) = if drop_q_last {
+        let d = ctx.rescale_down[level].as_ref().expect("rescaling needs level >= 1");
+        (&d.converter, &d.inverse)
+    } else {
+        (&ctx.mod_down, &ctx.p_inv_mod_q)
+    };
+    let prepared = converter.prepare(dropped.as_flat(), n);
+    let mut out = ext.slice_limbs(0, if drop_q_last { level } else { level + 1 });
     out.for_each_row(|j, row| {
         let m = ctx.key_moduli[j];
         let mut tmp = vec![0u64; n];
-        ctx.mod_down.convert_row(&prepared, n, j, &mut tmp);
+        converter.convert_row(&prepared, n, j, &mut tmp);
         ctx.ntt[j].forward(&mut tmp);
-        let w = ctx.p_inv_mod_q[j];
+        let w = inverse[j];
         let ws = m.shoup(w);
         for (x, &t) in row.iter_mut().zip(&tmp) {
             *x = m.mul_shoup(m.sub(*x, t), w, ws);

@@ -17,6 +17,6 @@ pub mod serial;
 pub use ciphertext::Ciphertext;
 pub use complex::Complex;
 pub use context::Context;
-pub use keys::{GaloisKeys, KeySwitchKey, PublicKey, RelinKey, SecretKey};
+pub use keys::{EvaluationKeys, GaloisKeys, KeySwitchKey, PublicKey, RelinKey, SecretKey};
 pub use params::{ParameterSpec, Parameters, SecretDistribution};
 pub use plaintext::Plaintext;

@@ -130,10 +130,10 @@ impl Parameters {
 
     /// Checks everything a decoded or hand-built set must satisfy, including the security bound.
     pub fn validate(&self) -> Result<()> {
-        let n = self.degree() as u64;
         if !(3..=17).contains(&self.log_n) {
             return Err(Error::InvalidParameters(format!("log_n {} out of range", self.log_n)));
         }
+        let n = self.degree() as u64;
         if self.q.is_empty() || self.p.is_empty() {
             return Err(Error::InvalidParameters(
                 "need at least one ciphertext and one special prime".into(),

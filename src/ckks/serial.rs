@@ -13,6 +13,7 @@
 //! | 4 public key | b (rows q_0..q_L), then a or its seed |
 //! | 5 relinearisation key | switch key |
 //! | 6 Galois keys | count u32, then per key in increasing element order: element u64, switch key |
+//! | 7 evaluation keys | for public, relinearisation, Galois keys in turn: length u64 (0: absent), then that object |
 //!
 //! A switch key is: digits u8, b_0 .. b_{digits-1} (rows q_0..q_L, p_0..), then a_0 .. or one seed.
 //! A poly is its rows in NTT form, each row's N residues bit-packed at the bit width of its
@@ -21,6 +22,7 @@
 //! and reject trailing bytes. Secret keys have no encoding.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::math::modulus::Modulus;
@@ -30,7 +32,7 @@ use super::ciphertext::Ciphertext;
 use super::context::Context;
 use super::encryptor::expand_symmetric_a;
 use super::keygen::{expand_public_key_a, expand_switch_key_a};
-use super::keys::{GaloisKeys, KeySwitchKey, PublicKey, RelinKey};
+use super::keys::{EvaluationKeys, GaloisKeys, KeySwitchKey, PublicKey, RelinKey};
 use super::params::{Parameters, SecretDistribution};
 use super::plaintext::Plaintext;
 
@@ -47,6 +49,7 @@ pub enum Kind {
     PublicKey = 4,
     RelinKey = 5,
     GaloisKeys = 6,
+    EvaluationKeys = 7,
 }
 
 impl Kind {
@@ -58,6 +61,7 @@ impl Kind {
             Kind::PublicKey => "public key",
             Kind::RelinKey => "relinearisation key",
             Kind::GaloisKeys => "Galois keys",
+            Kind::EvaluationKeys => "evaluation-key bundle",
         }
     }
 }
@@ -464,9 +468,10 @@ impl RelinKey {
 }
 
 impl GaloisKeys {
-    /// Serialises; the seeded flag is set only if every key is seeded (keys generated here are).
+    /// Serialises; the seeded flag is set only if there are keys and every one is seeded
+    /// (keys generated here are).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let seeded = self.keys.values().all(|k| k.seed.is_some());
+        let seeded = !self.keys.is_empty() && self.keys.values().all(|k| k.seed.is_some());
         let mut w = Writer::with_context(Kind::GaloisKeys, seeded, &self.ctx);
         w.u32(self.keys.len() as u32);
         for (&g, key) in &self.keys {
@@ -491,6 +496,9 @@ impl GaloisKeys {
                 ctx.degree()
             )));
         }
+        if count == 0 && seeded {
+            return Err(malformed("an empty set of Galois keys cannot be seeded"));
+        }
         let mut keys = BTreeMap::new();
         let mut previous = 0u64;
         for _ in 0..count {
@@ -505,5 +513,39 @@ impl GaloisKeys {
         }
         r.finish(Kind::GaloisKeys)?;
         Ok(GaloisKeys { ctx: ctx.clone(), keys })
+    }
+}
+
+/// A length-prefixed nested object of a bundle; length 0 means absent.
+fn read_section<'a>(r: &mut Reader<'a>) -> Result<Option<&'a [u8]>> {
+    let len = usize::try_from(r.u64()?).map_err(|_| malformed("section length overflows"))?;
+    (len > 0).then(|| r.take(len)).transpose()
+}
+
+impl EvaluationKeys {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::with_context(Kind::EvaluationKeys, false, &self.ctx);
+        for section in [
+            self.public.as_ref().map(|k| k.to_bytes()),
+            self.relin.as_ref().map(|k| k.to_bytes()),
+            self.galois.as_ref().map(|k| k.to_bytes()),
+        ] {
+            let bytes = section.unwrap_or_default();
+            w.u64(bytes.len() as u64);
+            w.0.extend_from_slice(&bytes);
+        }
+        w.0
+    }
+
+    pub fn from_bytes(ctx: &Context, bytes: &[u8]) -> Result<EvaluationKeys> {
+        let (mut r, seeded) = Reader::open_with_context(bytes, Kind::EvaluationKeys, ctx)?;
+        if seeded {
+            return Err(malformed("a bundle has no seeded form (its keys are seeded inside)"));
+        }
+        let public = read_section(&mut r)?.map(|b| PublicKey::from_bytes(ctx, b)).transpose()?;
+        let relin = read_section(&mut r)?.map(|b| RelinKey::from_bytes(ctx, b)).transpose()?;
+        let galois = read_section(&mut r)?.map(|b| GaloisKeys::from_bytes(ctx, b)).transpose()?;
+        r.finish(Kind::EvaluationKeys)?;
+        EvaluationKeys::new(ctx, public.map(Arc::new), relin.map(Arc::new), galois.map(Arc::new))
     }
 }

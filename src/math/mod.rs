@@ -5,6 +5,7 @@ pub mod automorphism;
 pub mod crt;
 pub mod modulus;
 pub mod ntt;
+mod ntt_avx512;
 pub mod poly;
 pub mod primes;
 pub mod rns;

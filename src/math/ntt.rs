@@ -3,8 +3,14 @@
 //! Cooley-Tukey forward / Gentleman-Sande inverse with Harvey's lazy butterflies and Shoup
 //! constants (Longa-Naehrig ordering): the forward transform maps coefficients in natural order
 //! to evaluations at psi^(2 brv(i) + 1) in index i, where brv reverses log2(N) bits.
+//!
+//! On x86-64 CPUs with AVX-512 (F, DQ, IFMA) the transforms run the vector kernels of
+//! `ntt_avx512`, which give the same results after full reduction; elsewhere, and for
+//! degrees below 16, they run the scalar code here.
 
 use super::modulus::Modulus;
+#[cfg(target_arch = "x86_64")]
+use super::ntt_avx512::{Avx512Ntt, Twiddles};
 use super::primes::primitive_root;
 
 /// Precomputed twiddles for one prime and one ring degree.
@@ -20,6 +26,9 @@ pub struct NttTable {
     inv_roots_shoup: Vec<u64>,
     n_inv: u64,
     n_inv_shoup: u64,
+    /// The vector kernels, if this CPU has them (detected once, here).
+    #[cfg(target_arch = "x86_64")]
+    avx512: Option<Avx512Ntt>,
 }
 
 /// Reverses the lowest `bits` bits of `x`.
@@ -55,6 +64,8 @@ impl NttTable {
         let roots_shoup = roots.iter().map(|&w| modulus.shoup(w)).collect();
         let inv_roots_shoup = inv_roots.iter().map(|&w| modulus.shoup(w)).collect();
         let n_inv = modulus.inv(n as u64)?;
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = Avx512Ntt::new(&modulus, n, inv_roots[1], n_inv);
         Some(NttTable {
             modulus,
             n,
@@ -64,6 +75,8 @@ impl NttTable {
             inv_roots_shoup,
             n_inv,
             n_inv_shoup: modulus.shoup(n_inv),
+            #[cfg(target_arch = "x86_64")]
+            avx512,
         })
     }
 
@@ -77,7 +90,38 @@ impl NttTable {
 
     /// In-place forward transform; input in [0, q) (or any value < 4q), output in [0, q).
     pub fn forward(&self, a: &mut [u64]) {
-        self.forward_lazy(a);
+        assert_eq!(a.len(), self.n, "NTT input length must equal the ring degree");
+        #[cfg(target_arch = "x86_64")]
+        if let Some(kernels) = &self.avx512 {
+            return kernels.forward(a, self.forward_twiddles(), true);
+        }
+        self.forward_scalar(a);
+    }
+
+    /// Forward transform leaving values in [0, 4q).
+    pub fn forward_lazy(&self, a: &mut [u64]) {
+        assert_eq!(a.len(), self.n, "NTT input length must equal the ring degree");
+        #[cfg(target_arch = "x86_64")]
+        if let Some(kernels) = &self.avx512 {
+            return kernels.forward(a, self.forward_twiddles(), false);
+        }
+        self.forward_lazy_scalar(a);
+    }
+
+    /// In-place inverse transform; input < 2q, output in [0, q).
+    pub fn inverse(&self, a: &mut [u64]) {
+        assert_eq!(a.len(), self.n, "NTT input length must equal the ring degree");
+        #[cfg(target_arch = "x86_64")]
+        if let Some(kernels) = &self.avx512 {
+            return kernels.inverse(a, self.inverse_twiddles());
+        }
+        self.inverse_scalar(a);
+    }
+
+    /// [`forward`](Self::forward) on the portable scalar path whatever the CPU (the reference
+    /// for tests and benchmarks).
+    pub fn forward_scalar(&self, a: &mut [u64]) {
+        self.forward_lazy_scalar(a);
         let q = self.modulus.value();
         let two_q = 2 * q;
         for x in a.iter_mut() {
@@ -86,8 +130,7 @@ impl NttTable {
         }
     }
 
-    /// Forward transform leaving values in [0, 4q).
-    pub fn forward_lazy(&self, a: &mut [u64]) {
+    fn forward_lazy_scalar(&self, a: &mut [u64]) {
         assert_eq!(a.len(), self.n, "NTT input length must equal the ring degree");
         let q = self.modulus.value();
         let two_q = 2 * q;
@@ -112,8 +155,8 @@ impl NttTable {
         }
     }
 
-    /// In-place inverse transform; input < 2q, output in [0, q).
-    pub fn inverse(&self, a: &mut [u64]) {
+    /// [`inverse`](Self::inverse) on the portable scalar path whatever the CPU.
+    pub fn inverse_scalar(&self, a: &mut [u64]) {
         assert_eq!(a.len(), self.n, "NTT input length must equal the ring degree");
         let q = self.modulus.value();
         let two_q = 2 * q;
@@ -140,6 +183,16 @@ impl NttTable {
             *x = self.modulus.mul_shoup(*x, self.n_inv, self.n_inv_shoup);
         }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    fn forward_twiddles(&self) -> Twiddles<'_> {
+        Twiddles { roots: &self.roots, shoup: &self.roots_shoup }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn inverse_twiddles(&self) -> Twiddles<'_> {
+        Twiddles { roots: &self.inv_roots, shoup: &self.inv_roots_shoup }
+    }
 }
 
 #[cfg(test)]
@@ -151,9 +204,9 @@ mod tests {
     fn negacyclic_schoolbook(a: &[u64], b: &[u64], m: &Modulus) -> Vec<u64> {
         let n = a.len();
         let mut c = vec![0u64; n];
-        for i in 0..n {
-            for j in 0..n {
-                let p = m.mul(a[i], b[j]);
+        for (i, &x) in a.iter().enumerate() {
+            for (j, &y) in b.iter().enumerate() {
+                let p = m.mul(x, y);
                 let k = i + j;
                 if k < n {
                     c[k] = m.add(c[k], p);
@@ -189,6 +242,66 @@ mod tests {
             prop_assert_eq!(prod, expected);
             table.inverse(&mut fa);
             prop_assert_eq!(fa, a);
+        }
+    }
+
+    /// `n` xorshift values below `bound`, the last one `bound - 1` (the extreme lazy input).
+    fn random_below(n: usize, bound: u64, seed: u64) -> Vec<u64> {
+        let mut state = seed | 1;
+        let mut v: Vec<u64> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state % bound
+            })
+            .collect();
+        v[n - 1] = bound - 1;
+        v
+    }
+
+    #[test]
+    fn dispatched_transforms_match_the_scalar_path() {
+        // On CPUs with AVX-512 this compares the vector kernels (both multipliers: IFMA up to
+        // 50-bit primes, emulated 64-bit above) with the scalar reference. The degrees cover
+        // every split into whole-array stage pairs, L1 blocks, an odd stage and 16-blocks.
+        for log_n in [4u32, 5, 6, 7, 10, 11, 12, 14, 15] {
+            let n = 1usize << log_n;
+            for bits in [30u32, 40, 49, 50, 55, 60, 61] {
+                let q = ntt_primes(bits, 1, n, Side::Below, &[])[0];
+                let table = NttTable::new(Modulus::new(q), n).unwrap();
+                let seed = u64::from(log_n) << 8 | u64::from(bits);
+
+                let input = random_below(n, 4 * q, seed);
+                let mut expected = input.clone();
+                table.forward_scalar(&mut expected);
+                let mut out = input.clone();
+                table.forward(&mut out);
+                assert_eq!(out, expected, "forward, n = {n}, {bits}-bit");
+                let mut lazy = input;
+                table.forward_lazy(&mut lazy);
+                assert!(lazy.iter().all(|&x| x < 4 * q), "forward_lazy range, n = {n}, {bits}-bit");
+                let reduced: Vec<u64> = lazy.iter().map(|&x| x % q).collect();
+                assert_eq!(reduced, expected, "forward_lazy, n = {n}, {bits}-bit");
+
+                let input = random_below(n, 2 * q, !seed);
+                let mut expected = input.clone();
+                table.inverse_scalar(&mut expected);
+                let mut out = input;
+                table.inverse(&mut out);
+                assert_eq!(out, expected, "inverse, n = {n}, {bits}-bit");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_kernels_are_used_when_the_cpu_has_them() {
+        let cpu = crate::math::ntt_avx512::cpu_supported();
+        for (n, bits) in [(8usize, 40u32), (16, 40), (16, 60), (1024, 61)] {
+            let q = ntt_primes(bits, 1, n, Side::Below, &[])[0];
+            let table = NttTable::new(Modulus::new(q), n).unwrap();
+            assert_eq!(table.avx512.is_some(), cpu && n >= 16, "n = {n}, {bits}-bit");
         }
     }
 

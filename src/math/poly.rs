@@ -25,7 +25,7 @@ impl RnsPoly {
 
     /// Wraps a flat buffer of `limbs * n` residues.
     pub fn from_flat(n: usize, data: Vec<u64>) -> Self {
-        assert!(n > 0 && data.len() % n == 0);
+        assert!(n > 0 && data.len().is_multiple_of(n));
         RnsPoly { n, data }
     }
 
@@ -49,6 +49,10 @@ impl RnsPoly {
         &self.data
     }
 
+    pub fn as_flat_mut(&mut self) -> &mut [u64] {
+        &mut self.data
+    }
+
     pub fn rows(&self) -> std::slice::ChunksExact<'_, u64> {
         self.data.chunks_exact(self.n)
     }
@@ -60,6 +64,12 @@ impl RnsPoly {
     /// Keeps the first `limbs` rows.
     pub fn truncate(&mut self, limbs: usize) {
         self.data.truncate(limbs * self.n);
+    }
+
+    /// Appends one row.
+    pub fn push_limb(&mut self, row: &[u64]) {
+        assert_eq!(row.len(), self.n);
+        self.data.extend_from_slice(row);
     }
 
     /// A copy of rows [start, end).

@@ -9,7 +9,7 @@ pub fn is_prime(n: u64) -> bool {
     }
     const BASES: [u64; 12] = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37];
     for &p in &BASES {
-        if n % p == 0 {
+        if n.is_multiple_of(p) {
             return n == p;
         }
     }
@@ -94,7 +94,7 @@ pub fn ntt_primes(bits: u32, count: usize, n: usize, side: Side, exclude: &[u64]
 pub fn primitive_root(q: u64, n: usize) -> Option<u64> {
     let m = Modulus::new(q);
     let order = 2 * n as u64;
-    if (q - 1) % order != 0 {
+    if !(q - 1).is_multiple_of(order) {
         return None;
     }
     let cofactor = (q - 1) / order;
@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn miller_rabin_agrees_with_trial_division() {
-        let trial = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+        let trial = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d));
         for n in 0..20_000u64 {
             assert_eq!(is_prime(n), trial(n), "{n}");
         }

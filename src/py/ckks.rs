@@ -9,8 +9,8 @@ use pyo3::types::PyBytes;
 
 use crate::ckks::serial::{parameters_from_bytes, parameters_to_bytes};
 use crate::ckks::{
-    evaluator as ev, Ciphertext, Complex, Context, GaloisKeys, ParameterSpec, Plaintext, PublicKey, RelinKey,
-    SecretDistribution, SecretKey,
+    evaluator as ev, Ciphertext, Complex, Context, EvaluationKeys, GaloisKeys, ParameterSpec, Plaintext,
+    PublicKey, RelinKey, SecretDistribution, SecretKey,
 };
 use crate::error::Error;
 
@@ -282,11 +282,13 @@ impl PySecretKey {
         } else {
             Some(self.galois_keys(py, rotations, conjugate)?)
         };
-        Ok(PyEvaluationKeys {
-            public: Some(public.key),
-            relin: relin.map(|r| r.key),
-            galois: galois.map(|g| g.keys),
-        })
+        let keys = EvaluationKeys::new(
+            self.key.context(),
+            Some(public.key),
+            relin.map(|r| r.key),
+            galois.map(|g| g.keys),
+        )?;
+        Ok(PyEvaluationKeys { keys: Arc::new(keys) })
     }
 
     /// Encrypts up to N/2 values (or a plaintext) with the secret key. The ciphertext is
@@ -385,32 +387,8 @@ key_class!(PyGaloisKeys, "GaloisKeys", GaloisKeys, keys, "Rotation and conjugati
 #[pyclass(name = "EvaluationKeys", module = "blindfed.ckks", frozen)]
 #[derive(Clone)]
 pub struct PyEvaluationKeys {
-    public: Option<Arc<PublicKey>>,
-    relin: Option<Arc<RelinKey>>,
-    galois: Option<Arc<GaloisKeys>>,
+    keys: Arc<EvaluationKeys>,
 }
-
-fn put_section(out: &mut Vec<u8>, bytes: Option<Vec<u8>>) {
-    let bytes = bytes.unwrap_or_default();
-    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-    out.extend_from_slice(&bytes);
-}
-
-fn take_section<'a>(data: &mut &'a [u8]) -> Result<Option<&'a [u8]>, Error> {
-    if data.len() < 8 {
-        return Err(Error::Malformed("truncated evaluation-key bundle".into()));
-    }
-    let len = u64::from_le_bytes(data[..8].try_into().unwrap());
-    let rest = &data[8..];
-    if len > rest.len() as u64 {
-        return Err(Error::Malformed(format!("bundle section of {len} bytes, only {} left", rest.len())));
-    }
-    let (section, tail) = rest.split_at(len as usize);
-    *data = tail;
-    Ok((!section.is_empty()).then_some(section))
-}
-
-const BUNDLE_MAGIC: &[u8; 8] = b"BFEVK\x00\x01\x00";
 
 #[pymethods]
 impl PyEvaluationKeys {
@@ -421,71 +399,45 @@ impl PyEvaluationKeys {
         relin_key: Option<&PyRelinKey>,
         galois_keys: Option<&PyGaloisKeys>,
     ) -> PyResult<Self> {
-        let contexts: Vec<&Context> = [
-            public_key.map(|k| k.key.context()),
-            relin_key.map(|k| k.key.context()),
-            galois_keys.map(|k| k.keys.context()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if contexts.windows(2).any(|w| w[0] != w[1]) {
-            return Err(Error::ParameterMismatch.into());
-        }
-        Ok(PyEvaluationKeys {
-            public: public_key.map(|k| k.key.clone()),
-            relin: relin_key.map(|k| k.key.clone()),
-            galois: galois_keys.map(|k| k.keys.clone()),
-        })
+        let ctx = public_key
+            .map(|k| k.key.context())
+            .or(relin_key.map(|k| k.key.context()))
+            .or(galois_keys.map(|k| k.keys.context()))
+            .ok_or_else(|| PyValueError::new_err("an evaluation-key bundle needs at least one key"))?;
+        let keys = EvaluationKeys::new(
+            ctx,
+            public_key.map(|k| k.key.clone()),
+            relin_key.map(|k| k.key.clone()),
+            galois_keys.map(|k| k.keys.clone()),
+        )?;
+        Ok(PyEvaluationKeys { keys: Arc::new(keys) })
     }
 
     #[getter]
     fn public_key(&self) -> Option<PyPublicKey> {
-        self.public.clone().map(|key| PyPublicKey { key })
+        self.keys.public.clone().map(|key| PyPublicKey { key })
     }
 
     #[getter]
     fn relin_key(&self) -> Option<PyRelinKey> {
-        self.relin.clone().map(|key| PyRelinKey { key })
+        self.keys.relin.clone().map(|key| PyRelinKey { key })
     }
 
     #[getter]
     fn galois_keys(&self) -> Option<PyGaloisKeys> {
-        self.galois.clone().map(|keys| PyGaloisKeys { keys })
+        self.keys.galois.clone().map(|keys| PyGaloisKeys { keys })
     }
 
-    /// One byte string: a magic header, then three length-prefixed sections (empty if absent).
     fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let bytes = py.detach(|| {
-            let mut out = BUNDLE_MAGIC.to_vec();
-            put_section(&mut out, self.public.as_ref().map(|k| k.to_bytes()));
-            put_section(&mut out, self.relin.as_ref().map(|k| k.to_bytes()));
-            put_section(&mut out, self.galois.as_ref().map(|k| k.to_bytes()));
-            out
-        });
+        let bytes = py.detach(|| self.keys.to_bytes());
         PyBytes::new(py, &bytes)
     }
 
     #[staticmethod]
     fn from_bytes(py: Python<'_>, params: &PyParameters, data: &[u8]) -> PyResult<Self> {
         let ctx = params.ctx.clone();
-        let keys = py.detach(|| -> Result<PyEvaluationKeys, Error> {
-            let mut rest = data
-                .strip_prefix(BUNDLE_MAGIC.as_slice())
-                .ok_or_else(|| Error::Malformed("not an evaluation-key bundle".into()))?;
-            let public = take_section(&mut rest)?.map(|b| PublicKey::from_bytes(&ctx, b)).transpose()?;
-            let relin = take_section(&mut rest)?.map(|b| RelinKey::from_bytes(&ctx, b)).transpose()?;
-            let galois = take_section(&mut rest)?.map(|b| GaloisKeys::from_bytes(&ctx, b)).transpose()?;
-            if !rest.is_empty() {
-                return Err(Error::Malformed(format!("{} trailing bytes after the bundle", rest.len())));
-            }
-            Ok(PyEvaluationKeys {
-                public: public.map(Arc::new),
-                relin: relin.map(Arc::new),
-                galois: galois.map(Arc::new),
-            })
-        })?;
-        Ok(keys)
+        let keys = py.detach(|| EvaluationKeys::from_bytes(&ctx, data))?;
+        Ok(PyEvaluationKeys { keys: Arc::new(keys) })
     }
 
     /// Encrypts with the bundle's public key; the ciphertext is bound to this bundle.
@@ -497,8 +449,11 @@ impl PyEvaluationKeys {
         level: Option<usize>,
         scale: Option<f64>,
     ) -> PyResult<PyCiphertext> {
-        let key =
-            self.public.as_ref().ok_or_else(|| Error::MissingKey("the bundle has no public key".into()))?;
+        let key = self
+            .keys
+            .public
+            .as_ref()
+            .ok_or_else(|| Error::MissingKey("the bundle has no public key".into()))?;
         let pt = values.into_plaintext(key.context(), level, scale)?;
         Ok(PyCiphertext { ct: py.detach(|| key.encrypt(&pt))?, keys: Some(self.clone()) })
     }
@@ -506,9 +461,9 @@ impl PyEvaluationKeys {
     fn __repr__(&self) -> String {
         format!(
             "EvaluationKeys(public_key={}, relin_key={}, galois_elements={:?})",
-            self.public.is_some(),
-            self.relin.is_some(),
-            self.galois.as_ref().map(|g| g.elements()).unwrap_or_default()
+            self.keys.public.is_some(),
+            self.keys.relin.is_some(),
+            self.keys.galois.as_ref().map(|g| g.elements()).unwrap_or_default()
         )
     }
 }
@@ -594,7 +549,7 @@ impl PyCiphertext {
     }
 
     fn relin_key(&self) -> Result<Arc<RelinKey>, Error> {
-        self.keys.as_ref().and_then(|k| k.relin.clone()).ok_or_else(|| {
+        self.keys.as_ref().and_then(|k| k.keys.relin.clone()).ok_or_else(|| {
             Error::MissingKey("multiplication needs a relinearisation key: use ct.with_keys(keys)".into())
         })
     }
@@ -602,7 +557,7 @@ impl PyCiphertext {
     fn galois(&self) -> Result<Arc<GaloisKeys>, Error> {
         self.keys
             .as_ref()
-            .and_then(|k| k.galois.clone())
+            .and_then(|k| k.keys.galois.clone())
             .ok_or_else(|| Error::MissingKey("rotation needs Galois keys: use ct.with_keys(keys)".into()))
     }
 
@@ -713,15 +668,10 @@ impl PyCiphertext {
 
     /// The same ciphertext bound to an evaluation-key bundle (for `*`, `rotate`, ...).
     fn with_keys(&self, keys: &PyEvaluationKeys) -> PyResult<PyCiphertext> {
-        let keys = keys.clone();
-        let ctx = self.ct.context();
-        let mismatched = keys.public.as_ref().is_some_and(|k| k.context() != ctx)
-            || keys.relin.as_ref().is_some_and(|k| k.context() != ctx)
-            || keys.galois.as_ref().is_some_and(|k| k.context() != ctx);
-        if mismatched {
+        if keys.keys.context() != self.ct.context() {
             return Err(Error::ParameterMismatch.into());
         }
-        Ok(PyCiphertext { ct: self.ct.clone(), keys: Some(keys) })
+        Ok(PyCiphertext { ct: self.ct.clone(), keys: Some(keys.clone()) })
     }
 
     fn __add__(&self, py: Python<'_>, other: Operand<'_>) -> PyResult<PyCiphertext> {
@@ -764,6 +714,15 @@ impl PyCiphertext {
     ) -> PyResult<PyCiphertext> {
         let ct = &self.ct;
         let product = match other {
+            Operand::Cipher(o) if relinearize && rescale => {
+                let rlk = self.relin_key()?;
+                let other = &o.ct;
+                let out = py.detach(|| {
+                    let (a, b) = Self::aligned(ct, other)?;
+                    ev::multiply_relin_rescale(&a, &b, &rlk)
+                })?;
+                return Ok(self.derive(out));
+            }
             Operand::Cipher(o) => {
                 let rlk = if relinearize { Some(self.relin_key()?) } else { None };
                 let other = &o.ct;
