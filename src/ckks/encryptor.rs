@@ -1,5 +1,6 @@
 //! Encryption: with the public key (anyone) or the secret key (seeded, half-size ciphertexts).
 
+use rayon::prelude::*;
 use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
@@ -8,8 +9,9 @@ use crate::math::sampling::{self, fresh_seed, os_rng, SeedStream};
 use crate::parallel;
 
 use super::ciphertext::Ciphertext;
-use super::keygen::error_poly;
+use super::keygen::{error_poly, error_poly_on, small_poly_on};
 use super::keys::{PublicKey, SecretKey};
+use super::keyswitch::divide_and_drop;
 use super::plaintext::Plaintext;
 
 /// Domain tag of a symmetric ciphertext's uniform polynomial in its seed stream.
@@ -20,8 +22,30 @@ pub(crate) fn expand_symmetric_a(ctx: &super::context::Context, seed: &[u8; 32],
     sampling::uniform_poly(&mut SeedStream::new(seed, SYMMETRIC_TAG), ctx.q_moduli(level), ctx.degree())
 }
 
+/// c_0 + c_1 s in one pass (each output written once), multiplying with s's Shoup constants.
+fn c0_plus_c1_s(ct: &Ciphertext, sk: &SecretKey) -> RnsPoly {
+    let n = ct.ctx.degree();
+    let shift = n.trailing_zeros();
+    let len = (ct.level + 1) * n;
+    let (c0, c1) = (&ct.polys[0].as_flat()[..len], &ct.polys[1].as_flat()[..len]);
+    let (s, s_shoup) = (&sk.poly.as_flat()[..len], &sk.poly_shoup.as_flat()[..len]);
+    let data = c0
+        .par_iter()
+        .zip(c1)
+        .zip(s.par_iter().zip(s_shoup))
+        .enumerate()
+        .with_min_len(n)
+        .map(|(k, ((&x, &y), (&w, &ws)))| {
+            let m = &ct.ctx.key_moduli[k >> shift];
+            m.reduce_once(x + m.mul_shoup(y, w, ws))
+        })
+        .collect();
+    RnsPoly::from_flat(n, data)
+}
+
 impl PublicKey {
-    /// (b u + e_0 + m, a u + e_1) with a fresh ternary u and errors e_0, e_1.
+    /// (b u + e_0, a u + e_1) computed modulo Q_l P with a fresh ternary u, divided by P
+    /// (which shrinks the noise to about the rounding error), plus m.
     pub fn encrypt(&self, pt: &Plaintext) -> Result<Ciphertext> {
         if pt.ctx != self.ctx {
             return Err(Error::ParameterMismatch);
@@ -29,17 +53,17 @@ impl PublicKey {
         Ok(parallel::install(|| {
             let ctx = &self.ctx;
             let level = pt.level;
-            let moduli = ctx.q_moduli(level);
-            let mut coeffs = sampling::ternary(&mut os_rng(), ctx.degree());
-            let mut u = RnsPoly::from_signed(&coeffs, moduli);
-            coeffs.zeroize();
-            u.ntt(&ctx.q_ntt(level));
-            let mut c0 = error_poly(ctx, level + 1);
-            let mut c1 = error_poly(ctx, level + 1);
-            c0.add_product(&self.b, &u, moduli);
-            c0.add_assign(&pt.poly, moduli);
-            c1.add_product(&self.a, &u, moduli);
+            let rows = ctx.extended_indices(level);
+            let ext_moduli: Vec<_> = rows.iter().map(|&r| ctx.key_moduli[r]).collect();
+            let mut u = small_poly_on(ctx, &rows, sampling::ternary(&mut os_rng(), ctx.degree()));
+            let mut c0 = error_poly_on(ctx, &rows);
+            let mut c1 = error_poly_on(ctx, &rows);
+            c0.add_product(&self.b.select_limbs(&rows), &u, &ext_moduli);
+            c1.add_product(&self.a.select_limbs(&rows), &u, &ext_moduli);
             u.zeroize();
+            let mut c0 = divide_and_drop(ctx, &c0, level, false);
+            let c1 = divide_and_drop(ctx, &c1, level, false);
+            c0.add_assign(&pt.poly, ctx.q_moduli(level));
             Ciphertext {
                 ctx: ctx.clone(),
                 polys: vec![c0, c1],
@@ -91,8 +115,7 @@ impl SecretKey {
             let moduli = ctx.q_moduli(ct.level);
             // The secret's first level + 1 rows are exactly its rows modulo q_0..q_level.
             let s = &self.poly;
-            let mut acc = ct.polys[0].clone();
-            acc.add_product(&ct.polys[1], s, moduli);
+            let mut acc = c0_plus_c1_s(ct, self);
             if let Some(c2) = ct.polys.get(2) {
                 let mut s2 = s.slice_limbs(0, ct.level + 1);
                 s2.mul_assign(s, moduli);

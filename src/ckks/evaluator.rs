@@ -45,19 +45,25 @@ fn check_pair(
     Ok(())
 }
 
-/// Element-wise `f(a, b)` over matching rows of two polynomials, into a new polynomial.
+/// Element-wise `f(modulus, a, b)` over the rows both polynomials have, into a new
+/// polynomial: one pass, each output written once (rayon's indexed collect).
 fn zip_map(
     ctx: &Context,
     a: &RnsPoly,
     b: &RnsPoly,
     f: impl Fn(&crate::math::modulus::Modulus, u64, u64) -> u64 + Sync + Send,
 ) -> RnsPoly {
-    let mut out = a.clone();
-    out.zip_rows(b, |i, x, y| {
-        let m = ctx.key_moduli[i];
-        x.iter_mut().zip(y).for_each(|(x, &y)| *x = f(&m, *x, y));
-    });
-    out
+    let n = a.degree();
+    let shift = n.trailing_zeros();
+    let len = a.as_flat().len().min(b.as_flat().len());
+    let data: Vec<u64> = a.as_flat()[..len]
+        .par_iter()
+        .zip(&b.as_flat()[..len])
+        .enumerate()
+        .with_min_len(n)
+        .map(|(k, (&x, &y))| f(&ctx.key_moduli[k >> shift], x, y))
+        .collect();
+    RnsPoly::from_flat(n, data)
 }
 
 fn derived(ct: &Ciphertext, polys: Vec<RnsPoly>, level: usize, scale: f64) -> Ciphertext {

@@ -17,14 +17,24 @@ use super::params::SecretDistribution;
 /// Domain tag of the public key's uniform polynomial in its seed stream.
 const PUBLIC_KEY_TAG: u64 = u64::MAX;
 
-/// An error polynomial over `moduli`-many key moduli, NTT form.
-pub(crate) fn error_poly(ctx: &Context, rows: usize) -> RnsPoly {
-    let mut coeffs = sampling::error(&mut os_rng(), ctx.degree());
-    let mut e = RnsPoly::from_signed(&coeffs, &ctx.key_moduli[..rows]);
+/// A fresh error polynomial on the given key-modulus rows, NTT form.
+pub(crate) fn error_poly_on(ctx: &Context, rows: &[usize]) -> RnsPoly {
+    small_poly_on(ctx, rows, sampling::error(&mut os_rng(), ctx.degree()))
+}
+
+/// Small signed coefficients reduced onto the given key-modulus rows and transformed to NTT
+/// form; the coefficients are zeroised afterwards.
+pub(crate) fn small_poly_on(ctx: &Context, rows: &[usize], mut coeffs: Vec<i64>) -> RnsPoly {
+    let moduli: Vec<_> = rows.iter().map(|&r| ctx.key_moduli[r]).collect();
+    let mut p = RnsPoly::from_signed(&coeffs, &moduli);
     coeffs.zeroize();
-    let tables: Vec<_> = ctx.ntt[..rows].iter().collect();
-    e.ntt(&tables);
-    e
+    p.ntt(&rows.iter().map(|&r| &ctx.ntt[r]).collect::<Vec<_>>());
+    p
+}
+
+/// An error polynomial over the first `rows` key moduli, NTT form.
+pub(crate) fn error_poly(ctx: &Context, rows: usize) -> RnsPoly {
+    error_poly_on(ctx, &(0..rows).collect::<Vec<_>>())
 }
 
 impl SecretKey {
@@ -40,26 +50,26 @@ impl SecretKey {
             let mut poly = RnsPoly::from_signed(&coeffs, &ctx.key_moduli);
             coeffs.zeroize();
             poly.ntt(&ctx.ntt.iter().collect::<Vec<_>>());
-            SecretKey { ctx: ctx.clone(), poly }
+            let mut poly_shoup = poly.slice_limbs(0, ctx.max_level() + 1);
+            poly_shoup.for_each_row(|i, row| {
+                let m = ctx.key_moduli[i];
+                row.iter_mut().for_each(|x| *x = m.shoup(*x));
+            });
+            SecretKey { ctx: ctx.clone(), poly, poly_shoup }
         })
     }
 
-    /// The public encryption key (its uniform half expanded from a seed).
+    /// The public encryption key over every key modulus (Q_L P), so that encryption can divide
+    /// its noise by P; its uniform half is expanded from a seed.
     pub fn public_key(&self) -> PublicKey {
         parallel::install(|| {
             let ctx = &self.ctx;
-            let rows = ctx.max_level() + 1;
             let seed = fresh_seed();
-            let a = sampling::uniform_poly(
-                &mut SeedStream::new(&seed, PUBLIC_KEY_TAG),
-                &ctx.key_moduli[..rows],
-                ctx.degree(),
-            );
-            let mut b = error_poly(ctx, rows);
-            let s = self.poly.slice_limbs(0, rows);
+            let a = expand_public_key_a(ctx, &seed);
+            let mut b = error_poly(ctx, ctx.key_moduli.len());
             let mut a_s = a.clone();
-            a_s.mul_assign(&s, &ctx.key_moduli[..rows]);
-            b.sub_assign(&a_s, &ctx.key_moduli[..rows]);
+            a_s.mul_assign(&self.poly, &ctx.key_moduli);
+            b.sub_assign(&a_s, &ctx.key_moduli);
             PublicKey { ctx: ctx.clone(), b, a, seed: Some(seed) }
         })
     }
@@ -149,9 +159,5 @@ pub(crate) fn expand_switch_key_a(ctx: &Context, seed: &[u8; 32]) -> Vec<RnsPoly
 
 /// Regenerates the uniform half of a seeded public key.
 pub(crate) fn expand_public_key_a(ctx: &Context, seed: &[u8; 32]) -> RnsPoly {
-    sampling::uniform_poly(
-        &mut SeedStream::new(seed, PUBLIC_KEY_TAG),
-        &ctx.key_moduli[..=ctx.max_level()],
-        ctx.degree(),
-    )
+    sampling::uniform_poly(&mut SeedStream::new(seed, PUBLIC_KEY_TAG), &ctx.key_moduli, ctx.degree())
 }

@@ -17,6 +17,8 @@ pub struct SecretKey {
     pub(crate) ctx: Context,
     /// s over every key modulus (q's then p's), NTT form.
     pub(crate) poly: RnsPoly,
+    /// Shoup constants of `poly` for the q rows, so decryption multiplies at Shoup cost.
+    pub(crate) poly_shoup: RnsPoly,
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -31,7 +33,7 @@ impl SecretKey {
     }
 }
 
-/// (b, a) = (-a s + e, a) modulo Q_L. `a` may be regenerated from `seed`.
+/// (b, a) = (-a s + e, a) modulo Q_L P. `a` may be regenerated from `seed`.
 #[derive(Clone, Debug)]
 pub struct PublicKey {
     pub(crate) ctx: Context,

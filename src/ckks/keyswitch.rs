@@ -37,6 +37,13 @@ pub(crate) fn decompose(ctx: &Context, d: &RnsPoly, level: usize) -> Decompositi
         .iter()
         .map(|&(s, e)| ctx.mod_up_converter(s, e).prepare(&coeff.as_flat()[s * n..e * n], n))
         .collect();
+    // Raising the centred representative of each digit (|d_i| <= Q_i / 2) halves the
+    // key-switching noise sum_i d_i e_i / P compared with [0, Q_i).
+    let overflow: Vec<Vec<u64>> = active
+        .iter()
+        .zip(&prepared)
+        .map(|(&(s, e), p)| ctx.mod_up_converter(s, e).overflow_estimates(p, n))
+        .collect();
     // One task per (digit, row): copy the digit's own rows, convert and transform the others.
     let mut tasks: Vec<(usize, usize, &mut [u64])> = Vec::new();
     for (g, poly) in digits.iter_mut().enumerate() {
@@ -50,7 +57,7 @@ pub(crate) fn decompose(ctx: &Context, d: &RnsPoly, level: usize) -> Decompositi
         if (start..end).contains(&key_row) {
             row.copy_from_slice(d.limb(r));
         } else {
-            ctx.mod_up_converter(start, end).convert_row(&prepared[g], n, key_row, row);
+            ctx.mod_up_converter(start, end).convert_row_exact(&prepared[g], &overflow[g], n, key_row, row);
             ctx.ntt[key_row].forward(row);
         }
     });
@@ -151,10 +158,9 @@ fn inner_product(
     (acc0, acc1)
 }
 
-/// Divides a polynomial over Q_l P by P (and by q_l too when `drop_q_last`), up to a small
-/// additive error from the approximate basis conversion. Returns the kept rows in NTT form:
-/// q_0..q_l, or q_0..q_{l-1}.
-fn divide_and_drop(ctx: &Context, ext: &RnsPoly, level: usize, drop_q_last: bool) -> RnsPoly {
+/// Divides a polynomial over Q_l P by P (and by q_l too when `drop_q_last`), rounding to the
+/// nearest integer. Returns the kept rows in NTT form: q_0..q_l, or q_0..q_{l-1}.
+pub(crate) fn divide_and_drop(ctx: &Context, ext: &RnsPoly, level: usize, drop_q_last: bool) -> RnsPoly {
     let n = ctx.degree();
     let alpha = ctx.params.alpha();
     let special = ctx.special_start();
@@ -173,11 +179,13 @@ fn divide_and_drop(ctx: &Context, ext: &RnsPoly, level: usize, drop_q_last: bool
         (&ctx.mod_down, &ctx.p_inv_mod_q)
     };
     let prepared = converter.prepare(dropped.as_flat(), n);
+    // Exact, centred conversion: the division rounds, and the error is independent of alpha.
+    let overflow = converter.overflow_estimates(&prepared, n);
     let mut out = ext.slice_limbs(0, if drop_q_last { level } else { level + 1 });
     out.for_each_row(|j, row| {
         let m = ctx.key_moduli[j];
         let mut tmp = vec![0u64; n];
-        converter.convert_row(&prepared, n, j, &mut tmp);
+        converter.convert_row_exact(&prepared, &overflow, n, j, &mut tmp);
         ctx.ntt[j].forward(&mut tmp);
         let w = inverse[j];
         let ws = m.shoup(w);

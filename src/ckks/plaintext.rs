@@ -1,5 +1,7 @@
 //! Encoded messages: slot values scaled, rounded and reduced into the RNS basis (NTT form).
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::math::crt::CrtComposer;
 use crate::math::poly::RnsPoly;
@@ -86,18 +88,28 @@ impl Plaintext {
     pub fn decode(&self) -> Vec<Complex> {
         let ctx = &self.ctx;
         let mut coeff = self.poly.clone();
-        coeff.intt(&ctx.q_ntt(self.level));
+        crate::parallel::install(|| coeff.intt(&ctx.q_ntt(self.level)));
         let n = ctx.degree();
         let composer = CrtComposer::new(ctx.q_moduli(self.level));
         let gap = n / 2 / self.slots;
         // Only the coefficients the sparse packing uses are composed.
+        let used: Vec<usize> = (0..n / 2).step_by(gap).chain((n / 2..n).step_by(gap)).collect();
+        let composed: Vec<f64> = crate::parallel::install(|| {
+            used.par_iter()
+                .map_init(
+                    || vec![0u64; self.level + 1],
+                    |residues, &i| {
+                        for (r, row) in residues.iter_mut().zip(coeff.rows()) {
+                            *r = row[i];
+                        }
+                        composer.compose(residues) / self.scale
+                    },
+                )
+                .collect()
+        });
         let mut values = vec![0f64; n];
-        let mut residues = vec![0u64; self.level + 1];
-        for i in (0..n / 2).step_by(gap).chain((n / 2..n).step_by(gap)) {
-            for (r, row) in residues.iter_mut().zip(coeff.rows()) {
-                *r = row[i];
-            }
-            values[i] = composer.compose(&residues) / self.scale;
+        for (&i, v) in used.iter().zip(composed) {
+            values[i] = v;
         }
         ctx.encoder.project(&values, self.slots)
     }

@@ -10,7 +10,7 @@
 //! | 1 parameters | log_n u8, scale_bits u8, secret u8 (0 ternary, 1 fixed weight), weight u32, insecure u8, #q u8, #p u8, moduli u64 x (#q + #p) |
 //! | 2 ciphertext | level u8, slots u32, scale f64, size u8, then c_0 .. c_{size-1}; when seeded, c_1 is replaced by its 32-byte seed |
 //! | 3 plaintext  | level u8, slots u32, scale f64, poly |
-//! | 4 public key | b (rows q_0..q_L), then a or its seed |
+//! | 4 public key | b (rows q_0..q_L, p_0..), then a or its seed |
 //! | 5 relinearisation key | switch key |
 //! | 6 Galois keys | count u32, then per key in increasing element order: element u64, switch key |
 //! | 7 evaluation keys | for public, relinearisation, Galois keys in turn: length u64 (0: absent), then that object |
@@ -400,7 +400,7 @@ impl Plaintext {
 impl PublicKey {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::with_context(Kind::PublicKey, self.seed.is_some(), &self.ctx);
-        let moduli = self.ctx.q_moduli(self.ctx.max_level());
+        let moduli = &self.ctx.key_moduli;
         w.poly(&self.b, moduli);
         match &self.seed {
             Some(seed) => w.0.extend_from_slice(seed),
@@ -411,7 +411,7 @@ impl PublicKey {
 
     pub fn from_bytes(ctx: &Context, bytes: &[u8]) -> Result<PublicKey> {
         let (mut r, seeded) = Reader::open_with_context(bytes, Kind::PublicKey, ctx)?;
-        let moduli = ctx.q_moduli(ctx.max_level());
+        let moduli = &ctx.key_moduli;
         let b = r.poly(moduli, ctx.degree())?;
         let (a, seed) = if seeded {
             let seed = r.seed()?;

@@ -72,6 +72,15 @@ impl RnsPoly {
         self.data.extend_from_slice(row);
     }
 
+    /// A copy of the given rows, in the given order.
+    pub fn select_limbs(&self, rows: &[usize]) -> RnsPoly {
+        let mut data = Vec::with_capacity(rows.len() * self.n);
+        for &r in rows {
+            data.extend_from_slice(self.limb(r));
+        }
+        RnsPoly { n: self.n, data }
+    }
+
     /// A copy of rows [start, end).
     pub fn slice_limbs(&self, start: usize, end: usize) -> RnsPoly {
         RnsPoly { n: self.n, data: self.data[start * self.n..end * self.n].to_vec() }

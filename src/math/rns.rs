@@ -16,6 +16,10 @@ pub struct BaseConverter {
     inv_punctured: Vec<(u64, u64)>,
     /// punctured[t][i] = (B/b_i) mod c_t.
     punctured: Vec<Vec<u64>>,
+    /// B mod c_t, to remove the overflow multiple in exact conversions.
+    product_mod_target: Vec<u64>,
+    /// 1 / b_i as f64, to estimate that multiple.
+    inv_source: Vec<f64>,
 }
 
 impl BaseConverter {
@@ -46,7 +50,19 @@ impl BaseConverter {
                     .collect()
             })
             .collect();
-        BaseConverter { from: from.to_vec(), to: to.to_vec(), inv_punctured, punctured }
+        let product_mod_target = to
+            .iter()
+            .map(|ct| from.iter().fold(1u64, |acc, bi| ct.mul(acc, ct.reduce(bi.value()))))
+            .collect();
+        let inv_source = from.iter().map(|bi| 1.0 / bi.value() as f64).collect();
+        BaseConverter {
+            from: from.to_vec(),
+            to: to.to_vec(),
+            inv_punctured,
+            punctured,
+            product_mod_target,
+            inv_source,
+        }
     }
 
     pub fn source(&self) -> &[Modulus] {
@@ -90,6 +106,57 @@ impl BaseConverter {
         }
     }
 
+    /// For exact, centred conversion: per coefficient, v = round(sum_i y_i / b_i), the number of
+    /// times B must be subtracted from the fast conversion to land on the representative of x
+    /// in [-B/2, B/2). (Shenoy-Kumaresan style floating-point correction, as in HPS; an error
+    /// in the estimate needs x within about 2^-40 B of B/2 and then costs at most one B.)
+    pub fn overflow_estimates(&self, prepared: &[u64], n: usize) -> Vec<u64> {
+        if self.from.len() == 1 {
+            // A single source prime needs no estimate: convert_row_exact centres directly.
+            return Vec::new();
+        }
+        (0..n)
+            .map(|j| {
+                let sum: f64 = self
+                    .inv_source
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &inv)| prepared[i * n + j] as f64 * inv)
+                    .sum();
+                sum.round() as u64
+            })
+            .collect()
+    }
+
+    /// Like [`Self::convert_row`], but exact: the centred representative of x mod c_target,
+    /// given the estimates from [`Self::overflow_estimates`].
+    pub fn convert_row_exact(
+        &self,
+        prepared: &[u64],
+        overflow: &[u64],
+        n: usize,
+        target: usize,
+        out: &mut [u64],
+    ) {
+        let ct = self.to[target];
+        if self.from.len() == 1 {
+            let b0 = self.from[0].value();
+            let (half, b0_mod) = (b0 >> 1, ct.reduce(b0));
+            for (o, &x) in out.iter_mut().zip(prepared) {
+                let r = ct.reduce(x);
+                // x > b0/2 stands for x - b0.
+                *o = if x > half { ct.sub(r, b0_mod) } else { r };
+            }
+            return;
+        }
+        self.convert_row(prepared, n, target, out);
+        let b = self.product_mod_target[target];
+        let bs = ct.shoup(b);
+        for (o, &v) in out.iter_mut().zip(overflow) {
+            *o = ct.sub(*o, ct.mul_shoup(ct.reduce(v), b, bs));
+        }
+    }
+
     /// Converts k source rows (coefficient form) to every target prime, one row each.
     pub fn convert(&self, input: &[u64], n: usize) -> Vec<u64> {
         let prepared = self.prepare(input, n);
@@ -121,6 +188,14 @@ mod tests {
             let c = to[0].value() as u128;
             let ok = (0..k as u128).any(|u| (value + u * big_b) % c == out[0] as u128);
             prop_assert!(ok);
+            // The exact conversion gives the centred representative.
+            let conv = BaseConverter::new(&from, &to);
+            let prepared = conv.prepare(&input, 1);
+            let overflow = conv.overflow_estimates(&prepared, 1);
+            let mut exact = [0u64];
+            conv.convert_row_exact(&prepared, &overflow, 1, 0, &mut exact);
+            let centred = if value >= big_b.div_ceil(2) { (c - (big_b - value) % c) % c } else { value % c };
+            prop_assert_eq!(exact[0] as u128, centred);
         }
     }
 }
