@@ -15,7 +15,8 @@ fn main() {
     let rlk = sk.relin_key();
     let gk = sk.galois_keys(&[1], false).unwrap();
     let v: Vec<Complex> = (0..ctx.params.slots()).map(|i| Complex::new((i as f64).cos(), 0.0)).collect();
-    let ct = sk.public_key().encrypt(&Plaintext::encode(&ctx, &v, None, None).unwrap()).unwrap();
+    let pt = Plaintext::encode(&ctx, &v, None, None).unwrap();
+    let ct = sk.public_key().encrypt(&pt).unwrap();
     let start = std::time::Instant::now();
     for _ in 0..reps {
         match op {
@@ -24,6 +25,7 @@ fn main() {
             }
             "rotate" => drop(ev::rotate(&ct, 1, &gk).unwrap()),
             "decrypt" => drop(sk.decrypt(&ct).unwrap()),
+            "mul_plain" => drop(ev::mul_plain(&ct, &pt).unwrap()),
             other => panic!("unknown op {other}"),
         }
     }

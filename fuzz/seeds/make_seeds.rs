@@ -23,7 +23,14 @@ fn main() {
     let sk = SecretKey::generate(ctx);
 
     // Parameters.
-    write("decode_parameters", "params", &serial::parameters_to_bytes(&ctx.params));
+    let params = serial::parameters_to_bytes(&ctx.params);
+    write("decode_parameters", "params", &params);
+    // The same set with a fixed-weight (h = 8) secret: secret u8 at offset 10, weight u32 at 11.
+    let mut sparse = params.clone();
+    sparse[10] = 1;
+    sparse[11..15].copy_from_slice(&8u32.to_le_bytes());
+    assert_eq!(serial::parameters_to_bytes(&serial::parameters_from_bytes(&sparse).expect("sparse")), sparse);
+    write("decode_parameters", "params_sparse", &sparse);
 
     // Plaintexts: a few value sets, levels and slot counts.
     let values: Vec<Complex> = (0..8).map(|i| Complex::new(i as f64 * 0.25 - 1.0, 0.5)).collect();
@@ -73,6 +80,34 @@ fn main() {
     let gk1 = sk.galois_keys(&[2], false).expect("galois keys 2");
     write("decode_galois_keys", "rot2", &gk1.to_bytes());
 
+    // Unseeded forms (no public API makes them): clear the seeded flag and replace each
+    // 32-byte seed with an explicit uniform half, here a copy of the b polynomials (residues
+    // already below their moduli, so the result is a valid encoding).
+    let pk_unseeded = unseed_public_key(&pk_bytes);
+    assert_eq!(blindfed::ckks::PublicKey::from_bytes(ctx, &pk_unseeded).expect("unseeded pk").to_bytes(), pk_unseeded);
+    write("decode_public_key", "unseeded", &pk_unseeded);
+    let rlk_unseeded = unseed_switch_keys(&rlk_bytes, 40, 1, 0);
+    assert_eq!(blindfed::ckks::RelinKey::from_bytes(ctx, &rlk_unseeded).expect("unseeded rlk").to_bytes(), rlk_unseeded);
+    write("decode_relin_key", "unseeded", &rlk_unseeded);
+    let count = u32::from_le_bytes(gk_bytes[40..44].try_into().unwrap()) as usize;
+    let gk_unseeded = unseed_switch_keys(&gk_bytes, 44, count, 8);
+    assert_eq!(blindfed::ckks::GaloisKeys::from_bytes(ctx, &gk_unseeded).expect("unseeded gk").to_bytes(), gk_unseeded);
+    write("decode_galois_keys", "unseeded", &gk_unseeded);
+    let mut gk_empty = gk_bytes[..40].to_vec();
+    gk_empty[7] = 0;
+    gk_empty.extend_from_slice(&0u32.to_le_bytes());
+    assert!(blindfed::ckks::GaloisKeys::from_bytes(ctx, &gk_empty).is_ok());
+    write("decode_galois_keys", "empty", &gk_empty);
+    // A bundle holding the unseeded objects (sections are length-prefixed nested objects).
+    let ek_empty = EvaluationKeys::new(ctx, None, None, None).expect("bundle").to_bytes();
+    let mut ek_unseeded = ek_empty[..40].to_vec();
+    for section in [&pk_unseeded, &rlk_unseeded, &gk_empty] {
+        ek_unseeded.extend_from_slice(&(section.len() as u64).to_le_bytes());
+        ek_unseeded.extend_from_slice(section);
+    }
+    assert_eq!(EvaluationKeys::from_bytes(ctx, &ek_unseeded).expect("unseeded bundle").to_bytes(), ek_unseeded);
+    write("decode_evaluation_keys", "unseeded", &ek_unseeded);
+
     let pk = Arc::new(pk);
     let rlk = Arc::new(rlk);
     let gk = Arc::new(gk);
@@ -87,4 +122,33 @@ fn main() {
         assert!(EvaluationKeys::from_bytes(ctx, &bytes).is_ok());
         write("decode_evaluation_keys", name, &bytes);
     }
+}
+
+/// Public key: header (8) + fingerprint (32) + b + seed (32) -> flags 0, header + fingerprint + b + b.
+fn unseed_public_key(bytes: &[u8]) -> Vec<u8> {
+    assert_eq!(bytes[7], 1, "expected a seeded public key");
+    let b = &bytes[40..bytes.len() - 32];
+    let mut out = bytes[..40].to_vec();
+    out[7] = 0;
+    out.extend_from_slice(b);
+    out.extend_from_slice(b);
+    out
+}
+
+/// `count` switch keys starting at `start`, each preceded by `prefix` bytes (the Galois element)
+/// and laid out as digits u8, b_0..b_{d-1}, seed (32). Every key has the same size.
+fn unseed_switch_keys(bytes: &[u8], start: usize, count: usize, prefix: usize) -> Vec<u8> {
+    assert_eq!(bytes[7], 1, "expected seeded switch keys");
+    let per_key = (bytes.len() - start) / count;
+    assert_eq!(start + per_key * count, bytes.len());
+    let mut out = bytes[..start].to_vec();
+    out[7] = 0;
+    for k in 0..count {
+        let key = &bytes[start + k * per_key..start + (k + 1) * per_key];
+        let b = &key[prefix + 1..per_key - 32];
+        out.extend_from_slice(&key[..prefix + 1]);
+        out.extend_from_slice(b);
+        out.extend_from_slice(b);
+    }
+    out
 }

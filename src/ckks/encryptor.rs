@@ -1,6 +1,5 @@
 //! Encryption: with the public key (anyone) or the secret key (seeded, half-size ciphertexts).
 
-use rayon::prelude::*;
 use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
@@ -22,25 +21,18 @@ pub(crate) fn expand_symmetric_a(ctx: &super::context::Context, seed: &[u8; 32],
     sampling::uniform_poly(&mut SeedStream::new(seed, SYMMETRIC_TAG), ctx.q_moduli(level), ctx.degree())
 }
 
-/// c_0 + c_1 s in one pass (each output written once), multiplying with s's Shoup constants.
+/// c_0 + c_1 s in one pass, multiplying with s's Shoup constants.
 fn c0_plus_c1_s(ct: &Ciphertext, sk: &SecretKey) -> RnsPoly {
-    let n = ct.ctx.degree();
-    let shift = n.trailing_zeros();
-    let len = (ct.level + 1) * n;
-    let (c0, c1) = (&ct.polys[0].as_flat()[..len], &ct.polys[1].as_flat()[..len]);
-    let (s, s_shoup) = (&sk.poly.as_flat()[..len], &sk.poly_shoup.as_flat()[..len]);
-    let data = c0
-        .par_iter()
-        .zip(c1)
-        .zip(s.par_iter().zip(s_shoup))
-        .enumerate()
-        .with_min_len(n)
-        .map(|(k, ((&x, &y), (&w, &ws)))| {
-            let m = &ct.ctx.key_moduli[k >> shift];
-            m.reduce_once(x + m.mul_shoup(y, w, ws))
-        })
-        .collect();
-    RnsPoly::from_flat(n, data)
+    let mut out = RnsPoly::zero(ct.ctx.degree(), ct.level + 1);
+    out.for_each_row(|i, row| {
+        let m = ct.ctx.key_moduli[i];
+        let (c0, c1) = (ct.polys[0].limb(i), ct.polys[1].limb(i));
+        let (s, s_shoup) = (sk.poly.limb(i), sk.poly_shoup.limb(i));
+        for (((o, &x), &y), (&w, &ws)) in row.iter_mut().zip(c0).zip(c1).zip(s.iter().zip(s_shoup)) {
+            *o = m.reduce_once(x + m.mul_shoup(y, w, ws));
+        }
+    });
+    out
 }
 
 impl PublicKey {

@@ -46,7 +46,7 @@ fn check_pair(
 }
 
 /// Element-wise `f(modulus, a, b)` over the rows both polynomials have, into a new
-/// polynomial: one pass, each output written once (rayon's indexed collect).
+/// polynomial; one pass per row with the row's modulus hoisted out of the loop.
 fn zip_map(
     ctx: &Context,
     a: &RnsPoly,
@@ -54,16 +54,14 @@ fn zip_map(
     f: impl Fn(&crate::math::modulus::Modulus, u64, u64) -> u64 + Sync + Send,
 ) -> RnsPoly {
     let n = a.degree();
-    let shift = n.trailing_zeros();
-    let len = a.as_flat().len().min(b.as_flat().len());
-    let data: Vec<u64> = a.as_flat()[..len]
-        .par_iter()
-        .zip(&b.as_flat()[..len])
-        .enumerate()
-        .with_min_len(n)
-        .map(|(k, (&x, &y))| f(&ctx.key_moduli[k >> shift], x, y))
-        .collect();
-    RnsPoly::from_flat(n, data)
+    let mut out = RnsPoly::zero(n, a.limbs().min(b.limbs()));
+    out.for_each_row(|i, row| {
+        let m = ctx.key_moduli[i];
+        for ((o, &x), &y) in row.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
+            *o = f(&m, x, y);
+        }
+    });
+    out
 }
 
 fn derived(ct: &Ciphertext, polys: Vec<RnsPoly>, level: usize, scale: f64) -> Ciphertext {
