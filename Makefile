@@ -1,5 +1,5 @@
 # The two quick-start commands are `make demo` and `make test`; everything else is a helper.
-.PHONY: setup demo test lint bench fmt
+.PHONY: setup demo test lint bench fmt abi3
 
 setup:
 	bash scripts/setup.sh
@@ -26,3 +26,7 @@ fmt:
 bench:
 	bash scripts/setup.sh "tenseal>=0.3.14"
 	.venv/bin/blindfed bench ckks --json bench-results/ckks.json
+
+# One abi3 wheel, tested under every CPython >= 3.10 on this machine.
+abi3: setup
+	bash scripts/check-abi3.sh
