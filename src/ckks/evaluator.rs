@@ -391,8 +391,10 @@ fn rotate_with(ct: &Ciphertext, elements: &[u64], keys: &GaloisKeys) -> Result<V
     Ok(parallel::install(|| {
         let ctx = &ct.ctx;
         let dec = decompose(ctx, &ct.polys[1], ct.level);
+        // Rotations of one decomposition are independent: parallel across output ciphertexts
+        // (and, nested, across limbs inside each).
         elements
-            .iter()
+            .par_iter()
             .zip(ksks)
             .map(|(&g, ksk)| {
                 let perm = ctx.galois_permutation(g);

@@ -192,3 +192,15 @@ def test_thread_count_is_settable(owner, rng):
         np.testing.assert_allclose(owner.decrypt(owner.encrypt(x)), x, atol=TOL)
     finally:
         blindfed.set_num_threads(before)
+
+
+def test_concurrent_use_from_python_threads(owner, keys, rng):
+    # Heavy calls release the GIL, so ciphertexts can be processed from several threads.
+    from concurrent.futures import ThreadPoolExecutor
+
+    xs = rng.uniform(-1, 1, (6, 256))
+    cts = [owner.encrypt(x).with_keys(keys) for x in xs]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        squares = list(pool.map(lambda ct: owner.decrypt(ct * ct), cts))
+    for x, sq in zip(xs, squares, strict=True):
+        np.testing.assert_allclose(sq, x * x, atol=1e-5)
