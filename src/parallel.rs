@@ -8,8 +8,14 @@ use crate::error::{Error, Result};
 
 static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
 
+/// More threads than this is a mistake, not a configuration.
+const MAX_THREADS: usize = 1024;
+
 /// Uses `threads` worker threads from now on; 0 means one per available core.
 pub fn set_num_threads(threads: usize) -> Result<()> {
+    if threads > MAX_THREADS {
+        return Err(Error::InvalidInput(format!("at most {MAX_THREADS} threads, got {threads}")));
+    }
     let pool = ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("blindfed-{i}"))

@@ -188,6 +188,10 @@ def test_thread_count_is_settable(owner, rng):
     try:
         blindfed.set_num_threads(1)
         assert blindfed.num_threads() == 1
+        with pytest.raises(ValueError, match="at most"):
+            blindfed.set_num_threads(10**6)
+        with pytest.raises(OverflowError):
+            blindfed.set_num_threads(-1)
         x = rng.uniform(-1, 1, 64)
         np.testing.assert_allclose(owner.decrypt(owner.encrypt(x)), x, atol=TOL)
     finally:
