@@ -118,6 +118,10 @@ proptest! {
         let pt = Plaintext::encode(&f.ctx, &y, None, None).unwrap();
         let rp = ev::rescale(&ev::mul_plain(&a, &pt).unwrap()).unwrap();
         prop_assert!(max_err(&decrypt(f, &rp), &prod) < PRECISION);
+        let tripled: Vec<_> = x.iter().map(|p| Complex::new(3.0 * p.re, 3.0 * p.im)).collect();
+        let by_integer = ev::mul_integer(&a, 3);
+        prop_assert_eq!((by_integer.level(), by_integer.scale()), (a.level(), a.scale()));
+        prop_assert!(max_err(&decrypt(f, &by_integer), &tripled) < PRECISION);
         let rs = ev::rescale(&ev::mul_scalar(&a, -1.5).unwrap()).unwrap();
         let scaled: Vec<_> = x.iter().map(|p| Complex::new(-1.5 * p.re, -1.5 * p.im)).collect();
         prop_assert!(max_err(&decrypt(f, &rs), &scaled) < PRECISION);

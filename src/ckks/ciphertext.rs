@@ -43,9 +43,4 @@ impl Ciphertext {
     pub fn context(&self) -> &Context {
         &self.ctx
     }
-
-    /// Overrides the recorded scale (the caller vouches for it); used to reinterpret a result.
-    pub fn set_scale(&mut self, scale: f64) {
-        self.scale = scale;
-    }
 }

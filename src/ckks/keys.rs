@@ -89,11 +89,6 @@ impl GaloisKeys {
     pub fn get(&self, galois: u64) -> Option<&KeySwitchKey> {
         self.keys.get(&galois)
     }
-
-    /// Adds the keys of `other` (same parameter set) to this set.
-    pub fn extend(&mut self, other: GaloisKeys) {
-        self.keys.extend(other.keys);
-    }
 }
 
 /// What an owner ships to an evaluator: any of the public, relinearisation and Galois keys,

@@ -65,14 +65,6 @@ impl BaseConverter {
         }
     }
 
-    pub fn source(&self) -> &[Modulus] {
-        &self.from
-    }
-
-    pub fn target(&self) -> &[Modulus] {
-        &self.to
-    }
-
     /// Multiplies each source row by (B/b_i)^-1 mod b_i; the result feeds [`Self::convert_row`].
     pub fn prepare(&self, input: &[u64], n: usize) -> Vec<u64> {
         debug_assert_eq!(input.len(), self.from.len() * n);
