@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use crate::math::poly::RnsPoly;
+use crate::math::rns::BaseConverter;
 
 use super::context::Context;
 use super::keys::KeySwitchKey;
@@ -19,31 +20,29 @@ pub(crate) struct Decomposition {
     digits: Vec<RnsPoly>,
 }
 
-/// Key-modulus index of each extended row at `level`.
-fn key_rows(ctx: &Context, level: usize) -> Vec<usize> {
-    ctx.extended_indices(level)
-}
-
 /// Raises the digits of `d` (NTT form, level + 1 rows) to the extended basis.
 pub(crate) fn decompose(ctx: &Context, d: &RnsPoly, level: usize) -> Decomposition {
     let n = ctx.degree();
     let mut coeff = d.clone();
     coeff.intt(&ctx.q_ntt(level));
-    let rows = key_rows(ctx, level);
-    let active: Vec<(usize, usize)> =
-        ctx.digits.iter().filter(|g| g.start <= level).map(|g| (g.start, g.end.min(level + 1))).collect();
-    let mut digits: Vec<RnsPoly> = active.iter().map(|_| RnsPoly::zero(n, rows.len())).collect();
-    let prepared: Vec<Vec<u64>> = active
+    let rows = ctx.extended_indices(level);
+    // Each digit present at this level: its prime range (cut at the level) and its converter.
+    let active: Vec<(usize, usize, &BaseConverter)> = ctx
+        .digits
         .iter()
-        .map(|&(s, e)| ctx.mod_up_converter(s, e).prepare(&coeff.as_flat()[s * n..e * n], n))
+        .filter(|g| g.start <= level)
+        .map(|g| {
+            let end = g.end.min(level + 1);
+            (g.start, end, ctx.mod_up_converter(g.start, end))
+        })
         .collect();
+    let mut digits: Vec<RnsPoly> = active.iter().map(|_| RnsPoly::zero(n, rows.len())).collect();
+    let prepared: Vec<Vec<u64>> =
+        active.iter().map(|&(s, e, conv)| conv.prepare(&coeff.as_flat()[s * n..e * n], n)).collect();
     // Raising the centred representative of each digit (|d_i| <= Q_i / 2) halves the
     // key-switching noise sum_i d_i e_i / P compared with [0, Q_i).
-    let overflow: Vec<Vec<u64>> = active
-        .iter()
-        .zip(&prepared)
-        .map(|(&(s, e), p)| ctx.mod_up_converter(s, e).overflow_estimates(p, n))
-        .collect();
+    let overflow: Vec<Vec<u64>> =
+        active.iter().zip(&prepared).map(|(&(_, _, conv), p)| conv.overflow_estimates(p, n)).collect();
     // One task per (digit, row): copy the digit's own rows, convert and transform the others.
     let mut tasks: Vec<(usize, usize, &mut [u64])> = Vec::new();
     for (g, poly) in digits.iter_mut().enumerate() {
@@ -52,12 +51,12 @@ pub(crate) fn decompose(ctx: &Context, d: &RnsPoly, level: usize) -> Decompositi
         }
     }
     tasks.into_par_iter().for_each(|(g, r, row)| {
-        let (start, end) = active[g];
+        let (start, end, conv) = active[g];
         let key_row = rows[r];
         if (start..end).contains(&key_row) {
             row.copy_from_slice(d.limb(r));
         } else {
-            ctx.mod_up_converter(start, end).convert_row_exact(&prepared[g], &overflow[g], n, key_row, row);
+            conv.convert_row_exact(&prepared[g], &overflow[g], n, key_row, row);
             ctx.ntt[key_row].forward(row);
         }
     });
@@ -113,7 +112,7 @@ fn inner_product(
 ) -> (RnsPoly, RnsPoly) {
     let n = ctx.degree();
     let level = dec.level;
-    let rows = key_rows(ctx, level);
+    let rows = ctx.extended_indices(level);
     let mut acc0 = RnsPoly::zero(n, rows.len());
     let mut acc1 = RnsPoly::zero(n, rows.len());
     const CHUNK: usize = 256;
