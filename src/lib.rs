@@ -6,6 +6,7 @@
 //! - `py`: the PyO3 bindings (feature `python`), conversion only.
 
 pub mod ckks;
+pub mod he;
 pub mod error;
 pub mod math;
 pub mod parallel;

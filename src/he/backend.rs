@@ -1,0 +1,66 @@
+//! The operations encrypted linear algebra is written against.
+//!
+//! A value is a vector of `slots()` real numbers at a level. Routines in `he` and `nn` are
+//! generic over [`Backend`], so one piece of code runs three ways:
+//! - [`crate::he::encrypted::Encrypted`]: CKKS ciphertexts (the LSP's real computation);
+//! - [`crate::he::mirror::Mirror`]: the same arithmetic on f64 vectors (the plaintext mirror);
+//! - [`crate::he::mirror::Mirror::tracer`]: levels and counts only (cost prediction).
+//!
+//! Level rules, identical in every backend: products (`mul*`, `dot`, `linear`) consume one
+//! level; additions bring both operands to the lower level; rotations and integer products
+//! are free; a refresh returns values at `max_level() - 1`.
+
+use crate::error::Result;
+
+use super::cost::Cost;
+
+pub trait Backend: Sync {
+    type Value: Clone + Send + Sync;
+
+    /// Real values per ciphertext.
+    fn slots(&self) -> usize;
+    /// Level of fresh values.
+    fn max_level(&self) -> usize;
+    fn level(&self, v: &Self::Value) -> usize;
+
+    /// `v` at `level` (at most its own), at that level's canonical scale.
+    fn drop_to(&self, v: &Self::Value, level: usize) -> Result<Self::Value>;
+    fn add(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    fn sub(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    fn add_scalar(&self, a: &Self::Value, c: f64) -> Result<Self::Value>;
+    /// Adds a plaintext vector of `slots()` values.
+    fn add_plain(&self, a: &Self::Value, p: &[f64]) -> Result<Self::Value>;
+    /// Times an integer: exact, no level.
+    fn mul_integer(&self, a: &Self::Value, k: i64) -> Self::Value;
+    /// Times a real constant: one level.
+    fn mul_scalar(&self, a: &Self::Value, c: f64) -> Result<Self::Value>;
+    /// Slot-wise times a plaintext vector: one level.
+    fn mul_plain(&self, a: &Self::Value, p: &[f64]) -> Result<Self::Value>;
+    /// Slot-wise product of two values: one level, one relinearisation.
+    fn mul(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    /// sum_i a_i * b_i with a single relinearisation: one level.
+    fn dot(&self, a: &[&Self::Value], b: &[&Self::Value]) -> Result<Self::Value>;
+    /// out_j = sum_i weights[j * inputs.len() + i] * inputs[i]: one level, no key switch.
+    fn linear(&self, inputs: &[&Self::Value], weights: &[f64], outputs: usize) -> Result<Vec<Self::Value>>;
+    /// Rotates left by `step` slots (right if negative).
+    fn rotate(&self, a: &Self::Value, step: i64) -> Result<Self::Value>;
+    /// Several rotations of one value sharing one decomposition.
+    fn rotate_many(&self, a: &Self::Value, steps: &[i64]) -> Result<Vec<Self::Value>>;
+    /// Masked refresh round trip: the values come back at `max_level() - 1`.
+    fn refresh(&self, values: Vec<Self::Value>) -> Result<Vec<Self::Value>>;
+    /// Operations counted so far.
+    fn cost(&self) -> Cost;
+
+    fn square(&self, a: &Self::Value) -> Result<Self::Value> {
+        self.mul(a, a)
+    }
+
+    fn lowest_level(&self, values: &[&Self::Value]) -> usize {
+        values.iter().map(|v| self.level(v)).min().unwrap_or(self.max_level())
+    }
+}
+
+/// Normalised rotation step: the Galois element of `step` and `step + slots` is the same.
+pub(crate) fn canonical_step(step: i64, slots: usize) -> i64 {
+    step.rem_euclid(slots as i64)
+}

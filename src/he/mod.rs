@@ -1,0 +1,10 @@
+//! Encrypted linear algebra and polynomials over CKKS, written once against [`Backend`] so the
+//! same routine runs encrypted, in the f64 mirror, or as a cost tracer.
+
+pub mod backend;
+pub mod cost;
+pub mod mirror;
+
+pub use backend::Backend;
+pub use cost::Cost;
+pub use mirror::{Mirror, MirrorValue};
