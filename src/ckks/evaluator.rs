@@ -252,14 +252,27 @@ pub fn multiply_relin_rescale(a: &Ciphertext, b: &Ciphertext, key: &RelinKey) ->
     if a.level == 0 {
         return Err(Error::OutOfLevels("cannot rescale a product at level 0".into()));
     }
-    let product = multiply(a, b)?;
-    let ctx = &a.ctx;
+    relinearize_rescale(&multiply(a, b)?, key)
+}
+
+/// Relinearises a size-3 ciphertext and rescales it, fused: one basis conversion for both.
+pub fn relinearize_rescale(product: &Ciphertext, key: &RelinKey) -> Result<Ciphertext> {
+    if product.ctx != key.0.ctx {
+        return Err(Error::ParameterMismatch);
+    }
+    if product.level == 0 {
+        return Err(Error::OutOfLevels("cannot rescale a product at level 0".into()));
+    }
+    if product.size() != 3 {
+        return rescale(product);
+    }
+    let ctx = &product.ctx;
     let polys = parallel::install(|| {
         let dec = decompose(ctx, &product.polys[2], product.level);
         let (c0, c1) = key_switch_rescale(ctx, &dec, &key.0, [&product.polys[0], &product.polys[1]]);
         vec![c0, c1]
     });
-    let mut out = derived(&product, polys, a.level - 1, product.scale / ctx.params.q[a.level] as f64);
+    let mut out = derived(product, polys, product.level - 1, product.scale / ctx.params.q[product.level] as f64);
     out.slots = product.slots;
     Ok(out)
 }

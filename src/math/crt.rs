@@ -32,12 +32,25 @@ impl CrtComposer {
         CrtComposer { moduli: moduli.to_vec(), inverses }
     }
 
-    /// The centred value of one coefficient given its residue in each prime.
-    pub fn compose(&self, residues: &[u64]) -> f64 {
-        // At most 61 primes: the digits live on the stack.
+    /// The exact centred value of one coefficient, when the product of the primes is below
+    /// 2^126 (callers check [`CrtComposer::fits_i128`]).
+    pub fn compose_i128(&self, residues: &[u64]) -> i128 {
+        let digits = self.digits(residues);
+        let mut value = 0i128;
+        for i in (0..self.moduli.len()).rev() {
+            value = value * self.moduli[i].value() as i128 + digits[i] as i128;
+        }
+        value
+    }
+
+    /// Whether [`CrtComposer::compose_i128`] is exact for these primes.
+    pub fn fits_i128(&self) -> bool {
+        self.moduli.iter().map(|q| (q.value() as f64).log2()).sum::<f64>() < 126.0
+    }
+
+    fn digits(&self, residues: &[u64]) -> [i64; 64] {
         let mut digits = [0i64; 64];
-        let k = self.moduli.len();
-        for i in 0..k {
+        for i in 0..self.moduli.len() {
             let qi = self.moduli[i];
             let mut t = residues[i];
             for (j, &(inv, inv_shoup)) in self.inverses[i].iter().enumerate() {
@@ -45,6 +58,14 @@ impl CrtComposer {
             }
             digits[i] = qi.center(t);
         }
+        digits
+    }
+
+    /// The centred value of one coefficient given its residue in each prime.
+    pub fn compose(&self, residues: &[u64]) -> f64 {
+        // At most 61 primes: the digits live on the stack.
+        let digits = self.digits(residues);
+        let k = self.moduli.len();
         let mut value = 0f64;
         for i in (0..k).rev() {
             value = value * self.moduli[i].value() as f64 + digits[i] as f64;

@@ -1,0 +1,267 @@
+//! Ciphertext-ciphertext products for attention in the token layout.
+//!
+//! With tokens in slots, the score matrix of one head is kept as its 2T - 1 diagonals:
+//! S_r[t] = sum_f Q_f[t] K_f[t + r] for r in [-(T-1), T-1] (slot t is a query token). Row sums
+//! of the softmax are then slot-wise additions, and A V is sum_r A_r * rot_r(V_f).
+//!
+//! Baby-step giant-step with r = s_j + i, s_j = -(T-1) + g j, i < g: diagonals are computed and
+//! kept in a frame rotated by -s_j, D_ji = sum_f rot_{-s_j}(Q_f) * rot_i(K_f), which needs only
+//! g baby rotations of each K_f and V_f (hoisted) and one giant step per j. Element-wise work
+//! (the exponential) does not care about the frame; sums over diagonals come back with a
+//! Horner scheme in rotations by g. Keys: 1..g-1, +-g and +-(T-1), whatever T is.
+//!
+//! Pairs (t, t + r) that cross a sample boundary are not attention pairs; [`DiagonalPlan::masks`]
+//! zeroes them (callers fold the masks into the exponential's last products).
+
+use crate::error::{Error, Result};
+
+use super::backend::Backend;
+use super::layout::TokenLayout;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiagonalPlan {
+    pub tokens: usize,
+    pub samples: usize,
+    pub slots: usize,
+    /// Baby steps g.
+    pub baby: usize,
+}
+
+impl DiagonalPlan {
+    /// `baby` defaults to about sqrt(3 T), which balances baby rotations against giant steps.
+    pub fn new(layout: &TokenLayout, samples: usize, baby: Option<usize>) -> Result<Self> {
+        let t = layout.tokens;
+        if samples == 0 || samples > layout.samples_per_group() {
+            return Err(Error::InvalidInput(format!(
+                "a group holds 1 to {} samples, got {samples}",
+                layout.samples_per_group()
+            )));
+        }
+        let baby = baby.unwrap_or_else(|| ((3 * t) as f64).sqrt().round() as usize).clamp(1, 2 * t - 1);
+        Ok(DiagonalPlan { tokens: t, samples, slots: layout.slots, baby })
+    }
+
+    pub fn diagonals(&self) -> usize {
+        2 * self.tokens - 1
+    }
+
+    pub fn giants(&self) -> usize {
+        self.diagonals().div_ceil(self.baby)
+    }
+
+    fn shift(&self, j: usize) -> i64 {
+        -(self.tokens as i64 - 1) + (self.baby * j) as i64
+    }
+
+    /// (j, i) of every diagonal, in the order the routines return them.
+    pub fn indices(&self) -> Vec<(usize, usize)> {
+        (0..self.giants())
+            .flat_map(|j| (0..self.baby).map(move |i| (j, i)))
+            .take(self.diagonals())
+            .collect()
+    }
+
+    /// For each diagonal (in [`DiagonalPlan::indices`] order) 1 where the rotated slot pairs a
+    /// query token with a key token of the same sample, 0 elsewhere.
+    pub fn masks(&self) -> Vec<Vec<f64>> {
+        let t = self.tokens as i64;
+        let used = (self.samples * self.tokens) as i64;
+        let n = self.slots as i64;
+        self.indices()
+            .into_iter()
+            .map(|(j, i)| {
+                let s = self.shift(j);
+                let r = s + i as i64;
+                (0..n)
+                    .map(|u| {
+                        let q = (u - s).rem_euclid(n);
+                        let key = (q % t) + r;
+                        if q < used && (0..t).contains(&key) {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The left-rotation steps the routines use: the Galois keys to generate.
+    pub fn rotation_steps(&self) -> Vec<i64> {
+        let t = self.tokens as i64;
+        let g = self.baby as i64;
+        let mut steps: Vec<i64> = (1..g).collect();
+        steps.extend([g, -g, t - 1, -(t - 1)]);
+        steps.sort_unstable();
+        steps.dedup();
+        steps.retain(|&s| s.rem_euclid(self.slots as i64) != 0);
+        steps
+    }
+
+    fn check_features<V>(&self, a: &[&V], b: &[&V]) -> Result<()> {
+        if a.is_empty() || a.len() != b.len() {
+            return Err(Error::InvalidInput(format!(
+                "attention needs the same non-zero number of query and key features, got {} and {}",
+                a.len(),
+                b.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The score diagonals D_ji = sum_f rot_{-s_j}(Q_f) * rot_i(K_f): one level.
+    pub fn scores<B: Backend>(&self, b: &B, q: &[&B::Value], k: &[&B::Value]) -> Result<Vec<B::Value>> {
+        self.check_features(q, k)?;
+        let babies: Vec<i64> = (0..self.baby as i64).collect();
+        let k_rot = k.iter().map(|x| b.rotate_many(x, &babies)).collect::<Result<Vec<_>>>()?;
+        let mut q_j = q.iter().map(|x| b.rotate(x, -self.shift(0))).collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(self.diagonals());
+        for j in 0..self.giants() {
+            if j > 0 {
+                q_j = q_j.iter().map(|x| b.rotate(x, -(self.baby as i64))).collect::<Result<Vec<_>>>()?;
+            }
+            let qs: Vec<&B::Value> = q_j.iter().collect();
+            for i in 0..self.baby {
+                if out.len() == self.diagonals() {
+                    break;
+                }
+                let ks: Vec<&B::Value> = k_rot.iter().map(|r| &r[i]).collect();
+                out.push(b.dot(&qs, &ks)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// sum_j rot_{s_j}(per_giant[j]) by Horner in rotations by g.
+    fn gather<B: Backend>(&self, b: &B, per_giant: Vec<B::Value>) -> Result<B::Value> {
+        let mut iter = per_giant.into_iter().rev();
+        let mut acc = iter.next().ok_or_else(|| Error::InvalidInput("no diagonals".into()))?;
+        for x in iter {
+            acc = b.add(&x, &b.rotate(&acc, self.baby as i64)?)?;
+        }
+        b.rotate(&acc, self.shift(0))
+    }
+
+    fn check_diagonals<V>(&self, d: &[V]) -> Result<()> {
+        if d.len() != self.diagonals() {
+            return Err(Error::InvalidInput(format!(
+                "expected {} diagonals, got {}",
+                self.diagonals(),
+                d.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Row sums of a matrix given by its diagonals (in the rotated frame): no level.
+    pub fn row_sums<B: Backend>(&self, b: &B, diagonals: &[B::Value]) -> Result<B::Value> {
+        self.check_diagonals(diagonals)?;
+        let per_giant = diagonals
+            .chunks(self.baby)
+            .map(|chunk| {
+                let mut it = chunk.iter();
+                let first = it.next().expect("chunks are non-empty").clone();
+                it.try_fold(first, |acc, x| b.add(&acc, x))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.gather(b, per_giant)
+    }
+
+    /// out_f = sum_r A_r * rot_r(V_f) for a matrix A given by its diagonals: one level.
+    pub fn mix<B: Backend>(&self, b: &B, diagonals: &[B::Value], v: &[&B::Value]) -> Result<Vec<B::Value>> {
+        self.check_diagonals(diagonals)?;
+        if v.is_empty() {
+            return Err(Error::InvalidInput("attention needs at least one value feature".into()));
+        }
+        let babies: Vec<i64> = (0..self.baby as i64).collect();
+        v.iter()
+            .map(|vf| {
+                let v_rot = b.rotate_many(vf, &babies)?;
+                let per_giant = diagonals
+                    .chunks(self.baby)
+                    .map(|chunk| {
+                        let a: Vec<&B::Value> = chunk.iter().collect();
+                        let r: Vec<&B::Value> = v_rot[..chunk.len()].iter().collect();
+                        b.dot(&a, &r)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.gather(b, per_giant)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::he::mirror::{Mirror, MirrorValue};
+
+    fn refs(x: &[MirrorValue]) -> Vec<&MirrorValue> {
+        x.iter().collect()
+    }
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64 / (1u64 << 53) as f64) - 0.5
+    }
+
+    /// Scores, masked row sums and A V against dense per-sample matrices.
+    #[test]
+    fn matches_dense_attention_products() {
+        for (tokens, samples, slots, baby) in [(5, 3, 16, None), (7, 2, 32, Some(3)), (4, 4, 16, Some(1))] {
+            let layout = TokenLayout::new(tokens, 2, slots).unwrap();
+            let plan = DiagonalPlan::new(&layout, samples, baby).unwrap();
+            let b = Mirror::new(slots, 5);
+            let mut seed = 7;
+            let feats = 2;
+            let q: Vec<Vec<f64>> = (0..feats).map(|_| (0..slots).map(|_| lcg(&mut seed)).collect()).collect();
+            let k: Vec<Vec<f64>> = (0..feats).map(|_| (0..slots).map(|_| lcg(&mut seed)).collect()).collect();
+            let v: Vec<Vec<f64>> = (0..feats).map(|_| (0..slots).map(|_| lcg(&mut seed)).collect()).collect();
+            let enc = |x: &Vec<Vec<f64>>| x.iter().map(|c| b.value(c.clone()).unwrap()).collect::<Vec<_>>();
+            let (qe, ke, ve) = (enc(&q), enc(&k), enc(&v));
+            let d = plan.scores(&b, &refs(&qe), &refs(&ke)).unwrap();
+            let masks = plan.masks();
+            let masked: Vec<_> = d.iter().zip(&masks).map(|(x, m)| b.mul_plain(x, m).unwrap()).collect();
+            let sums = plan.row_sums(&b, &masked).unwrap();
+            let mixed = plan.mix(&b, &masked, &refs(&ve)).unwrap();
+            for s in 0..samples {
+                for t in 0..tokens {
+                    let slot = s * tokens + t;
+                    let score = |u: usize| (0..feats).map(|f| q[f][slot] * k[f][s * tokens + u]).sum::<f64>();
+                    let row: f64 = (0..tokens).map(score).sum();
+                    assert!((sums.data[slot] - row).abs() < 1e-12, "row sum at {slot}");
+                    for f in 0..feats {
+                        let want: f64 = (0..tokens).map(|u| score(u) * v[f][s * tokens + u]).sum();
+                        assert!((mixed[f].data[slot] - want).abs() < 1e-12, "A V at {slot}");
+                    }
+                }
+            }
+            // The tracer sees exactly the rotations the plan lists.
+            let tracer = Mirror::tracer(slots, 5);
+            let tv = |n: usize| (0..n).map(|_| tracer.value(vec![]).unwrap()).collect::<Vec<_>>();
+            let (tq, tk) = (tv(feats), tv(feats));
+            let td = plan.scores(&tracer, &refs(&tq), &refs(&tk)).unwrap();
+            plan.row_sums(&tracer, &td).unwrap();
+            plan.mix(&tracer, &td, &refs(&tq)).unwrap();
+            let used: Vec<i64> = tracer.cost().rotation_steps.into_iter().collect();
+            let mut listed: Vec<i64> =
+                plan.rotation_steps().iter().map(|s| s.rem_euclid(slots as i64)).collect();
+            listed.sort_unstable();
+            listed.dedup();
+            assert!(used.iter().all(|s| listed.contains(s)), "{used:?} not within {listed:?}");
+            assert_eq!(tracer.cost().relinearizations as usize, plan.diagonals() + feats * plan.giants());
+        }
+    }
+
+    #[test]
+    fn rejects_bad_inputs() {
+        let layout = TokenLayout::new(5, 2, 16).unwrap();
+        assert!(DiagonalPlan::new(&layout, 4, None).is_err());
+        let plan = DiagonalPlan::new(&layout, 3, None).unwrap();
+        let b = Mirror::new(16, 3);
+        let x = b.value(vec![0.0; 16]).unwrap();
+        assert!(plan.scores(&b, &[&x], &[]).is_err());
+        assert!(plan.row_sums(&b, &[x.clone()]).is_err());
+    }
+}

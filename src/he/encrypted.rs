@@ -1,0 +1,309 @@
+//! The CKKS backend: values are ciphertexts, products relinearise and rescale at once.
+
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::ckks::evaluator as ev;
+use crate::ckks::{Ciphertext, Complex, Context, EvaluationKeys, GaloisKeys, Plaintext, RelinKey};
+use crate::error::{Error, Result};
+use crate::math::lincomb;
+use crate::math::poly::RnsPoly;
+use crate::parallel;
+
+use super::backend::{canonical_step, Backend};
+use super::cost::Cost;
+use super::mirror::check_linear;
+use super::refresh::{refresh_all, Refresher};
+
+pub struct Encrypted {
+    ctx: Context,
+    relin: Arc<RelinKey>,
+    galois: Option<Arc<GaloisKeys>>,
+    refresher: Option<Arc<dyn Refresher>>,
+    cost: Mutex<Cost>,
+}
+
+impl Encrypted {
+    /// `keys` must hold a relinearisation key; rotations need Galois keys for their steps, and
+    /// refreshes need an owner (`with_refresher`).
+    pub fn new(keys: &EvaluationKeys) -> Result<Self> {
+        let relin = keys
+            .relin
+            .clone()
+            .ok_or_else(|| Error::MissingKey("evaluating a block needs a relinearisation key".into()))?;
+        Ok(Encrypted {
+            ctx: keys.context().clone(),
+            relin,
+            galois: keys.galois.clone(),
+            refresher: None,
+            cost: Mutex::new(Cost::default()),
+        })
+    }
+
+    pub fn with_refresher(mut self, owner: Arc<dyn Refresher>) -> Self {
+        self.refresher = Some(owner);
+        self
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Cost)) {
+        f(&mut self.cost.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn check(&self, v: &Ciphertext) -> Result<()> {
+        if v.context() != &self.ctx {
+            return Err(Error::ParameterMismatch);
+        }
+        if v.slots() != self.slots() {
+            return Err(Error::InvalidInput(format!(
+                "ciphertext packs {} slots, the evaluator expects {}",
+                v.slots(),
+                self.slots()
+            )));
+        }
+        Ok(())
+    }
+
+    fn align(&self, values: &[&Ciphertext]) -> Result<Vec<Ciphertext>> {
+        let level = values.iter().map(|v| v.level()).min().unwrap_or(0);
+        values
+            .iter()
+            .map(|v| {
+                self.check(v)?;
+                ev::adjust_level(v, level)
+            })
+            .collect()
+    }
+
+    fn encode(&self, p: &[f64], level: usize, scale: f64) -> Result<Plaintext> {
+        if p.len() != self.slots() {
+            return Err(Error::InvalidInput(format!("plaintext has {} values, expected {}", p.len(), self.slots())));
+        }
+        let values: Vec<Complex> = p.iter().map(|&x| Complex::new(x, 0.0)).collect();
+        Plaintext::encode(&self.ctx, &values, Some(level), Some(scale))
+    }
+
+    fn product_done(&self, out: &Ciphertext) {
+        self.count(|c| c.reached(out.level()));
+    }
+
+    fn galois(&self) -> Result<&GaloisKeys> {
+        self.galois.as_deref().ok_or_else(|| Error::MissingKey("rotations need Galois keys".into()))
+    }
+}
+
+impl Backend for Encrypted {
+    type Value = Ciphertext;
+
+    fn slots(&self) -> usize {
+        self.ctx.params.slots()
+    }
+
+    fn max_level(&self) -> usize {
+        self.ctx.max_level()
+    }
+
+    fn level(&self, v: &Ciphertext) -> usize {
+        v.level()
+    }
+
+    fn drop_to(&self, v: &Ciphertext, level: usize) -> Result<Ciphertext> {
+        ev::adjust_level(v, level)
+    }
+
+    fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let v = self.align(&[a, b])?;
+        ev::add(&v[0], &v[1])
+    }
+
+    fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let v = self.align(&[a, b])?;
+        ev::sub(&v[0], &v[1])
+    }
+
+    fn add_scalar(&self, a: &Ciphertext, c: f64) -> Result<Ciphertext> {
+        ev::add_scalar(a, c)
+    }
+
+    fn add_plain(&self, a: &Ciphertext, p: &[f64]) -> Result<Ciphertext> {
+        ev::add_plain(a, &self.encode(p, a.level(), a.scale())?)
+    }
+
+    fn mul_integer(&self, a: &Ciphertext, k: i64) -> Ciphertext {
+        ev::mul_integer(a, k)
+    }
+
+    fn mul_scalar(&self, a: &Ciphertext, c: f64) -> Result<Ciphertext> {
+        let out = ev::rescale(&ev::mul_scalar(a, c)?)?;
+        self.count(|cost| cost.plain_products += 1);
+        self.product_done(&out);
+        Ok(out)
+    }
+
+    fn mul_plain(&self, a: &Ciphertext, p: &[f64]) -> Result<Ciphertext> {
+        if a.level() == 0 {
+            return Err(Error::OutOfLevels("a product at level 0 cannot be rescaled".into()));
+        }
+        let pt = self.encode(p, a.level(), self.ctx.scale_at(a.level()))?;
+        let out = ev::rescale(&ev::mul_plain(a, &pt)?)?;
+        self.count(|cost| cost.plain_products += 1);
+        self.product_done(&out);
+        Ok(out)
+    }
+
+    fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let v = self.align(&[a, b])?;
+        let out = ev::multiply_relin_rescale(&v[0], &v[1], &self.relin)?;
+        self.count(|c| c.relinearizations += 1);
+        self.product_done(&out);
+        Ok(out)
+    }
+
+    fn dot(&self, a: &[&Ciphertext], b: &[&Ciphertext]) -> Result<Ciphertext> {
+        if a.len() != b.len() || a.is_empty() {
+            return Err(Error::InvalidInput(format!("dot of {} and {} values", a.len(), b.len())));
+        }
+        let all: Vec<&Ciphertext> = a.iter().chain(b).copied().collect();
+        let v = self.align(&all)?;
+        if v[0].level() == 0 {
+            return Err(Error::OutOfLevels("a product at level 0 cannot be rescaled".into()));
+        }
+        let (xs, ys) = v.split_at(a.len());
+        // Tensor products summed in parallel chunks, then one key switch for the sum.
+        let sum = parallel::install(|| {
+            xs.par_iter()
+                .zip(ys)
+                .map(|(x, y)| ev::multiply(x, y))
+                .try_reduce_with(|p, q| ev::add(&p, &q))
+                .expect("at least one product")
+        })?;
+        let out = ev::relinearize_rescale(&sum, &self.relin)?;
+        self.count(|c| {
+            c.relinearizations += 1;
+            c.tensor_products += a.len() as u64;
+        });
+        self.product_done(&out);
+        Ok(out)
+    }
+
+    fn linear(&self, inputs: &[&Ciphertext], weights: &[f64], outputs: usize) -> Result<Vec<Ciphertext>> {
+        check_linear(inputs.len(), weights.len(), outputs)?;
+        let xs = self.align(inputs)?;
+        let level = xs[0].level();
+        if level == 0 {
+            return Err(Error::OutOfLevels("a linear layer at level 0 cannot be rescaled".into()));
+        }
+        let out = parallel::install(|| linear_combination(&self.ctx, &xs, weights, outputs))?;
+        let out = out.iter().map(ev::rescale).collect::<Result<Vec<_>>>()?;
+        self.count(|c| c.linear_terms += (inputs.len() * outputs) as u64);
+        self.product_done(&out[0]);
+        Ok(out)
+    }
+
+    fn rotate(&self, a: &Ciphertext, step: i64) -> Result<Ciphertext> {
+        let step = canonical_step(step, self.slots());
+        if step == 0 {
+            return Ok(a.clone());
+        }
+        let out = ev::rotate(a, step, self.galois()?)?;
+        self.count(|c| {
+            c.rotations += 1;
+            c.rotation_steps.insert(step);
+        });
+        Ok(out)
+    }
+
+    fn rotate_many(&self, a: &Ciphertext, steps: &[i64]) -> Result<Vec<Ciphertext>> {
+        let steps: Vec<i64> = steps.iter().map(|&s| canonical_step(s, self.slots())).collect();
+        let nonzero = steps.iter().filter(|&&s| s != 0).count() as u64;
+        if nonzero == 0 {
+            return Ok(vec![a.clone(); steps.len()]);
+        }
+        let out = ev::rotate_hoisted(a, &steps, self.galois()?)?;
+        self.count(|c| {
+            c.rotations += nonzero;
+            if nonzero > 1 {
+                c.hoisted_rotations += nonzero;
+            }
+            c.rotation_steps.extend(steps.iter().filter(|&&s| s != 0));
+        });
+        Ok(out)
+    }
+
+    fn refresh(&self, values: Vec<Ciphertext>) -> Result<Vec<Ciphertext>> {
+        let owner = self
+            .refresher
+            .as_deref()
+            .ok_or_else(|| Error::MissingKey("this evaluation needs a masked refresh but has no owner".into()))?;
+        let count = values.len() as u64;
+        let out = refresh_all(values, owner)?;
+        self.count(|c| {
+            c.refresh_rounds += 1;
+            c.refreshed_ciphertexts += count;
+        });
+        Ok(out)
+    }
+
+    fn cost(&self) -> Cost {
+        self.cost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// out_j = sum_i w_ji x_i with each weight encoded at the level's canonical scale (so the
+/// rescale that follows lands on the next level's scale), before that rescale.
+fn linear_combination(
+    ctx: &Context,
+    xs: &[Ciphertext],
+    weights: &[f64],
+    outputs: usize,
+) -> Result<Vec<Ciphertext>> {
+    let level = xs[0].level();
+    let n_in = xs.len();
+    let factor = ctx.scale_at(level);
+    let moduli = ctx.q_moduli(level);
+    let mut integers = Vec::with_capacity(weights.len());
+    for &w in weights {
+        let v = (w * factor).round();
+        if !v.is_finite() || v.abs() >= 2f64.powi(120) {
+            return Err(Error::InvalidInput(format!("weight {w} is not a finite number in range")));
+        }
+        integers.push(v as i128);
+    }
+    // residues[l][j * n_in + i]: weight (j, i) modulo prime l.
+    let residues: Vec<Vec<u64>> =
+        moduli.iter().map(|m| integers.iter().map(|&v| m.reduce_i128(v)).collect()).collect();
+    let n = ctx.degree();
+    let mut polys: Vec<[RnsPoly; 2]> =
+        (0..outputs).map(|_| [RnsPoly::zero(n, level + 1), RnsPoly::zero(n, level + 1)]).collect();
+    // One task per (polynomial, prime): it owns that row of every output.
+    let mut rows: Vec<Vec<&mut [u64]>> = (0..2 * (level + 1)).map(|_| Vec::with_capacity(outputs)).collect();
+    for out in polys.iter_mut() {
+        for (p, poly) in out.iter_mut().enumerate() {
+            for (l, row) in poly.rows_mut().enumerate() {
+                rows[p * (level + 1) + l].push(row);
+            }
+        }
+    }
+    rows.into_par_iter().enumerate().for_each(|(task, mut out_rows)| {
+        let (p, l) = (task / (level + 1), task % (level + 1));
+        let inputs: Vec<&[u64]> = xs.iter().map(|x| x.polys[p].limb(l)).collect();
+        for (j, row) in out_rows.iter_mut().enumerate() {
+            lincomb::combine(row, &inputs, &residues[l][j * n_in..(j + 1) * n_in], &moduli[l]);
+        }
+    });
+    Ok(polys
+        .into_iter()
+        .map(|[c0, c1]| Ciphertext {
+            ctx: ctx.clone(),
+            polys: vec![c0, c1],
+            level,
+            scale: xs[0].scale() * factor,
+            slots: xs[0].slots(),
+            seed: None,
+        })
+        .collect())
+}
