@@ -1,11 +1,12 @@
 """blindfed: double-blind federated adaptation of foundation models.
 
 The model provider computes on CKKS ciphertexts and never sees the data owners' inputs; the
-owners never see the model. This release ships the CKKS engine (:mod:`blindfed.ckks`); the
-encrypted transformer block, distillation, the online protocol and federation build on it.
+owners never see the model. This release ships the CKKS engine (:mod:`blindfed.ckks`), the
+polynomial approximations (:mod:`blindfed.approx`) and the encrypted transformer block
+(:mod:`blindfed.block`); distillation, the online protocol and federation build on them.
 
 >>> import numpy as np
->>> from blindfed import ckks
+>>> from blindfed import approx, block, ckks
 >>> params = ckks.Parameters(log_n=13, levels=2)
 >>> sk = ckks.SecretKey.generate(params)
 >>> ct = sk.encrypt(np.array([0.5, -1.0, 2.0]))
@@ -13,7 +14,7 @@ encrypted transformer block, distillation, the online protocol and federation bu
 array([ 0.5, -1. ,  2. ])
 """
 
-from blindfed import ckks
+from blindfed import approx, block, ckks
 from blindfed._core import __version__, num_threads, set_num_threads
 
-__all__ = ["__version__", "ckks", "num_threads", "set_num_threads"]
+__all__ = ["__version__", "approx", "block", "ckks", "num_threads", "set_num_threads"]

@@ -23,6 +23,16 @@ def _sets(text: str) -> tuple[tuple[int, int], ...]:
     return pairs  # type: ignore[return-value]
 
 
+def _names(text: str) -> list[str]:
+    from blindfed.block import SHAPES
+
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown shape(s) {unknown}; choose from {sorted(SHAPES)}")
+    return names
+
+
 def _write_json(path: str | None, report: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +116,14 @@ def bench(args: argparse.Namespace) -> int:
         print(ckks_bench.format_table(report))
         _write_json(args.json, report)
         return 0
+    if args.what == "block":
+        from blindfed.bench import block as block_bench
+
+        set_num_threads(args.threads)
+        report = block_bench.run(tuple(args.shapes), tuple(args.estimate))
+        print(block_bench.format_table(report))
+        _write_json(args.json, report)
+        return 0
     raise AssertionError(args.what)
 
 
@@ -123,9 +141,26 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=demo)
 
     p = sub.add_parser("bench", help="benchmarks, each against a baseline in the same run")
-    p.add_argument("what", choices=["ckks"], help="ckks: our CKKS engine vs SEAL")
-    p.add_argument("--sets", type=_sets, help="LOG_N:LEVELS pairs, e.g. 14:7,15:18,16:18")
-    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per operation")
+    p.add_argument(
+        "what",
+        choices=["ckks", "block"],
+        help="ckks: our CKKS engine vs SEAL; block: one encrypted transformer block per sample",
+    )
+    p.add_argument("--sets", type=_sets, help="ckks: LOG_N:LEVELS pairs, e.g. 14:7,15:18,16:18")
+    p.add_argument("--repeats", type=int, default=5, help="ckks: timed repetitions per operation")
+    p.add_argument(
+        "--shapes",
+        type=_names,
+        default=["small", "vit_tiny"],
+        help="block: shapes to run encrypted (small, vit_tiny, vit_base)",
+    )
+    p.add_argument(
+        "--estimate",
+        type=_names,
+        default=["vit_base"],
+        help="block: shapes to estimate from exact operation counts (empty: none)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
     p.add_argument("--json", help="also write the report as JSON here")
     p.set_defaults(func=bench)
 

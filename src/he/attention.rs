@@ -110,27 +110,26 @@ impl DiagonalPlan {
         Ok(())
     }
 
-    /// The score diagonals D_ji = sum_f rot_{-s_j}(Q_f) * rot_i(K_f): one level.
+    /// The score diagonals D_ji = sum_f rot_{-s_j}(Q_f) * rot_i(K_f): one level. Features
+    /// are the outer loop, so only one feature's rotations are alive at a time; the products
+    /// accumulate un-relinearised, one key switch per diagonal at the end.
     pub fn scores<B: Backend>(&self, b: &B, q: &[&B::Value], k: &[&B::Value]) -> Result<Vec<B::Value>> {
         self.check_features(q, k)?;
         let babies: Vec<i64> = (0..self.baby as i64).collect();
-        let k_rot = k.iter().map(|x| b.rotate_many(x, &babies)).collect::<Result<Vec<_>>>()?;
-        let mut q_j = q.iter().map(|x| b.rotate(x, -self.shift(0))).collect::<Result<Vec<_>>>()?;
-        let mut out = Vec::with_capacity(self.diagonals());
-        for j in 0..self.giants() {
-            if j > 0 {
-                q_j = q_j.iter().map(|x| b.rotate(x, -(self.baby as i64))).collect::<Result<Vec<_>>>()?;
-            }
-            let qs: Vec<&B::Value> = q_j.iter().collect();
-            for i in 0..self.baby {
-                if out.len() == self.diagonals() {
-                    break;
+        let mut sums: Vec<B::Acc> = (0..self.diagonals()).map(|_| b.accumulator()).collect();
+        for (qf, kf) in q.iter().zip(k) {
+            let k_rot = b.rotate_many(kf, &babies)?;
+            let mut q_j = b.rotate(qf, -self.shift(0))?;
+            for (j, chunk) in sums.chunks_mut(self.baby).enumerate() {
+                if j > 0 {
+                    q_j = b.rotate(&q_j, -(self.baby as i64))?;
                 }
-                let ks: Vec<&B::Value> = k_rot.iter().map(|r| &r[i]).collect();
-                out.push(b.dot(&qs, &ks)?);
+                for (acc, ki) in chunk.iter_mut().zip(&k_rot) {
+                    b.accumulate(acc, &q_j, ki)?;
+                }
             }
         }
-        Ok(out)
+        sums.into_iter().map(|acc| b.finish(acc)).collect()
     }
 
     /// sum_j rot_{s_j}(per_giant[j]) by Horner in rotations by g.

@@ -16,6 +16,8 @@ use super::cost::Cost;
 
 pub trait Backend: Sync {
     type Value: Clone + Send + Sync;
+    /// A running sum of products not yet relinearised.
+    type Acc: Send;
 
     /// Real values per ciphertext.
     fn slots(&self) -> usize;
@@ -38,18 +40,36 @@ pub trait Backend: Sync {
     fn mul_plain(&self, a: &Self::Value, p: &[f64]) -> Result<Self::Value>;
     /// Slot-wise product of two values: one level, one relinearisation.
     fn mul(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
-    /// sum_i a_i * b_i with a single relinearisation: one level.
-    fn dot(&self, a: &[&Self::Value], b: &[&Self::Value]) -> Result<Self::Value>;
+    /// An empty sum of products.
+    fn accumulator(&self) -> Self::Acc;
+    /// acc += a * b, without a key switch (operands at the lowest level involved).
+    fn accumulate(&self, acc: &mut Self::Acc, a: &Self::Value, b: &Self::Value) -> Result<()>;
+    /// The sum, relinearised once and rescaled: one level.
+    fn finish(&self, acc: Self::Acc) -> Result<Self::Value>;
     /// out_j = sum_i weights[j * inputs.len() + i] * inputs[i]: one level, no key switch.
     fn linear(&self, inputs: &[&Self::Value], weights: &[f64], outputs: usize) -> Result<Vec<Self::Value>>;
     /// Rotates left by `step` slots (right if negative).
     fn rotate(&self, a: &Self::Value, step: i64) -> Result<Self::Value>;
     /// Several rotations of one value sharing one decomposition.
     fn rotate_many(&self, a: &Self::Value, steps: &[i64]) -> Result<Vec<Self::Value>>;
+    /// Lowest level a value may be at and still be refreshed.
+    fn refresh_level(&self) -> usize;
     /// Masked refresh round trip: the values come back at `max_level() - 1`.
     fn refresh(&self, values: Vec<Self::Value>) -> Result<Vec<Self::Value>>;
     /// Operations counted so far.
     fn cost(&self) -> Cost;
+
+    /// sum_i a_i * b_i with a single relinearisation: one level.
+    fn dot(&self, a: &[&Self::Value], b: &[&Self::Value]) -> Result<Self::Value> {
+        if a.len() != b.len() || a.is_empty() {
+            return Err(crate::error::Error::InvalidInput(format!("dot of {} and {} values", a.len(), b.len())));
+        }
+        let mut acc = self.accumulator();
+        for (x, y) in a.iter().zip(b) {
+            self.accumulate(&mut acc, x, y)?;
+        }
+        self.finish(acc)
+    }
 
     fn square(&self, a: &Self::Value) -> Result<Self::Value> {
         self.mul(a, a)

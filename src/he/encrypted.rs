@@ -98,6 +98,7 @@ impl Encrypted {
 
 impl Backend for Encrypted {
     type Value = Ciphertext;
+    type Acc = Option<Ciphertext>;
 
     fn slots(&self) -> usize {
         self.ctx.params.slots()
@@ -163,29 +164,36 @@ impl Backend for Encrypted {
         Ok(out)
     }
 
-    fn dot(&self, a: &[&Ciphertext], b: &[&Ciphertext]) -> Result<Ciphertext> {
-        if a.len() != b.len() || a.is_empty() {
-            return Err(Error::InvalidInput(format!("dot of {} and {} values", a.len(), b.len())));
+    fn accumulator(&self) -> Option<Ciphertext> {
+        None
+    }
+
+    fn accumulate(&self, acc: &mut Option<Ciphertext>, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
+        let mut operands = vec![a, b];
+        if let Some(sum) = acc.as_ref() {
+            operands.push(sum);
         }
-        let all: Vec<&Ciphertext> = a.iter().chain(b).copied().collect();
-        let v = self.align(&all)?;
-        if v[0].level() == 0 {
+        let level = operands.iter().map(|v| v.level()).min().unwrap_or(0);
+        let x = ev::adjust_level(a, level)?;
+        let y = ev::adjust_level(b, level)?;
+        self.check(&x)?;
+        self.check(&y)?;
+        let product = ev::multiply(&x, &y)?;
+        *acc = Some(match acc.take() {
+            None => product,
+            Some(sum) => ev::add(&ev::adjust_level(&sum, level)?, &product)?,
+        });
+        self.count(|c| c.tensor_products += 1);
+        Ok(())
+    }
+
+    fn finish(&self, acc: Option<Ciphertext>) -> Result<Ciphertext> {
+        let sum = acc.ok_or_else(|| Error::InvalidInput("a sum of no products".into()))?;
+        if sum.level() == 0 {
             return Err(Error::OutOfLevels("a product at level 0 cannot be rescaled".into()));
         }
-        let (xs, ys) = v.split_at(a.len());
-        // Tensor products summed in parallel chunks, then one key switch for the sum.
-        let sum = parallel::install(|| {
-            xs.par_iter()
-                .zip(ys)
-                .map(|(x, y)| ev::multiply(x, y))
-                .try_reduce_with(|p, q| ev::add(&p, &q))
-                .expect("at least one product")
-        })?;
         let out = ev::relinearize_rescale(&sum, &self.relin)?;
-        self.count(|c| {
-            c.relinearizations += 1;
-            c.tensor_products += a.len() as u64;
-        });
+        self.count(|c| c.relinearizations += 1);
         self.product_done(&out);
         Ok(out)
     }
@@ -232,6 +240,10 @@ impl Backend for Encrypted {
             c.rotation_steps.extend(steps.iter().filter(|&&s| s != 0));
         });
         Ok(out)
+    }
+
+    fn refresh_level(&self) -> usize {
+        super::refresh::refresh_level(&self.ctx)
     }
 
     fn refresh(&self, values: Vec<Ciphertext>) -> Result<Vec<Ciphertext>> {

@@ -21,12 +21,23 @@ pub struct Mirror {
     slots: usize,
     max_level: usize,
     compute: bool,
+    refresh_level: usize,
     cost: Mutex<Cost>,
 }
 
 impl Mirror {
     pub fn new(slots: usize, max_level: usize) -> Self {
-        Mirror { slots, max_level, compute: true, cost: Mutex::new(Cost::default()) }
+        Mirror { slots, max_level, compute: true, refresh_level: 0, cost: Mutex::new(Cost::default()) }
+    }
+
+    /// The same slots, levels and refresh level as a CKKS parameter set.
+    pub fn like(ctx: &crate::ckks::Context) -> Self {
+        Mirror::new(ctx.params.slots(), ctx.max_level()).with_refresh_level(super::refresh::refresh_level(ctx))
+    }
+
+    pub fn with_refresh_level(mut self, level: usize) -> Self {
+        self.refresh_level = level;
+        self
     }
 
     /// Levels and counts only; values carry no data.
@@ -76,6 +87,7 @@ impl Mirror {
 
 impl Backend for Mirror {
     type Value = MirrorValue;
+    type Acc = Option<MirrorValue>;
 
     fn slots(&self) -> usize {
         self.slots
@@ -136,23 +148,26 @@ impl Backend for Mirror {
         Ok(self.zip(a, b, level, |x, y| x * y))
     }
 
-    fn dot(&self, a: &[&MirrorValue], b: &[&MirrorValue]) -> Result<MirrorValue> {
-        if a.len() != b.len() || a.is_empty() {
-            return Err(Error::InvalidInput(format!("dot of {} and {} values", a.len(), b.len())));
-        }
-        let low = a.iter().chain(b).map(|v| v.level).min().unwrap_or(0);
-        let level = self.after_product(low)?;
-        self.count(|c| {
-            c.relinearizations += 1;
-            c.tensor_products += a.len() as u64;
+    fn accumulator(&self) -> Option<MirrorValue> {
+        None
+    }
+
+    fn accumulate(&self, acc: &mut Option<MirrorValue>, a: &MirrorValue, b: &MirrorValue) -> Result<()> {
+        let level = a.level.min(b.level).min(acc.as_ref().map_or(usize::MAX, |v| v.level));
+        self.count(|c| c.tensor_products += 1);
+        let product = self.zip(a, b, level, |x, y| x * y);
+        *acc = Some(match acc.take() {
+            None => product,
+            Some(sum) => self.zip(&sum, &product, level, |x, y| x + y),
         });
-        let mut data = vec![0.0; if self.compute { self.slots } else { 0 }];
-        for (x, y) in a.iter().zip(b) {
-            for ((d, &u), &v) in data.iter_mut().zip(&x.data).zip(&y.data) {
-                *d += u * v;
-            }
-        }
-        Ok(MirrorValue { data, level })
+        Ok(())
+    }
+
+    fn finish(&self, acc: Option<MirrorValue>) -> Result<MirrorValue> {
+        let sum = acc.ok_or_else(|| Error::InvalidInput("a sum of no products".into()))?;
+        let level = self.after_product(sum.level)?;
+        self.count(|c| c.relinearizations += 1);
+        Ok(MirrorValue { data: sum.data, level })
     }
 
     fn linear(&self, inputs: &[&MirrorValue], weights: &[f64], outputs: usize) -> Result<Vec<MirrorValue>> {
@@ -195,9 +210,19 @@ impl Backend for Mirror {
         Ok(out)
     }
 
+    fn refresh_level(&self) -> usize {
+        self.refresh_level
+    }
+
     fn refresh(&self, values: Vec<MirrorValue>) -> Result<Vec<MirrorValue>> {
         if self.max_level == 0 {
             return Err(Error::OutOfLevels("a refresh needs at least one level".into()));
+        }
+        if let Some(v) = values.iter().find(|v| v.level < self.refresh_level) {
+            return Err(Error::OutOfLevels(format!(
+                "a masked refresh needs level {} or above, the value is at {}",
+                self.refresh_level, v.level
+            )));
         }
         self.count(|c| {
             c.refresh_rounds += 1;

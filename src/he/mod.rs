@@ -7,6 +7,7 @@ pub mod cost;
 pub mod encrypted;
 pub mod layout;
 pub mod mirror;
+pub mod packed;
 pub mod refresh;
 
 pub use backend::Backend;

@@ -224,7 +224,7 @@ impl PyParameters {
 /// memory is zeroised when the object is freed.
 #[pyclass(name = "SecretKey", module = "blindfed.ckks", frozen)]
 pub struct PySecretKey {
-    key: Arc<SecretKey>,
+    pub(crate) key: Arc<SecretKey>,
 }
 
 fn encode(
@@ -387,7 +387,7 @@ key_class!(PyGaloisKeys, "GaloisKeys", GaloisKeys, keys, "Rotation and conjugati
 #[pyclass(name = "EvaluationKeys", module = "blindfed.ckks", frozen)]
 #[derive(Clone)]
 pub struct PyEvaluationKeys {
-    keys: Arc<EvaluationKeys>,
+    pub(crate) keys: Arc<EvaluationKeys>,
 }
 
 #[pymethods]

@@ -1,6 +1,7 @@
 //! PyO3 bindings: conversion only. Every heavy call releases the GIL; every engine error
 //! becomes a `ValueError` subclass with the engine's message.
 
+mod block;
 mod ckks;
 
 use pyo3::create_exception;
@@ -48,5 +49,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MissingKeyError", py.get_type::<MissingKeyError>())?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
-    ckks::register(m)
+    ckks::register(m)?;
+    block::register(m)
 }

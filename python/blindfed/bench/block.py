@@ -1,0 +1,183 @@
+"""``blindfed bench block``: one encrypted transformer block, end to end, per sample.
+
+For each shape the provider evaluates one full group (as many samples as one ciphertext
+packs) on CKKS ciphertexts; the owner encrypts, answers the masked refreshes and decrypts in
+the same process. Reported per sample: seconds (amortised over the group), bytes each way,
+key switches; per session: evaluation-key bytes; per process: peak memory. Shapes too large
+to run here are estimated from the tracer's exact operation counts times unit costs measured
+at the planned parameters on this machine (the same estimator is also applied to the shapes
+that run, so its error is visible).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+
+import numpy as np
+
+from blindfed import ckks, num_threads
+from blindfed.bench.timing import median_seconds
+from blindfed.block import SHAPES, Block, PackedBatch, random_weights
+
+PAPER = {"shape": "vit_base", "seconds_per_sample": 136.0, "megabytes_per_sample": 17.33}
+
+
+def _ciphertext_bytes(params: ckks.Parameters, level: int, seeded: bool) -> float:
+    """Wire size of one ciphertext at ``level``: bit-packed residues (about half if seeded)."""
+    bits = sum(math.ceil(math.log2(q)) for q in params.moduli[: level + 1])
+    polys = 1 if seeded else 2
+    return polys * params.ring_degree * bits / 8 + 64
+
+
+def _activations(shape: dict[str, int], batch: int, seed: int) -> np.ndarray:
+    """ViT-like activations: a shared per-token pattern plus per-sample noise."""
+    rng = np.random.default_rng(seed)
+    t, d = shape["tokens"], shape["width"]
+    pattern = rng.normal(0.0, 1.0, size=(1, t, d))
+    return pattern + 0.5 * rng.normal(0.0, 1.0, size=(batch, t, d))
+
+
+def _block(shape: dict[str, int], seed: int, calibration: np.ndarray) -> Block:
+    weights = random_weights(shape["width"], shape["mlp"], seed=seed)
+    return Block(weights, tokens=shape["tokens"], heads=shape["heads"]).calibrated(calibration)
+
+
+def unit_costs(params: ckks.Parameters, repeats: int = 3) -> dict[str, float]:
+    """Seconds per operation at the middle level of ``params`` (where a block spends most)."""
+    sk = ckks.SecretKey.generate(params)
+    keys = sk.evaluation_keys(rotations=[1, 2, 3, 4])
+    level = max(1, params.max_level // 2)
+    x = np.random.default_rng(0).normal(size=params.slots)
+    ct = sk.encrypt(x, level=level).with_keys(keys)
+    other = sk.encrypt(x, level=level).with_keys(keys)
+    return {
+        "key_switch": median_seconds(lambda: ct * other, repeats),
+        "hoisted_rotation": median_seconds(lambda: ct.rotate_many([1, 2, 3, 4]), repeats) / 4,
+        "rotation": median_seconds(lambda: ct.rotate(1), repeats),
+        "linear_term": median_seconds(lambda: ct * 0.5 + other, repeats),
+        "level": level,
+    }
+
+
+def estimate_seconds(cost: dict, units: dict[str, float]) -> float:
+    """Group time from operation counts: key switches dominate, linear terms follow."""
+    hoisted = cost["hoisted_rotations"]
+    plain_rot = cost["rotations"] - hoisted
+    return (
+        cost["relinearizations"] * units["key_switch"]
+        + plain_rot * units["rotation"]
+        + hoisted * units["hoisted_rotation"]
+        + (cost["linear_terms"] + cost["plain_products"]) * units["linear_term"]
+    )
+
+
+def _traffic(plan: dict, shape: dict[str, int]) -> dict[str, float]:
+    params = plan["parameters"]
+    per = plan["samples_per_group"]
+    refresh = plan["cost"]["refreshed_ciphertexts"]
+    up = shape["width"] * _ciphertext_bytes(params, params.max_level, seeded=True)
+    down = shape["width"] * _ciphertext_bytes(params, 0, seeded=False)
+    refresh_down = refresh * _ciphertext_bytes(params, plan["refresh_level"], seeded=False)
+    refresh_up = refresh * _ciphertext_bytes(params, params.max_level, seeded=True)
+    return {
+        "upload_bytes_per_sample": (up + refresh_up) / per,
+        "download_bytes_per_sample": (down + refresh_down) / per,
+        "refresh_bytes_per_sample": (refresh_up + refresh_down) / per,
+    }
+
+
+def run_shape(name: str, *, execute: bool, seed: int = 0) -> dict:
+    shape = SHAPES[name]
+    calib = _activations(shape, 8, seed)
+    block = _block(shape, seed, calib)
+    t = time.perf_counter()
+    plan = block.plan()
+    params = plan["parameters"]
+    per = plan["samples_per_group"]
+    report: dict = {
+        "shape": name,
+        **shape,
+        "mode": "execute" if execute else "estimate",
+        "parameters": repr(params),
+        "log_n": plan["log_n"],
+        "levels": plan["levels"],
+        "samples_per_group": per,
+        "depth": plan["depth"],
+        "rotation_keys": len(plan["rotation_steps"]),
+        "plan_seconds": time.perf_counter() - t,
+        "key_switches_per_group": plan["cost"]["key_switches"],
+        "key_switches_per_sample": plan["cost"]["key_switches"] / per,
+        "refresh_rounds": plan["cost"]["refresh_rounds"],
+        "refreshed_ciphertexts_per_group": plan["cost"]["refreshed_ciphertexts"],
+        **_traffic(plan, shape),
+        "approximations": {k: repr(v) for k, v in block.approximations.items()},
+    }
+    units = unit_costs(params)
+    report["unit_seconds"] = units
+    report["estimated_seconds_per_sample"] = estimate_seconds(plan["cost"], units) / per
+    # Evaluation keys: relinearisation + Galois (seeded), as the owner ships them.
+    report["evaluation_key_bytes_estimate"] = (1 + len(plan["rotation_steps"])) * _key_bytes(params)
+    if not execute:
+        return report
+
+    x = _activations(shape, per, seed + 1)
+    t = time.perf_counter()
+    sk = ckks.SecretKey.generate(params)
+    keys = sk.evaluation_keys(rotations=plan["rotation_steps"])
+    report["keygen_seconds"] = time.perf_counter() - t
+    report["evaluation_key_bytes"] = len(keys.to_bytes())
+    t = time.perf_counter()
+    packed = PackedBatch.encrypt(sk, x)
+    report["encrypt_seconds_per_sample"] = (time.perf_counter() - t) / per
+    report["upload_bytes_per_sample_measured"] = len(packed.to_bytes()) / per
+    t = time.perf_counter()
+    out, cost = block.evaluate(packed, keys, sk)
+    seconds = time.perf_counter() - t
+    report["seconds_per_sample"] = seconds / per
+    report["group_seconds"] = seconds
+    report["measured_cost"] = cost
+    reply = out.at_level(0)
+    report["download_bytes_per_sample_measured"] = len(reply.to_bytes()) / per
+    t = time.perf_counter()
+    y = reply.decrypt(sk)
+    report["decrypt_seconds_per_sample"] = (time.perf_counter() - t) / per
+    want = block.forward(x)
+    err = float(np.max(np.abs(y - want)))
+    report["max_abs_error"] = err
+    report["error_relative_to_range"] = err / float(np.ptp(want))
+    report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return report
+
+
+def _key_bytes(params: ckks.Parameters) -> float:
+    """One seeded key-switching key: dnum digits of one polynomial over Q P."""
+    bits = sum(math.ceil(math.log2(q)) for q in params.moduli + params.special_moduli)
+    return params.dnum * params.ring_degree * bits / 8
+
+
+def run(execute: tuple[str, ...] = ("small", "vit_tiny"), estimate: tuple[str, ...] = ("vit_base",)) -> dict:
+    results = [run_shape(n, execute=True) for n in execute]
+    results += [run_shape(n, execute=False) for n in estimate]
+    return {"threads": num_threads(), "paper": PAPER, "results": results}
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        f"threads={report['threads']}  (paper, ViT-B/16 577 tokens: "
+        f"{PAPER['seconds_per_sample']} s and {PAPER['megabytes_per_sample']} MB per sample per block)",
+        "shape     mode      ring   lv  s/sample  est s/sample  KS/sample  up MB  down MB  keys MB  err/range",
+    ]
+    for r in report["results"]:
+        secs = r.get("seconds_per_sample")
+        keys = r.get("evaluation_key_bytes", r["evaluation_key_bytes_estimate"]) / 2**20
+        err = r.get("error_relative_to_range")
+        lines.append(
+            f"{r['shape']:<9} {r['mode']:<9} 2^{r['log_n']:<3} {r['levels']:>3}  "
+            f"{'-' if secs is None else f'{secs:8.2f}':>8}  {r['estimated_seconds_per_sample']:12.2f}  "
+            f"{r['key_switches_per_sample']:9.1f}  {r['upload_bytes_per_sample'] / 1e6:5.2f}  "
+            f"{r['download_bytes_per_sample'] / 1e6:7.2f}  {keys:7.0f}  "
+            f"{'-' if err is None else f'{err:.1e}'}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""The FHE-friendly transformer block, evaluated on CKKS ciphertexts by the model provider.
+
+Activations of shape (batch, tokens, width) are packed token-wise: ciphertext f of a group
+holds feature f of every token of ``samples_per_group`` samples, so linear layers need no
+rotations and only attention mixes slots. :class:`PackedBatch` keeps that layout with the
+ciphertexts. The block's non-polynomial functions are :class:`blindfed.approx.Approximation`
+objects calibrated on data; :meth:`Block.forward` is the f64 reference, :meth:`Block.mirror`
+the same arithmetic as the encrypted run on f64 vectors (``simulate`` mode), and
+:meth:`Block.evaluate` the encrypted run.
+
+>>> import numpy as np
+>>> from blindfed import ckks
+>>> from blindfed.block import Block, PackedBatch, random_weights
+>>> rng = np.random.default_rng(0)
+>>> x = rng.normal(size=(2, 4, 8))
+>>> block = Block(random_weights(8, 16, seed=1), tokens=4, heads=2).calibrated(x)
+>>> plan = block.plan()
+>>> plan["log_n"], plan["depth"]["attention"] > 0
+(15, True)
+>>> np.allclose(block.mirror(x, params=plan["parameters"]), block.forward(x))
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from blindfed._core import Block, PackedBatch
+
+__all__ = ["SHAPES", "Block", "PackedBatch", "random_weights"]
+
+#: Block shapes used in benchmarks: tokens, width, heads, mlp.
+SHAPES: dict[str, dict[str, int]] = {
+    "small": {"tokens": 65, "width": 64, "heads": 4, "mlp": 128},
+    "vit_tiny": {"tokens": 197, "width": 192, "heads": 3, "mlp": 768},
+    "vit_base": {"tokens": 577, "width": 768, "heads": 12, "mlp": 3072},
+}
+
+
+def random_weights(width: int, mlp: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random block weights at the scale of a trained ViT (for tests and benchmarks).
+
+    Matrices are shaped (out, in) like ``torch.nn.Linear.weight``; LayerNorm gains sit near 1.
+    """
+    rng = np.random.default_rng(seed)
+
+    def mat(out: int, inp: int) -> np.ndarray:
+        return rng.normal(0.0, 1.0 / np.sqrt(inp), size=(out, inp))
+
+    def vec(n: int, center: float = 0.0, spread: float = 0.05) -> np.ndarray:
+        return center + rng.normal(0.0, spread, size=n)
+
+    return {
+        "ln1_gamma": vec(width, 1.0),
+        "ln1_beta": vec(width),
+        "wq": mat(width, width),
+        "bq": vec(width),
+        "wk": mat(width, width),
+        "bk": vec(width),
+        "wv": mat(width, width),
+        "bv": vec(width),
+        "wo": mat(width, width),
+        "bo": vec(width),
+        "ln2_gamma": vec(width, 1.0),
+        "ln2_beta": vec(width),
+        "w1": mat(mlp, width),
+        "b1": vec(mlp),
+        "w2": mat(width, mlp),
+        "b2": vec(width),
+    }
