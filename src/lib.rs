@@ -7,6 +7,7 @@
 
 pub mod ckks;
 pub mod he;
+pub mod nn;
 pub mod error;
 pub mod math;
 pub mod parallel;

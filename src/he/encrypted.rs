@@ -13,7 +13,7 @@ use crate::parallel;
 
 use super::backend::{canonical_step, Backend};
 use super::cost::Cost;
-use super::mirror::check_linear;
+use super::mirror::{accumulate_level, check_linear};
 use super::refresh::{refresh_all, Refresher};
 
 pub struct Encrypted {
@@ -169,11 +169,7 @@ impl Backend for Encrypted {
     }
 
     fn accumulate(&self, acc: &mut Option<Ciphertext>, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
-        let mut operands = vec![a, b];
-        if let Some(sum) = acc.as_ref() {
-            operands.push(sum);
-        }
-        let level = operands.iter().map(|v| v.level()).min().unwrap_or(0);
+        let level = accumulate_level(a.level(), b.level(), acc.as_ref().map(|s| s.level()))?;
         let x = ev::adjust_level(a, level)?;
         let y = ev::adjust_level(b, level)?;
         self.check(&x)?;
@@ -181,7 +177,7 @@ impl Backend for Encrypted {
         let product = ev::multiply(&x, &y)?;
         *acc = Some(match acc.take() {
             None => product,
-            Some(sum) => ev::add(&ev::adjust_level(&sum, level)?, &product)?,
+            Some(sum) => ev::add(&sum, &product)?,
         });
         self.count(|c| c.tensor_products += 1);
         Ok(())

@@ -153,7 +153,7 @@ impl Backend for Mirror {
     }
 
     fn accumulate(&self, acc: &mut Option<MirrorValue>, a: &MirrorValue, b: &MirrorValue) -> Result<()> {
-        let level = a.level.min(b.level).min(acc.as_ref().map_or(usize::MAX, |v| v.level));
+        let level = accumulate_level(a.level, b.level, acc.as_ref().map(|v| v.level))?;
         self.count(|c| c.tensor_products += 1);
         let product = self.zip(a, b, level, |x, y| x * y);
         *acc = Some(match acc.take() {
@@ -244,4 +244,17 @@ pub(crate) fn check_linear(inputs: usize, weights: usize, outputs: usize) -> Res
         )));
     }
     Ok(())
+}
+
+/// The level a product joins a running sum at: the operands' lower level, which must not be
+/// below the sum's (a sum of products cannot be moved to another level before it is finished).
+pub(crate) fn accumulate_level(a: usize, b: usize, sum: Option<usize>) -> Result<usize> {
+    let level = a.min(b);
+    match sum {
+        Some(s) if s > level => Err(Error::InvalidInput(format!(
+            "a product at level {level} cannot join a sum of products at level {s}"
+        ))),
+        Some(s) => Ok(s),
+        None => Ok(level),
+    }
 }

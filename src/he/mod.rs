@@ -8,6 +8,7 @@ pub mod encrypted;
 pub mod layout;
 pub mod mirror;
 pub mod packed;
+pub mod polynomial;
 pub mod refresh;
 
 pub use backend::Backend;

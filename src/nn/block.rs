@@ -481,14 +481,14 @@ fn dense(x: &[f64], rows: usize, n_in: usize, w: &[f64], b: &[f64], n_out: usize
     out
 }
 
-/// The default approximations, before calibration: the paper's GELU (Quad), exp by repeated
-/// squaring, Goldschmidt 1/x, Chebyshev-plus-Newton 1/sqrt. Ranges are placeholders until
+/// The default approximations, before calibration: the paper's GELU (Quad), exp by a
+/// degree-15 Chebyshev fit (5 levels), Goldschmidt 1/x, Chebyshev-plus-Newton 1/sqrt. Ranges are placeholders until
 /// [`Block::calibrated`] sets them from data.
 pub fn default_approx() -> BlockApprox {
     BlockApprox {
-        exp: approx::exp_squaring(6, (-8.0, 4.0)).expect("valid constants"),
+        exp: approx::exp_chebyshev(-8.0, 4.0, 15).expect("valid constants"),
         reciprocal: approx::goldschmidt(9, (1.0, 256.0)).expect("valid constants"),
-        inv_sqrt: approx::inv_sqrt(0.05, 5.0, 3, 2).expect("valid constants"),
+        inv_sqrt: approx::inv_sqrt(0.05, 5.0, 7, 3).expect("valid constants"),
         gelu: approx::gelu_quad(),
         eps: 1e-6,
     }
