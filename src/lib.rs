@@ -6,10 +6,10 @@
 //! - `py`: the PyO3 bindings (feature `python`), conversion only.
 
 pub mod ckks;
-pub mod he;
-pub mod nn;
 pub mod error;
+pub mod he;
 pub mod math;
+pub mod nn;
 pub mod parallel;
 
 #[cfg(feature = "python")]

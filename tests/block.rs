@@ -8,7 +8,7 @@ use blindfed::he::layout::TokenLayout;
 use blindfed::he::mirror::Mirror;
 use blindfed::he::packed::PackedBatch;
 use blindfed::he::refresh::{mask, refresh_all, unmask, Refresher};
-use blindfed::he::{Backend, attention::DiagonalPlan};
+use blindfed::he::{attention::DiagonalPlan, Backend};
 use blindfed::nn::block::{default_approx, Block, BlockShape, BlockWeights};
 use blindfed::Error;
 
@@ -68,9 +68,13 @@ fn owner(log_n: u32, levels: usize, steps: &[i64]) -> Owner {
     spec.insecure = true;
     let ctx = Context::new(&spec).unwrap();
     let sk = Arc::new(SecretKey::generate(&ctx));
-    let keys =
-        EvaluationKeys::new(&ctx, None, Some(Arc::new(sk.relin_key())), Some(Arc::new(sk.galois_keys(steps, false).unwrap())))
-            .unwrap();
+    let keys = EvaluationKeys::new(
+        &ctx,
+        None,
+        Some(Arc::new(sk.relin_key())),
+        Some(Arc::new(sk.galois_keys(steps, false).unwrap())),
+    )
+    .unwrap();
     Owner { ctx, sk, keys }
 }
 

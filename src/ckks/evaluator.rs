@@ -272,7 +272,8 @@ pub fn relinearize_rescale(product: &Ciphertext, key: &RelinKey) -> Result<Ciphe
         let (c0, c1) = key_switch_rescale(ctx, &dec, &key.0, [&product.polys[0], &product.polys[1]]);
         vec![c0, c1]
     });
-    let mut out = derived(product, polys, product.level - 1, product.scale / ctx.params.q[product.level] as f64);
+    let mut out =
+        derived(product, polys, product.level - 1, product.scale / ctx.params.q[product.level] as f64);
     out.slots = product.slots;
     Ok(out)
 }

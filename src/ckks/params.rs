@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::math::modulus::MAX_MODULUS_BITS;
-use crate::math::primes::{is_prime, ntt_primes, Side};
+use crate::math::primes::{is_prime, nearest_ntt_prime, ntt_primes, Side};
 
 use super::security::max_log_qp_128;
 
@@ -65,6 +65,26 @@ pub struct Parameters {
     pub insecure: bool,
 }
 
+/// q_1..q_L chosen from the top down so that every level's canonical scale stays within a
+/// prime spacing (2N / 2^scale_bits, relative) of 2^scale_bits. The canonical scale of level
+/// l - 1 is s_l^2 / q_l: with fixed primes near 2^bits its deviation would double at every
+/// level (and collapse after twenty or so); picking q_l nearest to s_l^2 / 2^bits resets it.
+fn scale_primes(bits: u32, levels: usize, n: usize, exclude: &[u64]) -> Result<Vec<u64>> {
+    let target = 2f64.powi(bits as i32);
+    let mut used = exclude.to_vec();
+    let mut chain = vec![0u64; levels];
+    let mut scale = target;
+    for l in (0..levels).rev() {
+        let q = nearest_ntt_prime(scale * scale / target, n, &used).ok_or_else(|| {
+            Error::InvalidParameters(format!("no {bits}-bit prime = 1 mod 2N left for level {}", l + 1))
+        })?;
+        used.push(q);
+        chain[l] = q;
+        scale = scale * scale / q as f64;
+    }
+    Ok(chain)
+}
+
 fn log2_sum(primes: &[u64]) -> f64 {
     primes.iter().map(|&q| (q as f64).log2()).sum()
 }
@@ -100,7 +120,7 @@ impl Parameters {
         let n = 1usize << spec.log_n;
         let first = ntt_primes(spec.first_bits, 1, n, Side::Below, &[]);
         let mut q = first.clone();
-        q.extend(ntt_primes(spec.scale_bits, spec.levels, n, Side::Alternating, &first));
+        q.extend(scale_primes(spec.scale_bits, spec.levels, n, &first)?);
         let log_q = log2_sum(&q);
         let alpha = match spec.special_count {
             Some(a) if a == 0 || a > q.len() => {

@@ -55,10 +55,7 @@ impl DiagonalPlan {
 
     /// (j, i) of every diagonal, in the order the routines return them.
     pub fn indices(&self) -> Vec<(usize, usize)> {
-        (0..self.giants())
-            .flat_map(|j| (0..self.baby).map(move |i| (j, i)))
-            .take(self.diagonals())
-            .collect()
+        (0..self.giants()).flat_map(|j| (0..self.baby).map(move |i| (j, i))).take(self.diagonals()).collect()
     }
 
     /// For each diagonal (in [`DiagonalPlan::indices`] order) 1 where the rotated slot pairs a

@@ -62,7 +62,11 @@ pub trait Backend: Sync {
     /// sum_i a_i * b_i with a single relinearisation: one level.
     fn dot(&self, a: &[&Self::Value], b: &[&Self::Value]) -> Result<Self::Value> {
         if a.len() != b.len() || a.is_empty() {
-            return Err(crate::error::Error::InvalidInput(format!("dot of {} and {} values", a.len(), b.len())));
+            return Err(crate::error::Error::InvalidInput(format!(
+                "dot of {} and {} values",
+                a.len(),
+                b.len()
+            )));
         }
         let mut acc = self.accumulator();
         for (x, y) in a.iter().zip(b) {

@@ -81,7 +81,11 @@ impl Encrypted {
 
     fn encode(&self, p: &[f64], level: usize, scale: f64) -> Result<Plaintext> {
         if p.len() != self.slots() {
-            return Err(Error::InvalidInput(format!("plaintext has {} values, expected {}", p.len(), self.slots())));
+            return Err(Error::InvalidInput(format!(
+                "plaintext has {} values, expected {}",
+                p.len(),
+                self.slots()
+            )));
         }
         let values: Vec<Complex> = p.iter().map(|&x| Complex::new(x, 0.0)).collect();
         Plaintext::encode(&self.ctx, &values, Some(level), Some(scale))
@@ -243,10 +247,9 @@ impl Backend for Encrypted {
     }
 
     fn refresh(&self, values: Vec<Ciphertext>) -> Result<Vec<Ciphertext>> {
-        let owner = self
-            .refresher
-            .as_deref()
-            .ok_or_else(|| Error::MissingKey("this evaluation needs a masked refresh but has no owner".into()))?;
+        let owner = self.refresher.as_deref().ok_or_else(|| {
+            Error::MissingKey("this evaluation needs a masked refresh but has no owner".into())
+        })?;
         let count = values.len() as u64;
         let out = refresh_all(values, owner)?;
         self.count(|c| {

@@ -32,7 +32,8 @@ impl Mirror {
 
     /// The same slots, levels and refresh level as a CKKS parameter set.
     pub fn like(ctx: &crate::ckks::Context) -> Self {
-        Mirror::new(ctx.params.slots(), ctx.max_level()).with_refresh_level(super::refresh::refresh_level(ctx))
+        Mirror::new(ctx.params.slots(), ctx.max_level())
+            .with_refresh_level(super::refresh::refresh_level(ctx))
     }
 
     pub fn with_refresh_level(mut self, level: usize) -> Self {
@@ -73,13 +74,23 @@ impl Mirror {
         MirrorValue { data: a.data.iter().map(|&x| f(x)).collect(), level }
     }
 
-    fn zip(&self, a: &MirrorValue, b: &MirrorValue, level: usize, f: impl Fn(f64, f64) -> f64) -> MirrorValue {
+    fn zip(
+        &self,
+        a: &MirrorValue,
+        b: &MirrorValue,
+        level: usize,
+        f: impl Fn(f64, f64) -> f64,
+    ) -> MirrorValue {
         MirrorValue { data: a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect(), level }
     }
 
     fn check_plain(&self, p: &[f64]) -> Result<()> {
         if p.len() != self.slots {
-            return Err(Error::InvalidInput(format!("plaintext has {} values, expected {}", p.len(), self.slots)));
+            return Err(Error::InvalidInput(format!(
+                "plaintext has {} values, expected {}",
+                p.len(),
+                self.slots
+            )));
         }
         Ok(())
     }
@@ -103,7 +114,10 @@ impl Backend for Mirror {
 
     fn drop_to(&self, v: &MirrorValue, level: usize) -> Result<MirrorValue> {
         if level > v.level {
-            return Err(Error::InvalidInput(format!("cannot raise a value from level {} to {level}", v.level)));
+            return Err(Error::InvalidInput(format!(
+                "cannot raise a value from level {} to {level}",
+                v.level
+            )));
         }
         Ok(MirrorValue { data: v.data.clone(), level })
     }

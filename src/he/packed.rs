@@ -28,7 +28,13 @@ pub struct PackedBatch {
 impl PackedBatch {
     /// Encrypts (batch, tokens, features) values with the owner's secret key (seeded
     /// ciphertexts: half the bytes on the wire).
-    pub fn encrypt(sk: &SecretKey, tokens: usize, features: usize, values: &[f64], batch: usize) -> Result<Self> {
+    pub fn encrypt(
+        sk: &SecretKey,
+        tokens: usize,
+        features: usize,
+        values: &[f64],
+        batch: usize,
+    ) -> Result<Self> {
         let ctx = sk.context();
         let layout = TokenLayout::new(tokens, features, ctx.params.slots())?;
         let groups = layout
@@ -108,7 +114,8 @@ impl PackedBatch {
         if bytes[4] != VERSION {
             return Err(malformed(&format!("unsupported version {}", bytes[4])));
         }
-        let word = |i: usize| u32::from_le_bytes(bytes[5 + 4 * i..9 + 4 * i].try_into().expect("4 bytes")) as usize;
+        let word =
+            |i: usize| u32::from_le_bytes(bytes[5 + 4 * i..9 + 4 * i].try_into().expect("4 bytes")) as usize;
         let (tokens, features, slots, batch) = (word(0), word(1), word(2), word(3));
         if slots != ctx.params.slots() {
             return Err(malformed(&format!("{slots} slots, the parameters have {}", ctx.params.slots())));
@@ -117,7 +124,8 @@ impl PackedBatch {
         if batch == 0 {
             return Err(malformed("empty batch"));
         }
-        let count = layout.groups(batch).checked_mul(features).ok_or_else(|| malformed("too many ciphertexts"))?;
+        let count =
+            layout.groups(batch).checked_mul(features).ok_or_else(|| malformed("too many ciphertexts"))?;
         // Every ciphertext takes at least its 4-byte length: refuse counts the bytes cannot hold.
         if count > (bytes.len() - 21) / 4 {
             return Err(malformed("truncated"));

@@ -537,7 +537,10 @@ mod tests {
                 for (&xi, &yi) in xs.iter().zip(&y.data) {
                     let want = p.eval(xi);
                     let tol = 1e-9 * want.abs().max(magnitude(&p, xi));
-                    assert!((yi - want).abs() <= tol, "degree {degree} cheb {chebyshev} x {xi}: {yi} vs {want}");
+                    assert!(
+                        (yi - want).abs() <= tol,
+                        "degree {degree} cheb {chebyshev} x {xi}: {yi} vs {want}"
+                    );
                 }
             }
         }

@@ -151,7 +151,8 @@ impl Refresher for SecretKey {
 /// LSP side of a whole round trip with an in-process owner (tests, benchmarks, `simulate`-free
 /// single-machine runs): mask, let `owner` re-encrypt, unmask.
 pub fn refresh_all(values: Vec<Ciphertext>, owner: &dyn Refresher) -> Result<Vec<Ciphertext>> {
-    let (masked, masks): (Vec<_>, Vec<_>) = values.iter().map(mask).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+    let (masked, masks): (Vec<_>, Vec<_>) =
+        values.iter().map(mask).collect::<Result<Vec<_>>>()?.into_iter().unzip();
     let fresh = owner.refresh(masked)?;
     if fresh.len() != masks.len() {
         return Err(Error::InvalidInput(format!(

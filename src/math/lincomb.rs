@@ -24,7 +24,14 @@ pub fn combine(out: &mut [u64], inputs: &[&[u64]], weights: &[u64], m: &Modulus)
     }
 }
 
-fn combine_narrow(dst: &mut [u64], inputs: &[&[u64]], weights: &[u64], start: usize, end: usize, m: &Modulus) {
+fn combine_narrow(
+    dst: &mut [u64],
+    inputs: &[&[u64]],
+    weights: &[u64],
+    start: usize,
+    end: usize,
+    m: &Modulus,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -121,9 +128,7 @@ mod tests {
 
     fn reference(inputs: &[Vec<u64>], weights: &[u64], m: &Modulus) -> Vec<u64> {
         (0..inputs[0].len())
-            .map(|k| {
-                inputs.iter().zip(weights).fold(0u64, |acc, (x, &w)| m.add(acc, m.mul(x[k], w)))
-            })
+            .map(|k| inputs.iter().zip(weights).fold(0u64, |acc, (x, &w)| m.add(acc, m.mul(x[k], w))))
             .collect()
     }
 

@@ -89,6 +89,45 @@ pub fn ntt_primes(bits: u32, count: usize, n: usize, side: Side, exclude: &[u64]
     found
 }
 
+/// The prime q = 1 (mod 2n) nearest to `target` that is not in `exclude` (ties go down).
+/// Deterministic; None only if the search leaves the 2..2^MAX_MODULUS_BITS range.
+pub fn nearest_ntt_prime(target: f64, n: usize, exclude: &[u64]) -> Option<u64> {
+    let step = 2 * n as u64;
+    let max = (1u64 << MAX_MODULUS_BITS) - 1;
+    if !(target.is_finite() && target >= step as f64 && target <= max as f64) {
+        return None;
+    }
+    // The candidate = 1 (mod 2n) just below the target, then outwards in both directions.
+    let base = ((target as u64 - 1) / step) * step + 1;
+    let ok = |c: u64| c <= max && is_prime(c) && !exclude.contains(&c);
+    let (mut below, mut above) = (Some(base), base.checked_add(step));
+    loop {
+        let pick = match (below, above) {
+            (None, None) => return None,
+            (Some(b), Some(a)) => {
+                if target - b as f64 <= a as f64 - target {
+                    below = b.checked_sub(step).filter(|&c| c > 1);
+                    b
+                } else {
+                    above = a.checked_add(step).filter(|&c| c <= max);
+                    a
+                }
+            }
+            (Some(b), None) => {
+                below = b.checked_sub(step).filter(|&c| c > 1);
+                b
+            }
+            (None, Some(a)) => {
+                above = a.checked_add(step).filter(|&c| c <= max);
+                a
+            }
+        };
+        if ok(pick) {
+            return Some(pick);
+        }
+    }
+}
+
 /// The smallest primitive 2n-th root of unity modulo the prime q (q = 1 mod 2n), so the choice
 /// is deterministic. Returns None if q is not of that form.
 pub fn primitive_root(q: u64, n: usize) -> Option<u64> {
@@ -153,5 +192,24 @@ mod tests {
         let psi = primitive_root(q, n).unwrap();
         assert_eq!(m.pow(psi, 2 * n as u64), 1);
         assert_eq!(m.pow(psi, n as u64), q - 1);
+    }
+
+    #[test]
+    fn nearest_prime_is_nearest() {
+        let n = 1 << 10;
+        let target = (1u64 << 30) as f64 * 1.0001;
+        let q = nearest_ntt_prime(target, n, &[]).unwrap();
+        assert!(is_prime(q) && q % (2 * n as u64) == 1);
+        // No prime = 1 mod 2n lies strictly closer to the target.
+        let gap = (q as f64 - target).abs();
+        let mut c = q.min(target as u64) / (2 * n as u64) * (2 * n as u64) + 1;
+        while (c as f64) < target + gap {
+            if (c as f64 - target).abs() < gap {
+                assert!(!is_prime(c), "{c} is closer than {q}");
+            }
+            c += 2 * n as u64;
+        }
+        assert_ne!(nearest_ntt_prime(target, n, &[q]).unwrap(), q);
+        assert_eq!(nearest_ntt_prime(f64::NAN, n, &[]), None);
     }
 }

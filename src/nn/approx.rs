@@ -239,7 +239,9 @@ impl Approximation {
                     *iterations as usize + 1
                 }
             }
-            Approximation::InvSqrt { guess, newton_steps, .. } => guess.depth().max(1) + 2 * *newton_steps as usize,
+            Approximation::InvSqrt { guess, newton_steps, .. } => {
+                guess.depth().max(1) + 2 * *newton_steps as usize
+            }
         }
     }
 
@@ -247,9 +249,9 @@ impl Approximation {
     /// the last or first step allows).
     pub fn depth_masked(&self) -> usize {
         match self {
-            Approximation::Polynomial { .. } | Approximation::ExpSquaring { .. } | Approximation::ExpTaylor { .. } => {
-                self.depth()
-            }
+            Approximation::Polynomial { .. }
+            | Approximation::ExpSquaring { .. }
+            | Approximation::ExpTaylor { .. } => self.depth(),
             _ => self.depth() + 1,
         }
     }
@@ -326,7 +328,12 @@ impl Approximation {
     }
 
     /// [f(x) * m for m in masks], masks of 0s and 1s.
-    pub fn evaluate_masked<B: Backend>(&self, b: &B, x: &B::Value, masks: &[&[f64]]) -> Result<Vec<B::Value>> {
+    pub fn evaluate_masked<B: Backend>(
+        &self,
+        b: &B,
+        x: &B::Value,
+        masks: &[&[f64]],
+    ) -> Result<Vec<B::Value>> {
         self.check_levels(b, x, self.depth_masked())?;
         match self {
             Approximation::Polynomial { poly, .. } => polynomial::evaluate_masked(b, x, poly, masks),
@@ -452,7 +459,12 @@ mod tests {
         ];
         for (a, (abs_bound, rel_bound)) in all().iter().zip(bounds) {
             let (abs, rel) = a.max_error(20001);
-            eprintln!("{:<45} range {:?} depth {:>2}: max abs {abs:.2e}, max rel {rel:.2e}", a.name(), a.range(), a.depth());
+            eprintln!(
+                "{:<45} range {:?} depth {:>2}: max abs {abs:.2e}, max rel {rel:.2e}",
+                a.name(),
+                a.range(),
+                a.depth()
+            );
             assert!(abs <= abs_bound && rel <= rel_bound, "{}: {abs} {rel}", a.name());
         }
     }

@@ -177,17 +177,27 @@ impl Block {
 
     /// One sample (tokens x width, row-major) through the block in f64.
     pub fn forward(&self, x: &[f64]) -> Result<Vec<f64>> {
-        self.forward_observed(x, &mut None)
+        self.forward_observed(x, &mut None, false)
+    }
+
+    /// The block with the exact functions (softmax, 1/sqrt, GELU) instead of the approximations:
+    /// the teacher's arithmetic on the student's weights.
+    pub fn forward_exact(&self, x: &[f64]) -> Result<Vec<f64>> {
+        self.forward_observed(x, &mut None, true)
     }
 
     /// Records the input of every approximation while running [`Block::forward`].
     pub fn observe(&self, x: &[f64]) -> Result<Observations> {
+        self.observe_with(x, false)
+    }
+
+    fn observe_with(&self, x: &[f64], exact: bool) -> Result<Observations> {
         let mut obs = Some(Observations::default());
-        self.forward_observed(x, &mut obs)?;
+        self.forward_observed(x, &mut obs, exact)?;
         Ok(obs.unwrap_or_default())
     }
 
-    fn forward_observed(&self, x: &[f64], obs: &mut Option<Observations>) -> Result<Vec<f64>> {
+    fn forward_observed(&self, x: &[f64], obs: &mut Option<Observations>, exact: bool) -> Result<Vec<f64>> {
         let BlockShape { tokens: t, width: d, heads, mlp } = self.shape;
         if x.len() != t * d {
             return Err(Error::InvalidInput(format!(
@@ -198,8 +208,9 @@ impl Block {
         }
         let w = &self.weights;
         let a = &self.approx;
+        let f = |g: &Approximation, v: f64| if exact { g.exact(v) } else { g.eval(v) };
         let dh = self.shape.head_dim();
-        let ln1 = self.layer_norm_ref(x, &w.ln1_gamma, &w.ln1_beta, obs);
+        let ln1 = self.layer_norm_ref(x, &w.ln1_gamma, &w.ln1_beta, obs, exact);
         let q = dense(&ln1, t, d, &w.wq, &w.bq, d);
         let k = dense(&ln1, t, d, &w.wk, &w.bk, d);
         let v = dense(&ln1, t, d, &w.wv, &w.bv, d);
@@ -208,11 +219,13 @@ impl Block {
         for h in 0..heads {
             for i in 0..t {
                 let scores: Vec<f64> = (0..t)
-                    .map(|j| (0..dh).map(|f| q[i * d + h * dh + f] * k[j * d + h * dh + f]).sum::<f64>() * scale)
+                    .map(|j| {
+                        (0..dh).map(|f| q[i * d + h * dh + f] * k[j * d + h * dh + f]).sum::<f64>() * scale
+                    })
                     .collect();
-                let e: Vec<f64> = scores.iter().map(|&s| a.exp.eval(s)).collect();
+                let e: Vec<f64> = scores.iter().map(|&s| f(&a.exp, s)).collect();
                 let den: f64 = e.iter().sum();
-                let inv = a.reciprocal.eval(den);
+                let inv = f(&a.reciprocal, den);
                 if let Some(o) = obs {
                     o.exp.extend(&scores);
                     o.reciprocal.push(den);
@@ -225,17 +238,24 @@ impl Block {
         }
         let attn = dense(&o, t, d, &w.wo, &w.bo, d);
         let x1: Vec<f64> = x.iter().zip(&attn).map(|(a, b)| a + b).collect();
-        let ln2 = self.layer_norm_ref(&x1, &w.ln2_gamma, &w.ln2_beta, obs);
+        let ln2 = self.layer_norm_ref(&x1, &w.ln2_gamma, &w.ln2_beta, obs, exact);
         let z = dense(&ln2, t, d, &w.w1, &w.b1, mlp);
         if let Some(o) = obs {
             o.gelu.extend(&z);
         }
-        let g: Vec<f64> = z.iter().map(|&z| a.gelu.eval(z)).collect();
+        let g: Vec<f64> = z.iter().map(|&z| f(&a.gelu, z)).collect();
         let y = dense(&g, t, mlp, &w.w2, &w.b2, d);
         Ok(x1.iter().zip(&y).map(|(a, b)| a + b).collect())
     }
 
-    fn layer_norm_ref(&self, x: &[f64], gamma: &[f64], beta: &[f64], obs: &mut Option<Observations>) -> Vec<f64> {
+    fn layer_norm_ref(
+        &self,
+        x: &[f64],
+        gamma: &[f64],
+        beta: &[f64],
+        obs: &mut Option<Observations>,
+        exact: bool,
+    ) -> Vec<f64> {
         let d = self.shape.width;
         let mut out = vec![0.0; x.len()];
         for (row, dst) in x.chunks(d).zip(out.chunks_mut(d)) {
@@ -244,7 +264,7 @@ impl Block {
             if let Some(o) = obs {
                 o.inv_sqrt.push(var);
             }
-            let r = self.approx.inv_sqrt.eval(var);
+            let r = if exact { self.approx.inv_sqrt.exact(var) } else { self.approx.inv_sqrt.eval(var) };
             for (f, (o, v)) in dst.iter_mut().zip(row).enumerate() {
                 *o = (v - mean) * r * gamma[f] + beta[f];
             }
@@ -289,7 +309,13 @@ impl Block {
     }
 
     /// Refreshes a stage's input if the levels left cannot carry it to the refresh floor.
-    fn fit_stage<B: Backend>(&self, b: &B, x: Vec<B::Value>, need: usize, stage: &str) -> Result<Vec<B::Value>> {
+    fn fit_stage<B: Backend>(
+        &self,
+        b: &B,
+        x: Vec<B::Value>,
+        need: usize,
+        stage: &str,
+    ) -> Result<Vec<B::Value>> {
         let floor = b.refresh_level();
         if b.max_level() < need + floor + 1 {
             return Err(Error::OutOfLevels(format!(
@@ -309,13 +335,18 @@ impl Block {
     /// d (x - mean) / sqrt(var + eps): the layer norm without its affine part, which the next
     /// linear layer absorbs (its weights are scaled by gamma / d). `need` is the number of
     /// levels the stage still needs after this, so the 1/sqrt chain knows when to refresh.
-    fn normalise<B: Backend>(&self, b: &B, valid: &[f64], x: &[B::Value], need: usize) -> Result<Vec<B::Value>> {
+    fn normalise<B: Backend>(
+        &self,
+        b: &B,
+        valid: &[f64],
+        x: &[B::Value],
+        need: usize,
+    ) -> Result<Vec<B::Value>> {
         let d = self.shape.width as i64;
         let mut iter = x.iter();
         let first = iter.next().expect("width >= 1").clone();
         let sum = iter.try_fold(first, |acc, v| b.add(&acc, v))?;
-        let centred =
-            x.iter().map(|v| b.sub(&b.mul_integer(v, d), &sum)).collect::<Result<Vec<_>>>()?;
+        let centred = x.iter().map(|v| b.sub(&b.mul_integer(v, d), &sum)).collect::<Result<Vec<_>>>()?;
         let refs: Vec<&B::Value> = centred.iter().collect();
         // sum_f (d x_f - sum)^2 = d^3 var.
         let v = b.dot(&refs, &refs)?;
@@ -374,7 +405,8 @@ impl Block {
         let mut heads_out = Vec::with_capacity(d);
         for h in 0..heads {
             let rows = h * dh..(h + 1) * dh;
-            let q = self.projection(b, &xr, &w.wq, &w.bq, &w.ln1_gamma, &w.ln1_beta, rows.clone(), inv_sqrt_dh)?;
+            let q =
+                self.projection(b, &xr, &w.wq, &w.bq, &w.ln1_gamma, &w.ln1_beta, rows.clone(), inv_sqrt_dh)?;
             let k = self.projection(b, &xr, &w.wk, &w.bk, &w.ln1_gamma, &w.ln1_beta, rows.clone(), 1.0)?;
             let v = self.projection(b, &xr, &w.wv, &w.bv, &w.ln1_gamma, &w.ln1_beta, rows, 1.0)?;
             let scores = plan.scores(b, &q.iter().collect::<Vec<_>>(), &k.iter().collect::<Vec<_>>())?;
@@ -435,7 +467,10 @@ impl Block {
                 }
                 let y = b.linear(&inputs, &weights, d)?;
                 let consts: Vec<f64> =
-                    w.w2.chunks(m).zip(&w.b2).map(|(row, bias)| bias + c0 * row.iter().sum::<f64>()).collect();
+                    w.w2.chunks(m)
+                        .zip(&w.b2)
+                        .map(|(row, bias)| bias + c0 * row.iter().sum::<f64>())
+                        .collect();
                 y.iter().zip(consts).map(|(v, c)| b.add_scalar(v, c)).collect::<Result<Vec<_>>>()?
             }
             None => {
@@ -475,7 +510,8 @@ fn dense(x: &[f64], rows: usize, n_in: usize, w: &[f64], b: &[f64], n_out: usize
     for r in 0..rows {
         let xr = &x[r * n_in..(r + 1) * n_in];
         for o in 0..n_out {
-            out[r * n_out + o] = b[o] + w[o * n_in..(o + 1) * n_in].iter().zip(xr).map(|(a, b)| a * b).sum::<f64>();
+            out[r * n_out + o] =
+                b[o] + w[o * n_in..(o + 1) * n_in].iter().zip(xr).map(|(a, b)| a * b).sum::<f64>();
         }
     }
     out
@@ -507,10 +543,12 @@ impl Block {
             )));
         }
         let mut block = self.clone();
-        for _ in 0..8 {
+        for pass in 0..8 {
             let mut obs = Observations::default();
             for s in x.chunks(per) {
-                let o = block.observe(s)?;
+                // The first pass sees what the exact functions feed each other, so ranges that
+                // start far off cannot blow the later passes up.
+                let o = block.observe_with(s, pass == 0)?;
                 obs.exp.extend(o.exp);
                 obs.reciprocal.extend(o.reciprocal);
                 obs.inv_sqrt.extend(o.inv_sqrt);
@@ -521,7 +559,7 @@ impl Block {
                 && a.reciprocal.out_of_range(&obs.reciprocal) == 0
                 && a.inv_sqrt.out_of_range(&obs.inv_sqrt) == 0
                 && a.gelu.out_of_range(&obs.gelu) == 0;
-            if inside && block != *self {
+            if inside && pass > 0 {
                 return Ok(block);
             }
             let widen = |f: &Approximation, xs: &[f64]| -> Result<Approximation> {
@@ -541,7 +579,7 @@ impl Block {
                 };
                 let (old_lo, old_hi) = f.range();
                 // Only ever widen after the first pass, so the iteration settles.
-                let range = if block == *self { (lo, hi) } else { (lo.min(old_lo), hi.max(old_hi)) };
+                let range = if pass == 0 { (lo, hi) } else { (lo.min(old_lo), hi.max(old_hi)) };
                 f.with_range(range)
             };
             block.approx = BlockApprox {
@@ -552,8 +590,6 @@ impl Block {
                 eps: a.eps,
             };
         }
-        Err(Error::InvalidInput(
-            "calibration did not settle: the approximations diverge on this data".into(),
-        ))
+        Err(Error::InvalidInput("calibration did not settle: the approximations diverge on this data".into()))
     }
 }

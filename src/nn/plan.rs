@@ -65,12 +65,14 @@ pub fn plan_block(block: &Block, scale_bits: u32, levels: Option<usize>) -> Resu
             continue;
         }
         // Trim levels the whole block does not use (fewer primes, faster operations).
-        let chosen = if levels.is_some() { chosen } else { chosen.min(depth.attention + depth.mlp + floor + 1) };
+        let chosen =
+            if levels.is_some() { chosen } else { chosen.min(depth.attention + depth.mlp + floor + 1) };
         let spec = ParameterSpec::new(log_n, chosen, scale_bits);
         let params = Parameters::new(&spec)?;
         let ctx = Context::from_parameters(params.clone())?;
         let layout = TokenLayout::new(block.shape.tokens, block.shape.width, slots)?;
-        let tracer = Mirror::tracer(slots, chosen).with_refresh_level(crate::he::refresh::refresh_level(&ctx));
+        let tracer =
+            Mirror::tracer(slots, chosen).with_refresh_level(crate::he::refresh::refresh_level(&ctx));
         let samples = layout.samples_per_group();
         let inputs = (0..block.shape.width).map(|_| tracer.value(Vec::new())).collect::<Result<Vec<_>>>()?;
         block.evaluate(&tracer, &layout, samples, inputs)?;

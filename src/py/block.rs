@@ -8,6 +8,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use crate::he::backend::Backend;
 use crate::he::cost::Cost;
 use crate::he::encrypted::Encrypted;
 use crate::he::mirror::Mirror;
@@ -45,6 +46,13 @@ impl PyApproximation {
         Ok(PyApproximation { inner: approx::exp_squaring(r, (lo, hi))? })
     }
 
+    /// exp(x) by Chebyshev interpolation of `degree` on [lo, hi] (the default of the block).
+    #[staticmethod]
+    #[pyo3(signature = (lo, hi, degree=15))]
+    fn exp_chebyshev(lo: f64, hi: f64, degree: usize) -> PyResult<Self> {
+        Ok(PyApproximation { inner: approx::exp_chebyshev(lo, hi, degree)? })
+    }
+
     /// exp(x) by its Taylor polynomial of `degree` on [lo, hi] (the paper: degree 6).
     #[staticmethod]
     #[pyo3(signature = (lo, hi, degree=6))]
@@ -60,7 +68,7 @@ impl PyApproximation {
 
     /// 1/sqrt(x) on [lo, hi]: Chebyshev initial guess, then Newton steps.
     #[staticmethod]
-    #[pyo3(signature = (lo, hi, guess_degree=3, newton_steps=2))]
+    #[pyo3(signature = (lo, hi, guess_degree=7, newton_steps=3))]
     fn inv_sqrt(lo: f64, hi: f64, guess_degree: usize, newton_steps: u32) -> PyResult<Self> {
         Ok(PyApproximation { inner: approx::inv_sqrt(lo, hi, guess_degree, newton_steps)? })
     }
@@ -78,13 +86,21 @@ impl PyApproximation {
     }
 
     /// The approximation evaluated element-wise (same steps as the encrypted evaluation).
-    fn __call__<'py>(&self, py: Python<'py>, x: PyReadonlyArrayDyn<'py, f64>) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArrayDyn<'py, f64>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
         let out = x.as_array().mapv(|v| self.inner.eval(v));
         Ok(PyArrayDyn::from_owned_array(py, out))
     }
 
     /// The exact function it approximates.
-    fn exact<'py>(&self, py: Python<'py>, x: PyReadonlyArrayDyn<'py, f64>) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+    fn exact<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArrayDyn<'py, f64>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
         let out = x.as_array().mapv(|v| self.inner.exact(v));
         Ok(PyArrayDyn::from_owned_array(py, out))
     }
@@ -160,7 +176,11 @@ impl PyApproximation {
 
     fn __repr__(&self) -> String {
         let (lo, hi) = self.inner.range();
-        format!("Approximation({}, range=({lo:.4g}, {hi:.4g}), depth={})", self.inner.name(), self.inner.depth())
+        format!(
+            "Approximation({}, range=({lo:.4}, {hi:.4}), depth={})",
+            self.inner.name(),
+            self.inner.depth()
+        )
     }
 }
 
@@ -215,7 +235,11 @@ impl PyPackedBatch {
     }
 
     /// The values as a float64 array of shape (batch, tokens, features).
-    fn decrypt<'py>(&self, py: Python<'py>, secret_key: &PySecretKey) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+    fn decrypt<'py>(
+        &self,
+        py: Python<'py>,
+        secret_key: &PySecretKey,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
         let sk = secret_key.key.clone();
         let values = py.detach(|| self.inner.decrypt(&sk))?;
         let l = &self.inner.layout;
@@ -261,13 +285,31 @@ impl PyPackedBatch {
 
     fn __repr__(&self) -> String {
         let (b, t, f) = self.shape();
-        format!("PackedBatch(shape=({b}, {t}, {f}), level={}, ciphertexts={})", self.level(), self.ciphertexts())
+        format!(
+            "PackedBatch(shape=({b}, {t}, {f}), level={}, ciphertexts={})",
+            self.level(),
+            self.ciphertexts()
+        )
     }
 }
 
 const WEIGHT_NAMES: [&str; 16] = [
-    "ln1_gamma", "ln1_beta", "wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo", "ln2_gamma", "ln2_beta", "w1", "b1",
-    "w2", "b2",
+    "ln1_gamma",
+    "ln1_beta",
+    "wq",
+    "bq",
+    "wk",
+    "bk",
+    "wv",
+    "bv",
+    "wo",
+    "bo",
+    "ln2_gamma",
+    "ln2_beta",
+    "w1",
+    "b1",
+    "w2",
+    "b2",
 ];
 
 /// The FHE-friendly pre-LayerNorm transformer block.
@@ -280,9 +322,13 @@ fn approx_arg(d: Option<&Bound<'_, PyDict>>, key: &str, default: Approximation) 
     match d.and_then(|d| d.get_item(key).ok().flatten()) {
         None => Ok(default),
         Some(v) => Ok(v
-            .extract::<PyApproximation>()
-            .map_err(|_| PyTypeError::new_err(format!("approx['{key}'] must be a blindfed.approx.Approximation")))?
-            .inner),
+            .cast::<PyApproximation>()
+            .map_err(|_| {
+                PyTypeError::new_err(format!("approx['{key}'] must be a blindfed.approx.Approximation"))
+            })?
+            .get()
+            .inner
+            .clone()),
     }
 }
 
@@ -325,10 +371,12 @@ impl PyBlock {
     ) -> PyResult<Self> {
         let mut t: HashMap<&str, (Vec<usize>, Vec<f64>)> = HashMap::new();
         for name in WEIGHT_NAMES {
-            let v = weights.get_item(name)?.ok_or_else(|| PyValueError::new_err(format!("missing weight '{name}'")))?;
-            let a: PyReadonlyArrayDyn<'_, f64> = v
-                .extract()
-                .map_err(|_| PyTypeError::new_err(format!("weight '{name}' must be a float64 numpy array")))?;
+            let v = weights
+                .get_item(name)?
+                .ok_or_else(|| PyValueError::new_err(format!("missing weight '{name}'")))?;
+            let a: PyReadonlyArrayDyn<'_, f64> = v.extract().map_err(|_| {
+                PyTypeError::new_err(format!("weight '{name}' must be a float64 numpy array"))
+            })?;
             t.insert(name, (a.shape().to_vec(), flat(&a)));
         }
         if let Some(extra) = weights.keys().iter().find_map(|k| {
@@ -393,7 +441,9 @@ impl PyBlock {
     fn approximations<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let a = &self.inner.approx;
         let d = PyDict::new(py);
-        for (k, v) in [("exp", &a.exp), ("reciprocal", &a.reciprocal), ("inv_sqrt", &a.inv_sqrt), ("gelu", &a.gelu)] {
+        for (k, v) in
+            [("exp", &a.exp), ("reciprocal", &a.reciprocal), ("inv_sqrt", &a.inv_sqrt), ("gelu", &a.gelu)]
+        {
             d.set_item(k, PyApproximation { inner: v.clone() })?;
         }
         d.set_item("eps", a.eps)?;
@@ -401,7 +451,11 @@ impl PyBlock {
     }
 
     /// The block in f64 on a (batch, tokens, width) array, one sample at a time: the reference.
-    fn forward<'py>(&self, py: Python<'py>, x: PyReadonlyArrayDyn<'py, f64>) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArrayDyn<'py, f64>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
         let (batch, out) = self.per_sample(py, x)?;
         let s = self.inner.shape;
         Ok(PyArray1::from_vec(py, out.concat()).reshape(vec![batch, s.tokens, s.width])?)
@@ -428,7 +482,10 @@ impl PyBlock {
                 .into_iter()
                 .enumerate()
                 .map(|(g, cts)| {
-                    let x = cts.into_iter().map(|c| backend.value(c)).collect::<crate::error::Result<Vec<_>>>()?;
+                    let x = cts
+                        .into_iter()
+                        .map(|c| backend.value(c))
+                        .collect::<crate::error::Result<Vec<_>>>()?;
                     let y = block.evaluate(&backend, &layout, layout.samples_in_group(batch, g), x)?;
                     Ok(y.into_iter().map(|v| v.data).collect())
                 })
@@ -482,7 +539,12 @@ impl PyBlock {
 
     /// The smallest secure parameters for this block and the predicted cost of one full group.
     #[pyo3(signature = (*, scale_bits=30, levels=None))]
-    fn plan<'py>(&self, py: Python<'py>, scale_bits: u32, levels: Option<usize>) -> PyResult<Bound<'py, PyDict>> {
+    fn plan<'py>(
+        &self,
+        py: Python<'py>,
+        scale_bits: u32,
+        levels: Option<usize>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let block = self.inner.clone();
         let plan: BlockPlan = py.detach(|| plan_block(&block, scale_bits, levels))?;
         let d = PyDict::new(py);
@@ -524,7 +586,9 @@ impl PyBlock {
                 .groups
                 .into_iter()
                 .enumerate()
-                .map(|(g, x)| block.evaluate(&backend, &input.layout, input.layout.samples_in_group(input.batch, g), x))
+                .map(|(g, x)| {
+                    block.evaluate(&backend, &input.layout, input.layout.samples_in_group(input.batch, g), x)
+                })
                 .collect::<crate::error::Result<Vec<_>>>()?;
             Ok((PackedBatch { groups, ..input }, backend.cost()))
         })?;
