@@ -190,3 +190,13 @@ fn mismatched_operands_are_refused() {
     let m = ev::multiply(&a, &a).unwrap();
     assert!(ev::multiply(&m, &a).is_err());
 }
+
+#[test]
+fn multiplying_by_i_rotates_every_slot_a_quarter_turn() {
+    let f = fixture(1);
+    let v = values(77, 16);
+    let got = decrypt(f, &ev::mul_by_i(&encrypt(f, &v, false)));
+    for (g, w) in got.iter().zip(&v) {
+        assert!((g.re - -w.im).abs() < 1e-6 && (g.im - w.re).abs() < 1e-6, "{g:?} vs i * {w:?}");
+    }
+}

@@ -44,8 +44,8 @@ def random_weights(width: int, mlp: int, *, seed: int = 0) -> dict[str, np.ndarr
     """
     rng = np.random.default_rng(seed)
 
-    def mat(out: int, inp: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / np.sqrt(inp), size=(out, inp))
+    def mat(out: int, inp: int, gain: float = 1.0) -> np.ndarray:
+        return rng.normal(0.0, gain / np.sqrt(inp), size=(out, inp))
 
     def vec(n: int, center: float = 0.0, spread: float = 0.05) -> np.ndarray:
         return center + rng.normal(0.0, spread, size=n)
@@ -53,9 +53,11 @@ def random_weights(width: int, mlp: int, *, seed: int = 0) -> dict[str, np.ndarr
     return {
         "ln1_gamma": vec(width, 1.0),
         "ln1_beta": vec(width),
-        "wq": mat(width, width),
+        # Query and key gains of 0.5 keep attention logits within a few units, as in a student
+        # distilled with polynomial softmax (wide logits would need a deep 1/x).
+        "wq": mat(width, width, 0.5),
         "bq": vec(width),
-        "wk": mat(width, width),
+        "wk": mat(width, width, 0.5),
         "bk": vec(width),
         "wv": mat(width, width),
         "bv": vec(width),

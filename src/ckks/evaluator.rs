@@ -452,6 +452,28 @@ pub fn rotate_hoisted(ct: &Ciphertext, steps: &[i64], keys: &GaloisKeys) -> Resu
         .collect())
 }
 
+/// Multiplies every slot by the imaginary unit: the polynomial times X^(N/2), which every
+/// slot's root of unity zeta^(5^j) maps to i^(5^j) = i. Exact: no level, no noise.
+pub fn mul_by_i(ct: &Ciphertext) -> Ciphertext {
+    let ctx = &ct.ctx;
+    let n = ctx.degree();
+    let moduli = ctx.q_moduli(ct.level);
+    let polys = parallel::install(|| {
+        let mut monomial = RnsPoly::zero(n, ct.level + 1);
+        monomial.for_each_row(|_, row| row[n / 2] = 1);
+        monomial.ntt(&ctx.q_ntt(ct.level));
+        ct.polys
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.mul_assign(&monomial, moduli);
+                p
+            })
+            .collect()
+    });
+    derived(ct, polys, ct.level, ct.scale)
+}
+
 /// Complex conjugation of every slot.
 pub fn conjugate(ct: &Ciphertext, keys: &GaloisKeys) -> Result<Ciphertext> {
     rotate_with(ct, &[conjugation_element(ct.ctx.degree())], keys).map(|mut v| v.remove(0)).map_err(|e| {

@@ -1,14 +1,21 @@
 //! A batch of activations encrypted in the token layout, with the layout attached.
 //!
-//! Wire format (little-endian): magic "BFPK", version u8 = 1, then tokens, features, slots,
-//! batch as u32, then for every group and feature a u32 length and that ciphertext's own
-//! encoding (see `ckks::serial`). Decoding checks the layout against the parameters, every
-//! count and length, and rejects trailing bytes.
+//! On the wire a batch is *complex-packed* by default: ciphertext k of a group carries feature
+//! 2k in the real and feature 2k + 1 in the imaginary part of its slots, which halves the bytes
+//! each way. The provider separates them with one conjugation per ciphertext (z + conj z and
+//! i (conj z - z), both exact up to the key switch's noise); the owner encodes at half the
+//! scale so both come out at the canonical scale. Outputs are packed back as a + i b, which is
+//! free (multiplying by i is multiplying by X^(N/2)).
+//!
+//! Wire format (little-endian): magic "BFPK", version u8 = 1, flags u8 (bit 0: complex), then
+//! tokens, features, slots, batch as u32, then for every group and ciphertext a u32 length and
+//! that ciphertext's own encoding (see `ckks::serial`). Decoding checks the layout against the
+//! parameters, every count and length, and rejects unknown flags and trailing bytes.
 
 use rayon::prelude::*;
 
-use crate::ckks::evaluator::adjust_level;
-use crate::ckks::{Ciphertext, Complex, Context, Plaintext, SecretKey};
+use crate::ckks::evaluator::{add, adjust_level, conjugate, mul_by_i, sub};
+use crate::ckks::{Ciphertext, Complex, Context, GaloisKeys, Plaintext, SecretKey};
 use crate::error::{Error, Result};
 use crate::parallel;
 
@@ -21,55 +28,144 @@ const VERSION: u8 = 1;
 pub struct PackedBatch {
     pub layout: TokenLayout,
     pub batch: usize,
-    /// groups[g][f]: feature f of the samples of group g.
+    /// Two features per ciphertext (real and imaginary parts) instead of one.
+    pub complex: bool,
+    /// groups[g][k]: feature k (or features 2k, 2k + 1 if complex) of the samples of group g.
     pub groups: Vec<Vec<Ciphertext>>,
+}
+
+fn pairs(features: &[Vec<f64>]) -> Vec<Vec<Complex>> {
+    features
+        .chunks(2)
+        .map(|pair| {
+            let im = pair.get(1);
+            pair[0].iter().enumerate().map(|(s, &re)| Complex::new(re, im.map_or(0.0, |v| v[s]))).collect()
+        })
+        .collect()
 }
 
 impl PackedBatch {
     /// Encrypts (batch, tokens, features) values with the owner's secret key (seeded
-    /// ciphertexts: half the bytes on the wire).
+    /// ciphertexts: half the bytes), complex-packed if `complex`.
     pub fn encrypt(
         sk: &SecretKey,
         tokens: usize,
         features: usize,
         values: &[f64],
         batch: usize,
+        complex: bool,
     ) -> Result<Self> {
         let ctx = sk.context();
         let layout = TokenLayout::new(tokens, features, ctx.params.slots())?;
+        let top = ctx.max_level();
+        // Complex packing: both parts come back from z + conj z = 2 Re z, so encode at half scale.
+        let scale = if complex { ctx.scale_at(top) / 2.0 } else { ctx.scale_at(top) };
         let groups = layout
             .pack(values, batch)?
             .into_iter()
             .map(|cts| {
+                let messages: Vec<Vec<Complex>> = if complex {
+                    pairs(&cts)
+                } else {
+                    cts.iter().map(|c| c.iter().map(|&x| Complex::new(x, 0.0)).collect()).collect()
+                };
                 parallel::install(|| {
-                    cts.par_iter()
-                        .map(|slots| {
-                            let values: Vec<Complex> = slots.iter().map(|&x| Complex::new(x, 0.0)).collect();
-                            sk.encrypt_symmetric(&Plaintext::encode(ctx, &values, None, None)?)
-                        })
+                    messages
+                        .par_iter()
+                        .map(|m| sk.encrypt_symmetric(&Plaintext::encode(ctx, m, None, Some(scale))?))
                         .collect::<Result<Vec<_>>>()
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(PackedBatch { layout, batch, groups })
+        Ok(PackedBatch { layout, batch, complex, groups })
     }
 
     pub fn decrypt(&self, sk: &SecretKey) -> Result<Vec<f64>> {
+        let features = self.layout.features;
         let groups = self
             .groups
             .iter()
             .map(|cts| {
-                parallel::install(|| {
-                    cts.par_iter()
-                        .map(|ct| {
-                            let pt = sk.decrypt(ct)?;
-                            Ok(pt.decode().into_iter().map(|z| z.re).collect::<Vec<f64>>())
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
+                let decoded = parallel::install(|| {
+                    cts.par_iter().map(|ct| Ok(sk.decrypt(ct)?.decode())).collect::<Result<Vec<_>>>()
+                })?;
+                let mut real: Vec<Vec<f64>> = Vec::with_capacity(features);
+                for z in decoded {
+                    real.push(z.iter().map(|v| v.re).collect());
+                    if self.complex && real.len() < features {
+                        real.push(z.iter().map(|v| v.im).collect());
+                    }
+                }
+                Ok(real)
             })
             .collect::<Result<Vec<_>>>()?;
         self.layout.unpack(&groups, self.batch)
+    }
+
+    /// The provider's view: one real ciphertext per feature for every group (complex batches
+    /// are separated with one conjugation each, which needs the conjugation key).
+    pub fn real_groups(&self, keys: Option<&GaloisKeys>) -> Result<Vec<Vec<Ciphertext>>> {
+        if !self.complex {
+            return Ok(self.groups.clone());
+        }
+        let keys = keys.ok_or_else(|| {
+            Error::MissingKey("a complex-packed batch needs the conjugation key (conjugate=True)".into())
+        })?;
+        let features = self.layout.features;
+        self.groups
+            .iter()
+            .map(|cts| {
+                let mut real = Vec::with_capacity(features);
+                for z in cts {
+                    let zc = conjugate(z, keys)?;
+                    let mut re = add(z, &zc)?;
+                    re.scale = z.scale() * 2.0;
+                    real.push(re);
+                    if real.len() < features {
+                        let mut im = mul_by_i(&sub(&zc, z)?);
+                        im.scale = z.scale() * 2.0;
+                        real.push(im);
+                    }
+                }
+                Ok(real)
+            })
+            .collect()
+    }
+
+    /// Packs one real ciphertext per feature back into a batch (as a + i b pairs if `complex`).
+    pub fn from_real(
+        layout: TokenLayout,
+        batch: usize,
+        groups: Vec<Vec<Ciphertext>>,
+        complex: bool,
+    ) -> Result<Self> {
+        if groups.len() != layout.groups(batch) || groups.iter().any(|g| g.len() != layout.features) {
+            return Err(Error::InvalidInput(format!(
+                "expected {} groups of {} ciphertexts",
+                layout.groups(batch),
+                layout.features
+            )));
+        }
+        let groups = if complex {
+            groups
+                .iter()
+                .map(|cts| {
+                    let level = cts.iter().map(|c| c.level()).min().unwrap_or(0);
+                    cts.chunks(2)
+                        .map(|pair| {
+                            let re = adjust_level(&pair[0], level)?;
+                            match pair.get(1) {
+                                Some(im) => add(&re, &mul_by_i(&adjust_level(im, level)?)),
+                                None => Ok(re),
+                            }
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            groups
+        };
+        Ok(PackedBatch { layout, batch, complex, groups })
     }
 
     pub fn context(&self) -> &Context {
@@ -95,6 +191,7 @@ impl PackedBatch {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
+        out.push(self.complex as u8);
         for v in [self.layout.tokens, self.layout.features, self.layout.slots, self.batch] {
             out.extend_from_slice(&(v as u32).to_le_bytes());
         }
@@ -108,14 +205,19 @@ impl PackedBatch {
 
     pub fn from_bytes(ctx: &Context, bytes: &[u8]) -> Result<Self> {
         let malformed = |what: &str| Error::Malformed(format!("packed batch: {what}"));
-        if bytes.len() < 21 || &bytes[..4] != MAGIC {
+        const HEADER: usize = 22;
+        if bytes.len() < HEADER || &bytes[..4] != MAGIC {
             return Err(malformed("missing header"));
         }
         if bytes[4] != VERSION {
             return Err(malformed(&format!("unsupported version {}", bytes[4])));
         }
+        if bytes[5] > 1 {
+            return Err(malformed(&format!("unknown flags {:#x}", bytes[5])));
+        }
+        let complex = bytes[5] == 1;
         let word =
-            |i: usize| u32::from_le_bytes(bytes[5 + 4 * i..9 + 4 * i].try_into().expect("4 bytes")) as usize;
+            |i: usize| u32::from_le_bytes(bytes[6 + 4 * i..10 + 4 * i].try_into().expect("4 bytes")) as usize;
         let (tokens, features, slots, batch) = (word(0), word(1), word(2), word(3));
         if slots != ctx.params.slots() {
             return Err(malformed(&format!("{slots} slots, the parameters have {}", ctx.params.slots())));
@@ -124,13 +226,14 @@ impl PackedBatch {
         if batch == 0 {
             return Err(malformed("empty batch"));
         }
+        let per_group = if complex { features.div_ceil(2) } else { features };
         let count =
-            layout.groups(batch).checked_mul(features).ok_or_else(|| malformed("too many ciphertexts"))?;
+            layout.groups(batch).checked_mul(per_group).ok_or_else(|| malformed("too many ciphertexts"))?;
         // Every ciphertext takes at least its 4-byte length: refuse counts the bytes cannot hold.
-        if count > (bytes.len() - 21) / 4 {
+        if count > (bytes.len() - HEADER) / 4 {
             return Err(malformed("truncated"));
         }
-        let mut rest = &bytes[21..];
+        let mut rest = &bytes[HEADER..];
         let mut cts = Vec::with_capacity(count);
         for _ in 0..count {
             if rest.len() < 4 {
@@ -150,7 +253,7 @@ impl PackedBatch {
         if !rest.is_empty() {
             return Err(malformed("trailing bytes"));
         }
-        let groups = cts.chunks(features).map(|c| c.to_vec()).collect();
-        Ok(PackedBatch { layout, batch, groups })
+        let groups = cts.chunks(per_group).map(|c| c.to_vec()).collect();
+        Ok(PackedBatch { layout, batch, complex, groups })
     }
 }

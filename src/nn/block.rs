@@ -119,9 +119,10 @@ pub struct Block {
 /// Levels each part of the block consumes, from the approximations' specs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockDepth {
-    /// From the block input to x1 (LN1, QKV, scores, exp, A V, 1/sum, output projection).
+    /// From the block input at the top level to x1 (LN1, QKV, scores, exp, A V, 1/sum, output
+    /// projection).
     pub attention: usize,
-    /// From x1 to the output (LN2, FC1, GELU, FC2).
+    /// From x1 to the output (LN2, FC1, GELU, FC2), x1 being below the top.
     pub mlp: usize,
     /// Narrow chains run on refreshed values: LN's 1/sqrt (with its input scaling) and 1/sum.
     pub inv_sqrt: usize,
@@ -166,7 +167,9 @@ impl Block {
     pub fn depth(&self) -> BlockDepth {
         let gelu = if self.quadratic_gelu().is_some() { 1 } else { self.approx.gelu.depth() };
         BlockDepth {
-            attention: 1 + 1 + 1 + self.approx.exp.depth_masked() + 1 + 1 + 1,
+            // LN's 1/sqrt comes back from its refresh one level below the top, so a stage that
+            // starts at the top spends two levels on the normalisation.
+            attention: 2 + 1 + 1 + self.approx.exp.depth_masked() + 1 + 1 + 1,
             mlp: 1 + 1 + gelu + 1,
             inv_sqrt: 1 + self.approx.inv_sqrt.depth(),
             reciprocal: self.approx.reciprocal.depth(),
@@ -302,10 +305,10 @@ impl Block {
         let valid = layout.valid(samples);
         let depth = self.depth();
         let x = self.fit_stage(b, x, depth.attention, "attention")?;
-        let x1 = self.attention(b, layout, samples, &valid, &x, depth.attention)?;
+        let x1 = self.attention(b, layout, samples, &valid, &x)?;
         drop(x);
         let x1 = self.fit_stage(b, x1, depth.mlp, "MLP")?;
-        self.mlp(b, &valid, &x1, depth.mlp)
+        self.mlp(b, &valid, &x1)
     }
 
     /// Refreshes a stage's input if the levels left cannot carry it to the refresh floor.
@@ -333,15 +336,8 @@ impl Block {
     }
 
     /// d (x - mean) / sqrt(var + eps): the layer norm without its affine part, which the next
-    /// linear layer absorbs (its weights are scaled by gamma / d). `need` is the number of
-    /// levels the stage still needs after this, so the 1/sqrt chain knows when to refresh.
-    fn normalise<B: Backend>(
-        &self,
-        b: &B,
-        valid: &[f64],
-        x: &[B::Value],
-        need: usize,
-    ) -> Result<Vec<B::Value>> {
+    /// linear layer absorbs (its weights are scaled by gamma / d).
+    fn normalise<B: Backend>(&self, b: &B, valid: &[f64], x: &[B::Value]) -> Result<Vec<B::Value>> {
         let d = self.shape.width as i64;
         let mut iter = x.iter();
         let first = iter.next().expect("width >= 1").clone();
@@ -355,29 +351,29 @@ impl Block {
         // Empty slots (no sample) would be far outside the range: give them a harmless value.
         let pad: Vec<f64> = valid.iter().map(|&m| (1.0 - m) * 0.5 * (lo + hi)).collect();
         let var = b.add_plain(&var, &pad)?;
-        let r = self.narrow(b, var, &self.approx.inv_sqrt, b.level(&centred[0]), need + 1)?;
+        let r = self.narrow(b, var, &self.approx.inv_sqrt, b.level(&centred[0]))?;
         centred.iter().map(|c| b.mul(c, &r)).collect()
     }
 
     /// f(value) for a one-ciphertext-per-group value, refreshing before and after f as needed
-    /// so the result is at least at `partner_level` (the wide value it multiplies next) or,
-    /// failing that, keeps `need` levels above the refresh floor.
+    /// so the result never sits below `partner_level` (the wide values it multiplies next):
+    /// the narrow chain's depth then costs the wide path nothing. Refreshing one ciphertext
+    /// per group is cheap; a level of the wide path is not.
     fn narrow<B: Backend>(
         &self,
         b: &B,
         value: B::Value,
         f: &Approximation,
         partner_level: usize,
-        need: usize,
     ) -> Result<B::Value> {
         let floor = b.refresh_level();
-        let enough = |level: usize| level >= partner_level.min(need + floor);
+        let target = partner_level.min(b.max_level() - 1);
         let mut value = value;
-        if b.level(&value) < f.depth() + floor || !enough(b.level(&value) - f.depth()) {
+        if b.level(&value) < f.depth() + floor || b.level(&value) - f.depth() < target {
             value = b.refresh(vec![value])?.remove(0);
         }
         let mut out = f.evaluate(b, &value)?;
-        if !enough(b.level(&out)) {
+        if b.level(&out) < target {
             out = b.refresh(vec![out])?.remove(0);
         }
         Ok(out)
@@ -390,12 +386,11 @@ impl Block {
         samples: usize,
         valid: &[f64],
         x: &[B::Value],
-        need: usize,
     ) -> Result<Vec<B::Value>> {
         let BlockShape { width: d, heads, .. } = self.shape;
         let dh = self.shape.head_dim();
         let w = &self.weights;
-        let xhat = self.normalise(b, valid, x, need - 1)?;
+        let xhat = self.normalise(b, valid, x)?;
         let xr: Vec<&B::Value> = xhat.iter().collect();
         let plan = DiagonalPlan::new(layout, samples, None)?;
         let masks = plan.masks();
@@ -420,7 +415,7 @@ impl Block {
             let den = b.add_plain(&plan.row_sums(b, &e)?, &pad)?;
             let mixed = plan.mix(b, &e, &v.iter().collect::<Vec<_>>())?;
             drop(e);
-            let inv = self.narrow(b, den, &self.approx.reciprocal, b.level(&mixed[0]), 2)?;
+            let inv = self.narrow(b, den, &self.approx.reciprocal, b.level(&mixed[0]))?;
             for m in mixed {
                 heads_out.push(b.mul(&m, &inv)?);
             }
@@ -449,10 +444,10 @@ impl Block {
         out.iter().zip(&folded_bias).map(|(o, &c)| b.add_scalar(o, c)).collect()
     }
 
-    fn mlp<B: Backend>(&self, b: &B, valid: &[f64], x1: &[B::Value], need: usize) -> Result<Vec<B::Value>> {
+    fn mlp<B: Backend>(&self, b: &B, valid: &[f64], x1: &[B::Value]) -> Result<Vec<B::Value>> {
         let BlockShape { width: d, mlp: m, .. } = self.shape;
         let w = &self.weights;
-        let xhat = self.normalise(b, valid, x1, need - 1)?;
+        let xhat = self.normalise(b, valid, x1)?;
         let xr: Vec<&B::Value> = xhat.iter().collect();
         let z = self.projection(b, &xr, &w.w1, &w.b1, &w.ln2_gamma, &w.ln2_beta, 0..m, 1.0)?;
         drop(xhat);

@@ -76,7 +76,9 @@ pub fn plan_block(block: &Block, scale_bits: u32, levels: Option<usize>) -> Resu
         let samples = layout.samples_per_group();
         let inputs = (0..block.shape.width).map(|_| tracer.value(Vec::new())).collect::<Result<Vec<_>>>()?;
         block.evaluate(&tracer, &layout, samples, inputs)?;
-        let cost = tracer.cost();
+        let mut cost = tracer.cost();
+        // Separating a complex-packed input: one conjugation per two features.
+        cost.rotations += block.shape.width.div_ceil(2) as u64;
         let mut rotation_steps = DiagonalPlan::new(&layout, samples, None)?.rotation_steps();
         rotation_steps.retain(|s| cost.rotation_steps.contains(&s.rem_euclid(slots as i64)));
         return Ok(BlockPlan {

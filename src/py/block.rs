@@ -151,6 +151,11 @@ impl PyApproximation {
                 d.set_item("kind", "polynomial")?;
                 set_poly(&d, poly)?;
             }
+            Approximation::ExpChebyshev { poly, squarings, .. } => {
+                d.set_item("kind", "exp_chebyshev")?;
+                d.set_item("squarings", squarings)?;
+                set_poly(&d, poly)?;
+            }
             Approximation::ExpSquaring { r, .. } => {
                 d.set_item("kind", "exp_squaring")?;
                 d.set_item("r", r)?;
@@ -219,9 +224,17 @@ pub struct PyPackedBatch {
 
 #[pymethods]
 impl PyPackedBatch {
-    /// Encrypts a float64 array of shape (batch, tokens, features) with the owner's key.
+    /// Encrypts a float64 array of shape (batch, tokens, features) with the owner's key;
+    /// `complex` packs two features per ciphertext (half the bytes; the evaluator then needs
+    /// the conjugation key).
     #[staticmethod]
-    fn encrypt(py: Python<'_>, secret_key: &PySecretKey, x: PyReadonlyArrayDyn<'_, f64>) -> PyResult<Self> {
+    #[pyo3(signature = (secret_key, x, *, complex=true))]
+    fn encrypt(
+        py: Python<'_>,
+        secret_key: &PySecretKey,
+        x: PyReadonlyArrayDyn<'_, f64>,
+        complex: bool,
+    ) -> PyResult<Self> {
         let shape = x.shape().to_vec();
         if shape.len() != 3 {
             return Err(PyValueError::new_err(format!(
@@ -230,7 +243,8 @@ impl PyPackedBatch {
         }
         let values = flat(&x);
         let sk = secret_key.key.clone();
-        let inner = py.detach(|| PackedBatch::encrypt(&sk, shape[1], shape[2], &values, shape[0]))?;
+        let inner =
+            py.detach(|| PackedBatch::encrypt(&sk, shape[1], shape[2], &values, shape[0], complex))?;
         Ok(PyPackedBatch { inner })
     }
 
@@ -254,6 +268,12 @@ impl PyPackedBatch {
     #[getter]
     fn level(&self) -> usize {
         self.inner.level()
+    }
+
+    /// Whether two features share each ciphertext.
+    #[getter]
+    fn complex(&self) -> bool {
+        self.inner.complex
     }
 
     /// Ciphertexts per group and number of groups.
@@ -556,6 +576,8 @@ impl PyBlock {
         d.set_item("samples_per_group", plan.layout.samples_per_group())?;
         d.set_item("refresh_level", plan.refresh_level)?;
         d.set_item("rotation_steps", plan.rotation_steps.clone())?;
+        // Complex-packed inputs are separated with conjugations.
+        d.set_item("conjugate", true)?;
         let depth = PyDict::new(py);
         depth.set_item("attention", plan.depth.attention)?;
         depth.set_item("mlp", plan.depth.mlp)?;
@@ -582,15 +604,19 @@ impl PyBlock {
         let input = batch.inner.clone();
         let (out, cost) = py.detach(|| -> crate::error::Result<_> {
             let backend = Encrypted::new(&keys)?.with_refresher(owner);
-            let groups = input
-                .groups
+            let real = input.real_groups(keys.galois.as_deref())?;
+            let separations = if input.complex { real.len() * input.layout.features.div_ceil(2) } else { 0 };
+            let groups = real
                 .into_iter()
                 .enumerate()
                 .map(|(g, x)| {
                     block.evaluate(&backend, &input.layout, input.layout.samples_in_group(input.batch, g), x)
                 })
                 .collect::<crate::error::Result<Vec<_>>>()?;
-            Ok((PackedBatch { groups, ..input }, backend.cost()))
+            let mut cost = backend.cost();
+            // The conjugations that separate a complex-packed input are key switches too.
+            cost.rotations += separations as u64;
+            Ok((PackedBatch::from_real(input.layout, input.batch, groups, input.complex)?, cost))
         })?;
         Ok((PyPackedBatch { inner: out }, cost_dict(py, &cost)?))
     }

@@ -73,7 +73,7 @@ def small_keys():
     params = ckks.Parameters(10, 30, 30, insecure=True)
     sk = ckks.SecretKey.generate(params)
     probe = Block(random_weights(16, 32), tokens=5, heads=2)
-    keys = sk.evaluation_keys(rotations=probe.rotation_steps(params))
+    keys = sk.evaluation_keys(rotations=probe.rotation_steps(params), conjugate=True)
     return params, sk, keys
 
 
@@ -100,9 +100,12 @@ def test_packed_batch_bytes_round_trip_and_malformed(small_keys):
     packed = PackedBatch.encrypt(sk, x)
     data = packed.to_bytes()
     back = PackedBatch.from_bytes(params, data)
-    assert back.shape == (3, 5, 16)
+    assert back.shape == (3, 5, 16) and back.complex and back.ciphertexts == 8
+    real = PackedBatch.encrypt(sk, x, complex=False)
+    assert real.ciphertexts == 16 and len(real.to_bytes()) > 1.9 * len(data)
+    np.testing.assert_allclose(real.decrypt(sk), x, atol=1e-5)
     np.testing.assert_allclose(back.decrypt(sk), x, atol=1e-5)
-    for bad in (data[:-1], data + b"\0", b"BFPK" + data[4:20], data[:5] + b"\xff" * 16 + data[21:]):
+    for bad in (data[:-1], data + b"\0", b"BFPK" + data[4:20], data[:6] + b"\xff" * 16 + data[22:], data[:5] + b"\x02" + data[6:]):
         with pytest.raises(ckks.MalformedDataError):
             PackedBatch.from_bytes(params, bad)
 
@@ -119,9 +122,11 @@ def test_clear_errors(small_keys):
         Block(weights, tokens=5, heads=2)
     with pytest.raises(ValueError, match="missing weight"):
         Block({"wq": np.eye(2)}, tokens=5, heads=2)
-    no_rotations = sk.evaluation_keys(rotations=[1])
+    no_rotations = sk.evaluation_keys(rotations=[1], conjugate=True)
     with pytest.raises(ckks.MissingKeyError):
         block.evaluate(PackedBatch.encrypt(sk, x), no_rotations, sk)
+    with pytest.raises(ckks.MissingKeyError, match="conjugation"):
+        block.evaluate(PackedBatch.encrypt(sk, x), sk.evaluation_keys(rotations=[1]), sk)
     too_shallow = ckks.Parameters(10, 6, 30, insecure=True)
     with pytest.raises(ckks.CkksError, match="levels"):
         block.mirror(x, params=too_shallow)

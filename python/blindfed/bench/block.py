@@ -77,8 +77,10 @@ def _traffic(plan: dict, shape: dict[str, int]) -> dict[str, float]:
     params = plan["parameters"]
     per = plan["samples_per_group"]
     refresh = plan["cost"]["refreshed_ciphertexts"]
-    up = shape["width"] * _ciphertext_bytes(params, params.max_level, seeded=True)
-    down = shape["width"] * _ciphertext_bytes(params, 0, seeded=False)
+    # Complex packing: two features per ciphertext each way.
+    cts = math.ceil(shape["width"] / 2)
+    up = cts * _ciphertext_bytes(params, params.max_level, seeded=True)
+    down = cts * _ciphertext_bytes(params, 0, seeded=False)
     refresh_down = refresh * _ciphertext_bytes(params, plan["refresh_level"], seeded=False)
     refresh_up = refresh * _ciphertext_bytes(params, params.max_level, seeded=True)
     return {
@@ -118,14 +120,14 @@ def run_shape(name: str, *, execute: bool, seed: int = 0) -> dict:
     report["unit_seconds"] = units
     report["estimated_seconds_per_sample"] = estimate_seconds(plan["cost"], units) / per
     # Evaluation keys: relinearisation + Galois (seeded), as the owner ships them.
-    report["evaluation_key_bytes_estimate"] = (1 + len(plan["rotation_steps"])) * _key_bytes(params)
+    report["evaluation_key_bytes_estimate"] = (2 + len(plan["rotation_steps"])) * _key_bytes(params)
     if not execute:
         return report
 
     x = _activations(shape, per, seed + 1)
     t = time.perf_counter()
     sk = ckks.SecretKey.generate(params)
-    keys = sk.evaluation_keys(rotations=plan["rotation_steps"])
+    keys = sk.evaluation_keys(rotations=plan["rotation_steps"], conjugate=plan["conjugate"])
     report["keygen_seconds"] = time.perf_counter() - t
     report["evaluation_key_bytes"] = len(keys.to_bytes())
     t = time.perf_counter()
