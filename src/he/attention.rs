@@ -258,6 +258,6 @@ mod tests {
         let b = Mirror::new(16, 3);
         let x = b.value(vec![0.0; 16]).unwrap();
         assert!(plan.scores(&b, &[&x], &[]).is_err());
-        assert!(plan.row_sums(&b, &[x.clone()]).is_err());
+        assert!(plan.row_sums(&b, std::slice::from_ref(&x)).is_err());
     }
 }

@@ -30,7 +30,7 @@ pub struct BlockShape {
 
 impl BlockShape {
     pub fn new(tokens: usize, width: usize, heads: usize, mlp: usize) -> Result<Self> {
-        if tokens == 0 || width == 0 || heads == 0 || mlp == 0 || width % heads != 0 {
+        if tokens == 0 || width == 0 || heads == 0 || mlp == 0 || !width.is_multiple_of(heads) {
             return Err(Error::InvalidInput(format!(
                 "a block needs tokens, width, heads and mlp >= 1 with width divisible by heads, \
                  got tokens={tokens} width={width} heads={heads} mlp={mlp}"
@@ -531,7 +531,7 @@ impl Block {
     /// that depend on earlier ones, so this repeats until every input is inside its range.
     pub fn calibrated(&self, x: &[f64], margin: f64) -> Result<Block> {
         let per = self.shape.tokens * self.shape.width;
-        if x.is_empty() || x.len() % per != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(per) {
             return Err(Error::InvalidInput(format!(
                 "calibration data must be whole samples of {per} values, got {}",
                 x.len()
