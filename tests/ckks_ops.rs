@@ -200,3 +200,24 @@ fn multiplying_by_i_rotates_every_slot_a_quarter_turn() {
         assert!((g.re - -w.im).abs() < 1e-6 && (g.im - w.re).abs() < 1e-6, "{g:?} vs i * {w:?}");
     }
 }
+
+#[test]
+fn multiply_accumulate_equals_summed_products() {
+    let f = fixture(2);
+    let (a, b, c, d) = (values(1, 64), values(2, 64), values(3, 64), values(4, 64));
+    let (ea, eb, ec, ed) =
+        (encrypt(f, &a, false), encrypt(f, &b, false), encrypt(f, &c, true), encrypt(f, &d, true));
+    let mut acc = ev::multiply(&ea, &eb).unwrap();
+    ev::multiply_accumulate(&mut acc, &ec, &ed).unwrap();
+    let want = ev::add(&ev::multiply(&ea, &eb).unwrap(), &ev::multiply(&ec, &ed).unwrap()).unwrap();
+    assert_eq!(acc.size(), 3);
+    let (got, want) = (f.sk.decrypt(&acc).unwrap().decode(), f.sk.decrypt(&want).unwrap().decode());
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g.re - w.re).abs() < 1e-9 && (g.im - w.im).abs() < 1e-9);
+    }
+    // Operands at another level or a size-2 sum are refused, not mixed.
+    let low = ev::drop_level(&ec, 2).unwrap();
+    assert!(ev::multiply_accumulate(&mut acc, &low, &low).is_err());
+    let mut two = ea.clone();
+    assert!(ev::multiply_accumulate(&mut two, &eb, &ec).is_err());
+}

@@ -243,6 +243,53 @@ pub fn multiply(a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
     Ok(out)
 }
 
+/// acc += a * b (tensor product), in place: acc is a size-3 ciphertext at the operands' level
+/// with the product of their scales, as [`multiply`] returns. Sums of many products (attention
+/// scores, dot products) then cost one pass over memory per product and no allocation.
+pub fn multiply_accumulate(acc: &mut Ciphertext, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
+    if a.ctx != b.ctx || a.ctx != acc.ctx {
+        return Err(Error::ParameterMismatch);
+    }
+    if a.level != b.level || a.level != acc.level {
+        return Err(Error::LevelMismatch(a.level.max(b.level), acc.level));
+    }
+    if a.size() != 2 || b.size() != 2 || acc.size() != 3 {
+        return Err(Error::InvalidInput(
+            "multiply_accumulate needs two size-2 operands and a size-3 sum".into(),
+        ));
+    }
+    if !same_scale(acc.scale, a.scale * b.scale) {
+        return Err(Error::ScaleMismatch(acc.scale.log2(), (a.scale * b.scale).log2()));
+    }
+    let ctx = &a.ctx;
+    let moduli = ctx.q_moduli(a.level);
+    let n = ctx.degree();
+    parallel::install(|| {
+        let (a0, a1, b0, b1) = (&a.polys[0], &a.polys[1], &b.polys[0], &b.polys[1]);
+        let [d0, d1, d2] = &mut acc.polys[..] else { unreachable!("size checked above") };
+        let mut rows: Vec<_> = d0.rows_mut().zip(d1.rows_mut()).zip(d2.rows_mut()).enumerate().collect();
+        rows.par_iter_mut().for_each(|(i, ((r0, r1), r2))| {
+            let m = moduli[*i];
+            let s = *i * n..(*i + 1) * n;
+            let (x0, x1, y0, y1) = (
+                &a0.as_flat()[s.clone()],
+                &a1.as_flat()[s.clone()],
+                &b0.as_flat()[s.clone()],
+                &b1.as_flat()[s],
+            );
+            for j in 0..n {
+                r0[j] = m.reduce_u128(r0[j] as u128 + x0[j] as u128 * y0[j] as u128);
+                r1[j] = m.reduce_u128(
+                    r1[j] as u128 + x0[j] as u128 * y1[j] as u128 + x1[j] as u128 * y0[j] as u128,
+                );
+                r2[j] = m.reduce_u128(r2[j] as u128 + x1[j] as u128 * y1[j] as u128);
+            }
+        });
+    });
+    acc.seed = None;
+    Ok(())
+}
+
 /// multiply + relinearize + rescale in one pass: the key switch and the rescale share one
 /// basis conversion (fewer NTTs). Same result as the three steps, up to rounding.
 pub fn multiply_relin_rescale(a: &Ciphertext, b: &Ciphertext, key: &RelinKey) -> Result<Ciphertext> {

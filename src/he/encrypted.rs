@@ -178,11 +178,10 @@ impl Backend for Encrypted {
         let y = ev::adjust_level(b, level)?;
         self.check(&x)?;
         self.check(&y)?;
-        let product = ev::multiply(&x, &y)?;
-        *acc = Some(match acc.take() {
-            None => product,
-            Some(sum) => ev::add(&sum, &product)?,
-        });
+        match acc.as_mut() {
+            None => *acc = Some(ev::multiply(&x, &y)?),
+            Some(sum) => ev::multiply_accumulate(sum, &x, &y)?,
+        }
         self.count(|c| c.tensor_products += 1);
         Ok(())
     }

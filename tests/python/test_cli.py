@@ -13,7 +13,16 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["max_abs_error"] < 1e-3
     assert report["ciphertext_bytes"] < report["reply_bytes"] * 2
-    assert "decrypted" in capsys.readouterr().out
+    block = report["block"]
+    assert block["error_relative_to_range"] < 1e-3
+    # The tracer predicted the encrypted run's key switches (plus the input's separation).
+    assert block["key_switches"] == block["predicted_key_switches"]
+    assert "encrypted transformer block" in capsys.readouterr().out
+
+
+def test_block_bench_rejects_unknown_shapes():
+    with pytest.raises(SystemExit):
+        main(["bench", "block", "--shapes", "vit_huge"])
 
 
 def test_demo_refuses_insecure_parameters(capsys):
