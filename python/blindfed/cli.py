@@ -29,7 +29,9 @@ def _names(text: str) -> list[str]:
     names = [n for n in text.split(",") if n]
     unknown = [n for n in names if n not in SHAPES]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown shape(s) {unknown}; choose from {sorted(SHAPES)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown shape(s) {unknown}; choose from {sorted(SHAPES)}"
+        )
     return names
 
 
@@ -147,7 +149,10 @@ def _demo_block(seed: int) -> dict:
     want = block.forward(x)
     error = float(np.max(np.abs(y - want)))
     relative = error / float(np.ptp(want))
-    print(f"owner: decrypted; max |error| vs the f64 block = {error:.2e} ({relative:.1e} of the range)")
+    print(
+        f"owner: decrypted; max |error| vs the f64 block = {error:.2e}"
+        f" ({relative:.1e} of the range)"
+    )
     return {
         "parameters": repr(params),
         "seconds": seconds,

@@ -257,7 +257,7 @@ impl PyPackedBatch {
         let sk = secret_key.key.clone();
         let values = py.detach(|| self.inner.decrypt(&sk))?;
         let l = &self.inner.layout;
-        Ok(PyArray1::from_vec(py, values).reshape(vec![self.inner.batch, l.tokens, l.features])?)
+        PyArray1::from_vec(py, values).reshape(vec![self.inner.batch, l.tokens, l.features])
     }
 
     #[getter]
@@ -478,7 +478,7 @@ impl PyBlock {
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
         let (batch, out) = self.per_sample(py, x)?;
         let s = self.inner.shape;
-        Ok(PyArray1::from_vec(py, out.concat()).reshape(vec![batch, s.tokens, s.width])?)
+        PyArray1::from_vec(py, out.concat()).reshape(vec![batch, s.tokens, s.width])
     }
 
     /// The plaintext mirror: the encrypted evaluation's exact arithmetic and level rules on
@@ -512,7 +512,7 @@ impl PyBlock {
                 .collect::<crate::error::Result<Vec<_>>>()?;
             layout.unpack(&groups, batch)
         })?;
-        Ok(PyArray1::from_vec(py, out).reshape(vec![batch, s.tokens, s.width])?)
+        PyArray1::from_vec(py, out).reshape(vec![batch, s.tokens, s.width])
     }
 
     /// Inputs seen by each approximation on this data (arrays keyed exp, reciprocal, inv_sqrt, gelu).

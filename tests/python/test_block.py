@@ -78,7 +78,7 @@ def small_keys():
 
 
 def test_encrypted_stack_of_four_blocks_on_digits(small_keys):
-    params, sk, keys = small_keys
+    _, sk, keys = small_keys
     x = digits_tokens(12)
     blocks, act = [], x
     for i in range(4):
@@ -105,13 +105,19 @@ def test_packed_batch_bytes_round_trip_and_malformed(small_keys):
     assert real.ciphertexts == 16 and len(real.to_bytes()) > 1.9 * len(data)
     np.testing.assert_allclose(real.decrypt(sk), x, atol=1e-5)
     np.testing.assert_allclose(back.decrypt(sk), x, atol=1e-5)
-    for bad in (data[:-1], data + b"\0", b"BFPK" + data[4:20], data[:6] + b"\xff" * 16 + data[22:], data[:5] + b"\x02" + data[6:]):
+    for bad in (
+        data[:-1],
+        data + b"\0",
+        b"BFPK" + data[4:20],
+        data[:6] + b"\xff" * 16 + data[22:],
+        data[:5] + b"\x02" + data[6:],
+    ):
         with pytest.raises(ckks.MalformedDataError):
             PackedBatch.from_bytes(params, bad)
 
 
 def test_clear_errors(small_keys):
-    params, sk, keys = small_keys
+    _, sk, _ = small_keys
     x = digits_tokens(2)
     block = make_block(x, 3)
     with pytest.raises(ValueError, match="shape"):

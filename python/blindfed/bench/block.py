@@ -49,28 +49,49 @@ def unit_costs(params: ckks.Parameters, repeats: int = 3) -> dict[str, float]:
     sk = ckks.SecretKey.generate(params)
     keys = sk.evaluation_keys(rotations=[1, 2, 3, 4])
     level = max(1, params.max_level // 2)
-    x = np.random.default_rng(0).normal(size=params.slots)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=params.slots)
     ct = sk.encrypt(x, level=level).with_keys(keys)
     other = sk.encrypt(x, level=level).with_keys(keys)
     return {
         "key_switch": median_seconds(lambda: ct * other, repeats),
         "hoisted_rotation": median_seconds(lambda: ct.rotate_many([1, 2, 3, 4]), repeats) / 4,
         "rotation": median_seconds(lambda: ct.rotate(1), repeats),
-        "linear_term": median_seconds(lambda: ct * 0.5 + other, repeats),
+        "tensor_product": median_seconds(
+            lambda: ct.multiply(other, relinearize=False, rescale=False), repeats
+        ),
+        "plain_product": median_seconds(lambda: ct * x, repeats),
+        # A term of a linear layer is one lazy multiply-add pass over a ciphertext, about the
+        # memory traffic of an addition (an approximation; its error shows on executed shapes).
+        "linear_term": median_seconds(lambda: ct + other, repeats),
         "level": level,
     }
 
 
 def estimate_seconds(cost: dict, units: dict[str, float]) -> float:
-    """Group time from operation counts: key switches dominate, linear terms follow."""
+    """Group time from the tracer's exact operation counts times unit costs."""
     hoisted = cost["hoisted_rotations"]
-    plain_rot = cost["rotations"] - hoisted
     return (
         cost["relinearizations"] * units["key_switch"]
-        + plain_rot * units["rotation"]
+        + (cost["rotations"] - hoisted) * units["rotation"]
         + hoisted * units["hoisted_rotation"]
-        + (cost["linear_terms"] + cost["plain_products"]) * units["linear_term"]
+        + cost["tensor_products"] * units["tensor_product"]
+        + cost["plain_products"] * units["plain_product"]
+        + cost["linear_terms"] * units["linear_term"]
     )
+
+
+def time_breakdown(cost: dict, units: dict[str, float]) -> dict[str, float]:
+    """Estimated seconds per group by kind of operation: where the time goes."""
+    hoisted = cost["hoisted_rotations"]
+    return {
+        "relinearizations": cost["relinearizations"] * units["key_switch"],
+        "rotations": (cost["rotations"] - hoisted) * units["rotation"]
+        + hoisted * units["hoisted_rotation"],
+        "tensor_products": cost["tensor_products"] * units["tensor_product"],
+        "plain_products": cost["plain_products"] * units["plain_product"],
+        "linear_terms": cost["linear_terms"] * units["linear_term"],
+    }
 
 
 def _traffic(plan: dict, shape: dict[str, int]) -> dict[str, float]:
@@ -119,6 +140,9 @@ def run_shape(name: str, *, execute: bool, seed: int = 0) -> dict:
     units = unit_costs(params)
     report["unit_seconds"] = units
     report["estimated_seconds_per_sample"] = estimate_seconds(plan["cost"], units) / per
+    report["estimated_breakdown_seconds_per_sample"] = {
+        k: v / per for k, v in time_breakdown(plan["cost"], units).items()
+    }
     # Evaluation keys: relinearisation + Galois (seeded), as the owner ships them.
     report["evaluation_key_bytes_estimate"] = (2 + len(plan["rotation_steps"])) * _key_bytes(params)
     if not execute:
@@ -159,7 +183,9 @@ def _key_bytes(params: ckks.Parameters) -> float:
     return params.dnum * params.ring_degree * bits / 8
 
 
-def run(execute: tuple[str, ...] = ("small", "vit_tiny"), estimate: tuple[str, ...] = ("vit_base",)) -> dict:
+def run(
+    execute: tuple[str, ...] = ("small", "vit_tiny"), estimate: tuple[str, ...] = ("vit_base",)
+) -> dict:
     results = [run_shape(n, execute=True) for n in execute]
     results += [run_shape(n, execute=False) for n in estimate]
     return {"threads": num_threads(), "paper": PAPER, "results": results}
@@ -168,8 +194,10 @@ def run(execute: tuple[str, ...] = ("small", "vit_tiny"), estimate: tuple[str, .
 def format_table(report: dict) -> str:
     lines = [
         f"threads={report['threads']}  (paper, ViT-B/16 577 tokens: "
-        f"{PAPER['seconds_per_sample']} s and {PAPER['megabytes_per_sample']} MB per sample per block)",
-        "shape     mode      ring   lv  s/sample  est s/sample  KS/sample  up MB  down MB  keys MB  err/range",
+        f"{PAPER['seconds_per_sample']} s and {PAPER['megabytes_per_sample']} MB"
+        " per sample per block)",
+        "shape     mode      ring   lv  s/sample  est s/sample  KS/sample  up MB  down MB"
+        "  keys MB  err/range",
     ]
     for r in report["results"]:
         secs = r.get("seconds_per_sample")
@@ -177,7 +205,8 @@ def format_table(report: dict) -> str:
         err = r.get("error_relative_to_range")
         lines.append(
             f"{r['shape']:<9} {r['mode']:<9} 2^{r['log_n']:<3} {r['levels']:>3}  "
-            f"{'-' if secs is None else f'{secs:8.2f}':>8}  {r['estimated_seconds_per_sample']:12.2f}  "
+            f"{'-' if secs is None else f'{secs:8.2f}':>8}  "
+            f"{r['estimated_seconds_per_sample']:12.2f}  "
             f"{r['key_switches_per_sample']:9.1f}  {r['upload_bytes_per_sample'] / 1e6:5.2f}  "
             f"{r['download_bytes_per_sample'] / 1e6:7.2f}  {keys:7.0f}  "
             f"{'-' if err is None else f'{err:.1e}'}"
