@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/blindfed demo
 
 test:
-	bash scripts/setup.sh "pytest>=8" "ruff>=0.6"
+	bash scripts/setup.sh "pytest>=8" "ruff>=0.6" "scikit-learn>=1.3"
 	cargo test
 	.venv/bin/python -m pytest tests/python --doctest-modules python/blindfed
 

@@ -26,7 +26,7 @@ for version in 3.10 3.11 3.12 3.13; do
     fi
     env="$out/venv-$version"
     "$python" -m venv "$env"
-    "$env/bin/python" -m pip install --quiet "numpy>=1.24" "pytest>=8" "$wheel"
+    "$env/bin/python" -m pip install --quiet "numpy>=1.24" "pytest>=8" "scikit-learn>=1.3" "$wheel"
     # Run from outside the source tree so the installed wheel, not python/, is imported.
     (cd "$out" && "$env/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/tests/python" \
         | tail -n 1 | sed "s/^/python$version: /")
