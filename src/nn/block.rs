@@ -403,16 +403,18 @@ impl Block {
             let q =
                 self.projection(b, &xr, &w.wq, &w.bq, &w.ln1_gamma, &w.ln1_beta, rows.clone(), inv_sqrt_dh)?;
             let k = self.projection(b, &xr, &w.wk, &w.bk, &w.ln1_gamma, &w.ln1_beta, rows.clone(), 1.0)?;
-            let v = self.projection(b, &xr, &w.wv, &w.bv, &w.ln1_gamma, &w.ln1_beta, rows, 1.0)?;
             let scores = plan.scores(b, &q.iter().collect::<Vec<_>>(), &k.iter().collect::<Vec<_>>())?;
             drop((q, k));
+            // Each score is freed as soon as its exponential exists: 2T - 1 ciphertexts per head
+            // are the block's largest live set.
             let e = scores
-                .iter()
+                .into_iter()
                 .zip(&masks)
-                .map(|(s, m)| Ok(self.approx.exp.evaluate_masked(b, s, &[m])?.remove(0)))
+                .map(|(s, m)| Ok(self.approx.exp.evaluate_masked(b, &s, &[m])?.remove(0)))
                 .collect::<Result<Vec<_>>>()?;
-            drop(scores);
             let den = b.add_plain(&plan.row_sums(b, &e)?, &pad)?;
+            // V is made only now, so it is not alive alongside the scores.
+            let v = self.projection(b, &xr, &w.wv, &w.bv, &w.ln1_gamma, &w.ln1_beta, rows, 1.0)?;
             let mixed = plan.mix(b, &e, &v.iter().collect::<Vec<_>>())?;
             drop(e);
             let inv = self.narrow(b, den, &self.approx.reciprocal, b.level(&mixed[0]))?;
