@@ -7,8 +7,12 @@ setup:
 demo: setup
 	.venv/bin/blindfed demo
 
+# The test dependencies, also used by scripts/check-abi3.sh.
+TEST_DEPS = "pytest>=8" "ruff>=0.6" "scikit-learn>=1.3" "torch>=2.1" "safetensors>=0.4" \
+	"tqdm>=4.60" "mlxtend>=0.23" "timm>=1.0" "transformers>=4.40"
+
 test:
-	bash scripts/setup.sh "pytest>=8" "ruff>=0.6" "scikit-learn>=1.3"
+	bash scripts/setup.sh $(TEST_DEPS)
 	cargo test
 	.venv/bin/python -m pytest tests/python --doctest-modules python/blindfed
 
@@ -29,4 +33,4 @@ bench:
 
 # One abi3 wheel, tested under every CPython >= 3.10 on this machine.
 abi3: setup
-	bash scripts/check-abi3.sh
+	bash scripts/check-abi3.sh $(TEST_DEPS)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the abi3 wheel once and runs the Python tests with it under every CPython >= 3.10
 # found on PATH (one wheel serves them all). Interpreters that are absent are reported, not
-# silently skipped.
+# silently skipped. Arguments: the test dependencies to install next to the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
@@ -26,9 +26,10 @@ for version in 3.10 3.11 3.12 3.13; do
     fi
     env="$out/venv-$version"
     "$python" -m venv "$env"
-    "$env/bin/python" -m pip install --quiet "numpy>=1.24" "pytest>=8" "scikit-learn>=1.3" "$wheel"
+    "$env/bin/python" -m pip install --quiet "numpy>=1.24" "$@" "$wheel"
     # Run from outside the source tree so the installed wheel, not python/, is imported.
     (cd "$out" && "$env/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/tests/python" \
         | tail -n 1 | sed "s/^/python$version: /")
+    rm -rf "$env"  # torch makes each environment several GB
 done
 rm -rf "$out"

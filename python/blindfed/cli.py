@@ -1,4 +1,4 @@
-"""The ``blindfed`` command: ``blindfed demo`` and ``blindfed bench``."""
+"""The ``blindfed`` command: ``blindfed demo``, ``blindfed distill`` and ``blindfed bench``."""
 
 from __future__ import annotations
 
@@ -185,6 +185,40 @@ def bench(args: argparse.Namespace) -> int:
     raise AssertionError(args.what)
 
 
+def distill_cmd(args: argparse.Namespace) -> int:
+    """Distils the zoo teacher into its FHE-friendly student on MNIST and reports accuracy."""
+    import torch
+
+    from blindfed.distill import DistillConfig
+    from blindfed.recipes import approximation_choice, distill_mnist
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_num_threads(args.threads)
+    try:
+        approximations = {
+            "exp": approximation_choice("exp", args.exp),
+            "gelu": approximation_choice("gelu", args.gelu),
+            "inv_sqrt": approximation_choice("inv_sqrt", args.inv_sqrt),
+        }
+        config = DistillConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, tau=args.tau
+        )
+    except ValueError as err:
+        print(f"blindfed: {err}", file=sys.stderr)
+        return 2
+    report = distill_mnist(args.out, approximations=approximations, config=config)
+    print(
+        f"teacher {report['teacher_test_accuracy']:.2f}%  student "
+        f"{report['student_test_accuracy']:.2f}%  (drop {report['accuracy_drop_points']:.2f} "
+        f"points)  distillation {report['epoch_seconds']:.0f} s on "
+        f"{report['threads']} threads  block depth {report['block_depth']}"
+    )
+    print(f"student, checkpoint and report in {args.out}")
+    _write_json(args.json, report)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="blindfed", description=__doc__)
     parser.add_argument("--version", action="version", version=f"blindfed {__version__}")
@@ -203,6 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", help="also write a JSON report here")
     p.set_defaults(func=demo)
+
+    p = sub.add_parser(
+        "distill", help="distil the zoo teacher into its FHE-friendly student (MNIST)"
+    )
+    p.add_argument("--out", default="distill-out", help="checkpoints, student and report here")
+    p.add_argument("--epochs", type=int, default=30, help="epochs, half layer-wise (default 30)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--tau", type=float, default=5.0, help="stage II temperature (default 5)")
+    p.add_argument("--exp", default="chebyshev:15", help="chebyshev:D, taylor:D or squaring:R")
+    p.add_argument("--gelu", default="quad", help="quad (the paper's) or chebyshev:D")
+    p.add_argument("--inv-sqrt", default="31:2", help="GUESS_DEGREE:NEWTON_STEPS for 1/sqrt")
+    p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
+    p.add_argument("--json", help="also write the report here")
+    p.set_defaults(func=distill_cmd)
 
     p = sub.add_parser("bench", help="benchmarks, each against a baseline in the same run")
     p.add_argument(

@@ -16,6 +16,7 @@
 //! linear map still fits the budget), while every other leaf has a level to spare.
 
 use crate::error::{Error, Result};
+use crate::math::dual::Real;
 
 use super::backend::Backend;
 use super::mirror::Mirror;
@@ -100,17 +101,22 @@ impl Polynomial {
 
     /// Reference value in f64 (Horner, or Clenshaw on `t = a x + b` as [`evaluate`] forms it).
     pub fn eval(&self, x: f64) -> f64 {
+        self.eval_real(x)
+    }
+
+    /// [`Polynomial::eval`] on any [`Real`] (a [`crate::math::dual::Dual`] gives p'(x) too).
+    pub fn eval_real<R: Real>(&self, x: R) -> R {
         let c = &self.coeffs[..(self.degree() + 1).min(self.coeffs.len())];
         match self.basis {
-            Basis::Power => c.iter().rev().fold(0.0, |acc, &ck| acc * x + ck),
+            Basis::Power => c.iter().rev().fold(R::constant(0.0), |acc, &ck| (acc * x).offset(ck)),
             Basis::Chebyshev { lo, hi } => {
                 let (a, b) = affine_coefficients(lo, hi);
-                let t = a * x + b;
-                let (mut b1, mut b2) = (0.0, 0.0);
+                let t = x.scale(a).offset(b);
+                let (mut b1, mut b2) = (R::constant(0.0), R::constant(0.0));
                 for &ck in c.iter().skip(1).rev() {
-                    (b1, b2) = (2.0 * t * b1 - b2 + ck, b1);
+                    (b1, b2) = (((t * b1).scale(2.0) - b2).offset(ck), b1);
                 }
-                t * b1 - b2 + c.first().copied().unwrap_or(0.0)
+                (t * b1 - b2).offset(c.first().copied().unwrap_or(0.0))
             }
         }
     }
@@ -265,7 +271,8 @@ enum Affine {
     Scalar(f64, f64),
 }
 
-fn affine_coefficients(lo: f64, hi: f64) -> (f64, f64) {
+/// (a, b) with a x + b mapping [lo, hi] onto [-1, 1], where the Chebyshev basis lives.
+pub fn affine_coefficients(lo: f64, hi: f64) -> (f64, f64) {
     let w = hi - lo;
     (2.0 / w, -(lo + hi) / w)
 }

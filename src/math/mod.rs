@@ -3,6 +3,7 @@
 
 pub mod automorphism;
 pub mod crt;
+pub mod dual;
 pub mod lincomb;
 pub mod modulus;
 pub mod ntt;

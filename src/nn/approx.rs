@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::he::backend::Backend;
 use crate::he::polynomial::{self, Basis, Polynomial};
+use crate::math::dual::{Dual, Real};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Approximation {
@@ -135,7 +136,8 @@ pub fn calibrated_range(xs: &[f64], margin: f64) -> Result<(f64, f64)> {
     Ok((lo - margin * width, hi + margin * width))
 }
 
-fn taylor_exp(degree: usize) -> Polynomial {
+/// exp's Taylor polynomial of `degree` at 0.
+pub fn taylor_exp(degree: usize) -> Polynomial {
     let mut coeffs = vec![1.0];
     for k in 1..=degree {
         coeffs.push(coeffs[k - 1] / k as f64);
@@ -188,6 +190,18 @@ fn erf(x: f64) -> f64 {
 }
 
 impl Approximation {
+    /// The function approximated: "exp", "reciprocal", "inv_sqrt" or "gelu".
+    pub fn function(&self) -> &'static str {
+        match self {
+            Approximation::Polynomial { .. } => "gelu",
+            Approximation::ExpChebyshev { .. }
+            | Approximation::ExpSquaring { .. }
+            | Approximation::ExpTaylor { .. } => "exp",
+            Approximation::Goldschmidt { .. } => "reciprocal",
+            Approximation::InvSqrt { .. } => "inv_sqrt",
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Approximation::Polynomial { name, .. } => name.clone(),
@@ -266,38 +280,54 @@ impl Approximation {
 
     /// The approximation in f64, step for step what `evaluate` does.
     pub fn eval(&self, x: f64) -> f64 {
+        self.eval_real(x)
+    }
+
+    /// (f(x), f'(x)) of the approximation (not of the exact function): the gradient the torch
+    /// student trains with, by forward-mode differentiation of the same steps.
+    pub fn eval_with_derivative(&self, x: f64) -> (f64, f64) {
+        let d = self.eval_real(Dual::variable(x));
+        (d.value, d.derivative)
+    }
+
+    /// [`Approximation::eval_with_derivative`] of every element, in parallel.
+    pub fn eval_many_with_derivative(&self, xs: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        use rayon::prelude::*;
+        xs.par_iter().with_min_len(4096).map(|&x| self.eval_with_derivative(x)).unzip()
+    }
+
+    /// [`Approximation::eval`] on any [`Real`].
+    pub fn eval_real<R: Real>(&self, x: R) -> R {
+        let square_times = |mut y: R, times: u32| {
+            for _ in 0..times {
+                y = y * y;
+            }
+            y
+        };
         match self {
-            Approximation::Polynomial { poly, .. } => poly.eval(x),
+            Approximation::Polynomial { poly, .. } => poly.eval_real(x),
             Approximation::ExpChebyshev { poly, squarings, .. } => {
-                let mut y = poly.eval(x);
-                for _ in 0..*squarings {
-                    y *= y;
-                }
-                y
+                square_times(poly.eval_real(x), *squarings)
             }
             Approximation::ExpSquaring { r, .. } => {
-                let mut y = 1.0 + x / 2f64.powi(*r as i32);
-                for _ in 0..*r {
-                    y *= y;
-                }
-                y
+                square_times(x.scale(1.0 / 2f64.powi(*r as i32)).offset(1.0), *r)
             }
-            Approximation::ExpTaylor { degree, .. } => taylor_exp(*degree).eval(x),
+            Approximation::ExpTaylor { degree, .. } => taylor_exp(*degree).eval_real(x),
             Approximation::Goldschmidt { iterations, range } => {
                 let hi = range.1;
-                let mut e = 1.0 - x / hi;
-                let mut y = (2.0 - x / hi) / hi;
+                let mut e = x.scale(-1.0 / hi).offset(1.0);
+                let mut y = x.scale(-1.0 / (hi * hi)).offset(2.0 / hi);
                 for _ in 1..*iterations {
-                    e *= e;
-                    y *= 1.0 + e;
+                    e = e * e;
+                    y = y * e.offset(1.0);
                 }
                 y
             }
             Approximation::InvSqrt { guess, newton_steps, .. } => {
-                let h = -0.5 * x;
-                let mut y = guess.eval(x);
+                let h = x.scale(-0.5);
+                let mut y = guess.eval_real(x);
                 for _ in 0..*newton_steps {
-                    y = 1.5 * y + (y * y) * (h * y);
+                    y = y.scale(1.5) + (y * y) * (h * y);
                 }
                 y
             }
@@ -463,7 +493,25 @@ mod tests {
             inv_sqrt(0.05, 5.0, 3, 2).unwrap(),
             inv_sqrt(0.05, 5.0, 7, 3).unwrap(),
             inv_sqrt(0.01, 10.0, 15, 3).unwrap(),
+            inv_sqrt(0.05, 5.0, 31, 2).unwrap(),
+            inv_sqrt(0.001, 1.7, 31, 2).unwrap(),
         ]
+    }
+
+    #[test]
+    fn derivative_matches_central_differences() {
+        for a in all() {
+            let (lo, hi) = a.range();
+            for k in 0..=40 {
+                let x = lo + (hi - lo) * k as f64 / 40.0;
+                let (y, dy) = a.eval_with_derivative(x);
+                assert_eq!(y, a.eval(x), "{}", a.name());
+                let h = 1e-6 * (hi - lo);
+                let numeric = (a.eval(x + h) - a.eval(x - h)) / (2.0 * h);
+                let tol = 1e-5 * (1.0 + numeric.abs());
+                assert!((dy - numeric).abs() < tol, "{} at {x}: {dy} vs {numeric}", a.name());
+            }
+        }
     }
 
     #[test]
@@ -481,6 +529,8 @@ mod tests {
             (0.6, 0.12),
             (1e-3, 5e-5),
             (1e-1, 5e-3),
+            (1e-10, 1e-11),
+            (0.2, 6e-3),
         ];
         for (a, (abs_bound, rel_bound)) in all().iter().zip(bounds) {
             let (abs, rel) = a.max_error(20001);

@@ -521,9 +521,19 @@ pub fn default_approx() -> BlockApprox {
     BlockApprox {
         exp: approx::exp_chebyshev(-8.0, 4.0, 15).expect("valid constants"),
         reciprocal: approx::goldschmidt(9, (1.0, 256.0)).expect("valid constants"),
-        inv_sqrt: approx::inv_sqrt(0.05, 5.0, 7, 3).expect("valid constants"),
+        inv_sqrt: approx::inv_sqrt(0.05, 5.0, 31, 2).expect("valid constants"),
         gelu: approx::gelu_quad(),
         eps: 1e-6,
+    }
+}
+
+/// The paper's choices: exp by Taylor degree 6, 1/x by 7 Goldschmidt iterations, Quad GELU
+/// (its 1/sqrt is unspecified; ours). Ranges are placeholders until calibration.
+pub fn paper_approx() -> BlockApprox {
+    BlockApprox {
+        exp: approx::exp_taylor(6, (-2.0, 2.0)).expect("valid constants"),
+        reciprocal: approx::goldschmidt(7, (1.0, 256.0)).expect("valid constants"),
+        ..default_approx()
     }
 }
 

@@ -3,4 +3,5 @@
 
 pub mod approx;
 pub mod block;
+pub mod distill;
 pub mod plan;

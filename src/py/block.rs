@@ -13,14 +13,16 @@ use crate::he::cost::Cost;
 use crate::he::encrypted::Encrypted;
 use crate::he::mirror::Mirror;
 use crate::he::packed::PackedBatch;
-use crate::he::polynomial::Basis;
+use crate::he::polynomial::{affine_coefficients, Basis};
 use crate::nn::approx::{self, Approximation};
 use crate::nn::block::{Block, BlockApprox, BlockShape, BlockWeights};
 use crate::nn::plan::{plan_block, BlockPlan};
 
+use super::array::RealArray;
 use super::ckks::{PyEvaluationKeys, PyParameters, PySecretKey};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(approximation_preset, m)?)?;
     m.add_class::<PyApproximation>()?;
     m.add_class::<PyBlock>()?;
     m.add_class::<PyPackedBatch>()?;
@@ -29,6 +31,29 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 fn flat(a: &PyReadonlyArrayDyn<'_, f64>) -> Vec<f64> {
     a.as_array().iter().copied().collect()
+}
+
+/// The block's approximations by preset: "default" (ours) or "paper", keyed exp, reciprocal,
+/// inv_sqrt, gelu (and eps).
+#[pyfunction]
+#[pyo3(signature = (name="default"))]
+fn approximation_preset<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
+    let a = match name {
+        "default" => crate::nn::block::default_approx(),
+        "paper" => crate::nn::block::paper_approx(),
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "unknown preset {name:?}; expected 'default' or 'paper'"
+            )))
+        }
+    };
+    let d = PyDict::new(py);
+    d.set_item("exp", PyApproximation { inner: a.exp })?;
+    d.set_item("reciprocal", PyApproximation { inner: a.reciprocal })?;
+    d.set_item("inv_sqrt", PyApproximation { inner: a.inv_sqrt })?;
+    d.set_item("gelu", PyApproximation { inner: a.gelu })?;
+    d.set_item("eps", a.eps)?;
+    Ok(d)
 }
 
 /// One approximation of a non-polynomial function: the single source of its coefficients.
@@ -68,7 +93,7 @@ impl PyApproximation {
 
     /// 1/sqrt(x) on [lo, hi]: Chebyshev initial guess, then Newton steps.
     #[staticmethod]
-    #[pyo3(signature = (lo, hi, guess_degree=7, newton_steps=3))]
+    #[pyo3(signature = (lo, hi, guess_degree=31, newton_steps=2))]
     fn inv_sqrt(lo: f64, hi: f64, guess_degree: usize, newton_steps: u32) -> PyResult<Self> {
         Ok(PyApproximation { inner: approx::inv_sqrt(lo, hi, guess_degree, newton_steps)? })
     }
@@ -93,6 +118,23 @@ impl PyApproximation {
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
         let out = x.as_array().mapv(|v| self.inner.eval(v));
         Ok(PyArrayDyn::from_owned_array(py, out))
+    }
+
+    /// (f(x), f'(x)) element-wise for a float32 or float64 array, in its precision: the
+    /// forward and backward of the torch modules on CPU tensors.
+    fn value_and_derivative<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let x = RealArray::extract(x, "x")?;
+        let (y, dy) = py.detach(|| self.inner.eval_many_with_derivative(&x.values));
+        Ok((x.like(py, y)?, x.like(py, dy)?))
+    }
+
+    /// The same kind of approximation refitted to the range [lo, hi].
+    fn with_range(&self, lo: f64, hi: f64) -> PyResult<Self> {
+        Ok(PyApproximation { inner: self.inner.with_range((lo, hi))? })
     }
 
     /// The exact function it approximates.
@@ -146,6 +188,7 @@ impl PyApproximation {
         d.set_item("name", self.inner.name())?;
         d.set_item("range", self.inner.range())?;
         d.set_item("depth", self.inner.depth())?;
+        d.set_item("function", self.inner.function())?;
         match &self.inner {
             Approximation::Polynomial { poly, .. } => {
                 d.set_item("kind", "polynomial")?;
@@ -163,6 +206,7 @@ impl PyApproximation {
             Approximation::ExpTaylor { degree, .. } => {
                 d.set_item("kind", "exp_taylor")?;
                 d.set_item("degree", degree)?;
+                set_poly(&d, &approx::taylor_exp(*degree))?;
             }
             Approximation::Goldschmidt { iterations, .. } => {
                 d.set_item("kind", "goldschmidt")?;
@@ -195,6 +239,7 @@ fn set_poly(d: &Bound<'_, PyDict>, poly: &crate::he::polynomial::Polynomial) -> 
         Basis::Chebyshev { lo, hi } => {
             d.set_item("basis", "chebyshev")?;
             d.set_item("basis_range", (lo, hi))?;
+            d.set_item("affine", affine_coefficients(lo, hi))?;
         }
     }
     d.set_item("coefficients", poly.coeffs.clone())

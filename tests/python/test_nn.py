@@ -1,0 +1,208 @@
+"""The torch side of the approximations, the ViT and its FHE-friendly student."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from blindfed import ckks  # noqa: E402
+from blindfed.approx import Approximation, from_spec, preset  # noqa: E402
+from blindfed.block import PackedBatch  # noqa: E402
+from blindfed.nn import PolyApprox, PolyLayerNorm, PolySoftmax, Student, ViT, ViTConfig  # noqa: E402
+
+APPROXIMATIONS = [
+    Approximation.exp_chebyshev(-8.0, 4.0, 15),
+    Approximation.exp_taylor(-2.0, 2.0, 6),
+    Approximation.exp_squaring(6, -8.0, 4.0),
+    Approximation.goldschmidt(9, 1.0, 100.0),
+    Approximation.inv_sqrt(0.05, 5.0),
+    Approximation.gelu_quad(),
+    Approximation.gelu_chebyshev(-6.0, 6.0, 15),
+]
+
+
+def grid(a: Approximation, n: int = 201, dtype=torch.float64) -> torch.Tensor:
+    lo, hi = a.range
+    return torch.linspace(lo, hi, n, dtype=dtype)
+
+
+@pytest.mark.parametrize("a", APPROXIMATIONS, ids=lambda a: a.name)
+def test_core_and_native_paths_agree_with_the_spec(a):
+    x = grid(a)
+    core = PolyApprox(a)(x)
+    native = PolyApprox(a, native=True)(x)
+    reference = torch.from_numpy(a(x.numpy()))
+    scale = 1.0 + reference.abs()
+    assert torch.all((core - reference).abs() <= 1e-12 * scale)
+    assert torch.all((native - reference).abs() <= 1e-9 * scale)
+
+
+@pytest.mark.parametrize("a", APPROXIMATIONS, ids=lambda a: a.name)
+def test_gradients_are_exact_on_both_paths(a):
+    lo, hi = a.range
+    g = torch.Generator().manual_seed(0)
+    x = (lo + (hi - lo) * torch.rand(12, dtype=torch.float64, generator=g)).requires_grad_()
+    assert torch.autograd.gradcheck(PolyApprox(a), (x,), eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(PolyApprox(a, native=True), (x,), eps=1e-6, atol=1e-5)
+    core = torch.autograd.grad(PolyApprox(a)(x).sum(), x)[0]
+    native = torch.autograd.grad(PolyApprox(a, native=True)(x).sum(), x)[0]
+    assert torch.allclose(core, native, rtol=1e-8, atol=1e-8)
+
+
+def test_float32_stays_float32_and_shape_is_kept():
+    m = PolyApprox(Approximation.exp_chebyshev(-4.0, 2.0))
+    x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(1)).clamp(-3.5, 1.5)
+    y = m(x)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert torch.allclose(y, x.exp(), rtol=1e-5)
+    # Non-contiguous inputs are read correctly.
+    xt = x.transpose(0, 2)
+    assert torch.allclose(m(xt), xt.exp(), rtol=1e-5)
+
+
+def test_range_is_a_buffer_that_refits_the_approximation():
+    m = PolyApprox(Approximation.exp_chebyshev(-4.0, 2.0))
+    assert "range" in m.state_dict()
+    m.load_state_dict({"range": torch.tensor([-10.0, 5.0], dtype=torch.float64)})
+    assert m.approximation.range == (-10.0, 5.0)
+    x = torch.linspace(-10.0, 5.0, 50, dtype=torch.float64)
+    assert torch.allclose(m(x), x.exp(), rtol=1e-6)
+    m.start_observing()
+    m(torch.tensor([-20.0, 0.0, 1.0], dtype=torch.float64))
+    assert m.stop_observing() == (-20.0, 1.0)
+    assert m.out_of_range == 1
+
+
+def test_spec_round_trip_and_tampering():
+    for a in APPROXIMATIONS:
+        assert from_spec(a.spec()).spec() == a.spec()
+    spec = APPROXIMATIONS[0].spec()
+    spec["coefficients"] = [c * 1.01 for c in spec["coefficients"]]
+    with pytest.raises(ValueError, match="does not match"):
+        from_spec(spec)
+    with pytest.raises(ValueError, match="malformed"):
+        from_spec({"kind": "exp_chebyshev"})
+
+
+def test_poly_softmax_and_layer_norm_match_the_exact_functions():
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randn(4, 7, dtype=torch.float64, generator=g) * 2
+    sm = PolySoftmax(
+        Approximation.exp_chebyshev(-8.0, 8.0), Approximation.goldschmidt(12, 0.5, 80.0)
+    )
+    assert torch.allclose(sm(scores), scores.softmax(-1), atol=1e-6)
+    x = torch.randn(5, 16, dtype=torch.float64, generator=g) * 1.5
+    var = x.var(dim=-1, unbiased=False)
+    assert float(var.min()) > 0.5 and float(var.max()) < 5.0
+    ln = PolyLayerNorm(16, Approximation.inv_sqrt(0.5, 5.0))
+    exact = torch.nn.functional.layer_norm(x, (16,), eps=1e-6)
+    assert torch.allclose(ln(x), exact, atol=1e-3)
+
+
+def test_wrong_arguments_are_clear_errors():
+    with pytest.raises(TypeError, match="Approximation"):
+        PolyApprox(3.0)
+    with pytest.raises(ValueError, match="approximates"):
+        Student(ViTConfig(width=16, heads=2, mlp=32, depth=1), {"exp": Approximation.gelu_quad()})
+    with pytest.raises(ValueError, match="heads"):
+        ViTConfig(width=30, heads=4)
+    with pytest.raises(ValueError, match="images"):
+        ViT(ViTConfig(width=16, heads=2, mlp=32, depth=1))(torch.zeros(2, 3, 28, 28))
+
+
+TINY = ViTConfig(image_size=8, patch_size=4, width=16, depth=2, heads=2, mlp=32)
+
+
+def tiny_images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g)
+
+
+def test_student_with_exact_functions_is_the_teacher():
+    torch.manual_seed(0)
+    teacher = ViT(TINY).double().eval()
+    with torch.no_grad():
+        # An untrained class token is ~0: its LayerNorm variance would be ~1e-4, a range no
+        # 1/sqrt guess covers accurately (trained tokens are not degenerate).
+        teacher.cls_token.normal_()
+    # Chebyshev GELU: with Quad (the default) the student needs distillation to be close.
+    gelu = Approximation.gelu_chebyshev(-4.0, 4.0, 15)
+    student = Student.from_teacher(teacher, {"gelu": gelu}).double().eval()
+    x = tiny_images(6).double()
+    student.set_exact(True)
+    assert torch.allclose(student(x), teacher(x), atol=1e-10)
+    student.set_exact(False)
+    report = student.calibrate([x])
+    assert all(r["out_of_range"] == 0 for r in report.values())
+    # Calibrated approximations stay close to the teacher.
+    assert torch.allclose(student(x), teacher(x), atol=0.02)
+    # The detector sees inputs the calibration did not cover.
+    assert sum(student.out_of_range([x * 20]).values()) > 0
+
+
+def test_paper_preset_builds_a_student_with_the_papers_functions():
+    student = Student(TINY, "paper")
+    names = {m.approximation.name for _, m in student.approximations()}
+    assert "exp_taylor(degree=6)" in names and "gelu_quad" in names
+    assert preset("paper")["reciprocal"].name.startswith("goldschmidt")
+
+
+def test_save_and_load_keep_weights_and_ranges(tmp_path):
+    torch.manual_seed(1)
+    student = Student.from_teacher(ViT(TINY))
+    student.calibrate([tiny_images(16)])
+    student.save(tmp_path / "student.pt")
+    again = Student.load(tmp_path / "student.pt")
+    x = tiny_images(4, seed=3)
+    assert torch.equal(student(x), again(x))
+    assert [m.range.tolist() for _, m in student.approximations()] == [
+        m.range.tolist() for _, m in again.approximations()
+    ]
+
+
+def test_torch_student_equals_rust_mirror_equals_encrypted_block():
+    """One block three ways: torch (float64), the Rust f64 reference and mirror, CKKS."""
+    torch.manual_seed(2)
+    config = ViTConfig(image_size=8, patch_size=4, width=16, depth=1, heads=2, mlp=32)
+    student = Student.from_teacher(ViT(config)).double().eval()
+    images = tiny_images(8).double()
+    student.calibrate([images])
+    tokens = student.embed(images[:3]).detach()
+    with torch.no_grad():
+        torch_out = student.blocks[0](tokens)[0].numpy()
+    block = student.export_blocks()[0]
+    x = tokens.numpy()
+    reference = block.forward(x)
+    assert np.allclose(reference, torch_out, atol=1e-9)
+    plan = block.plan()
+    assert np.allclose(block.mirror(x, params=plan["parameters"]), reference, atol=1e-8)
+    params = plan["parameters"]
+    sk = ckks.SecretKey.generate(params)
+    keys = sk.evaluation_keys(rotations=plan["rotation_steps"], conjugate=plan["conjugate"])
+    batch = PackedBatch.encrypt(sk, x)
+    out, _ = block.evaluate(batch, keys, sk)
+    decrypted = out.decrypt(sk)
+    spread = float(reference.max() - reference.min())
+    assert np.abs(decrypted - reference).max() < 1e-3 * spread
+
+
+def test_calibration_refuses_to_chase_a_diverging_approximation():
+    from blindfed.nn.student import _check_not_diverging
+
+    modules = {"a": PolyApprox(Approximation.inv_sqrt(0.05, 5.0, 3, 1))}
+    _check_not_diverging("a", (0.5, 90.0), (0.1, 2.0), modules)  # a different model: widen
+    with pytest.raises(ValueError, match=r"calibration diverges.*inv_sqrt"):
+        _check_not_diverging("a", (0.1, 3e20), (0.1, 2.0), modules)
+
+
+def test_training_clamps_to_the_range_and_eval_does_not():
+    m = PolyApprox(Approximation.goldschmidt(9, 1.0, 10.0))
+    x = torch.tensor([5.0, 40.0], dtype=torch.float64)
+    trained = m.train()(x)
+    assert torch.allclose(trained, torch.tensor([0.2, 0.1], dtype=torch.float64))
+    # Eval mode computes what the encrypted evaluator would: Goldschmidt diverges at 4x hi.
+    evaluated = m.eval()(x)
+    assert evaluated[0] == trained[0]
+    assert not (abs(float(evaluated[1])) < 1e6)
