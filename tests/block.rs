@@ -9,7 +9,9 @@ use blindfed::he::mirror::Mirror;
 use blindfed::he::packed::PackedBatch;
 use blindfed::he::refresh::{mask, refresh_all, unmask, Refresher};
 use blindfed::he::{attention::DiagonalPlan, Backend};
-use blindfed::nn::block::{default_approx, Block, BlockShape, BlockWeights};
+use blindfed::nn::approx;
+use blindfed::nn::block::{default_approx, Block, BlockApprox, BlockShape, BlockWeights};
+use blindfed::nn::plan::plan_block;
 use blindfed::Error;
 
 struct Rng(u64);
@@ -243,4 +245,21 @@ fn encrypted_diagonal_matvec_matches_f64() {
         }
         assert!(backend.cost().hoisted_rotations > 0);
     }
+}
+
+/// A narrow chain deeper than both wide stages together (a wide softmax denominator after a
+/// shallow exp) still gets enough levels: the planner sizes the ring for it.
+#[test]
+fn planner_leaves_room_for_a_deep_narrow_chain() {
+    let shape = BlockShape::new(5, 8, 2, 16).unwrap();
+    let a = BlockApprox {
+        exp: approx::exp_taylor(6, (-6.0, 6.0)).unwrap(),
+        reciprocal: approx::goldschmidt(18, (1.0, 5000.0)).unwrap(),
+        ..default_approx()
+    };
+    let block = Block::new(shape, random_block(shape, 3), a).unwrap();
+    let d = block.depth();
+    assert!(d.reciprocal > d.attention + d.mlp, "{d:?}");
+    let plan = plan_block(&block, 30, None).unwrap();
+    assert!(plan.spec.levels > d.reciprocal, "{} levels for {d:?}", plan.spec.levels);
 }

@@ -212,8 +212,14 @@ def distill_cmd(args: argparse.Namespace) -> int:
         f"teacher {report['teacher_test_accuracy']:.2f}%  student "
         f"{report['student_test_accuracy']:.2f}%  (drop {report['accuracy_drop_points']:.2f} "
         f"points)  distillation {report['epoch_seconds']:.0f} s on "
-        f"{report['threads']} threads  block depth {report['block_depth']}"
+        f"{report['threads']} threads"
     )
+    for i, b in enumerate(report["blocks"]):
+        print(
+            f"  block {i}: depth {b['depth']}, ring 2^{b['log_n']} with {b['levels']} levels, "
+            f"{b['refresh_rounds']} refresh rounds, {b['key_switches_per_sample']:.1f} key "
+            "switches per sample"
+        )
     print(f"student, checkpoint and report in {args.out}")
     _write_json(args.json, report)
     return 0

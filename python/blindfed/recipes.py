@@ -79,8 +79,7 @@ def distill_mnist(
     history = distill(teacher, student, x, config=config, checkpoint_dir=out, progress=progress)
     seconds = time.perf_counter() - t0
     student.save(out / "student.pt")
-    blocks = student.export_blocks()
-    plan = blocks[0].plan()
+    plans = [b.plan() for b in student.export_blocks()]
     teacher_accuracy = accuracy(teacher, xt, yt)
     student_accuracy = accuracy(student, xt, yt)
     report = {
@@ -98,10 +97,16 @@ def distill_mnist(
             for name, m in student.approximations()
         },
         "test_out_of_range": sum(student.out_of_range([xt]).values()),
-        "block_depth": plan["depth"],
-        "block_parameters": {"log_n": plan["log_n"], "levels": plan["levels"]},
-        "key_switches_per_sample_per_block": plan["cost"]["key_switches"]
-        / plan["samples_per_group"],
+        "blocks": [
+            {
+                "depth": p["depth"],
+                "log_n": p["log_n"],
+                "levels": p["levels"],
+                "refresh_rounds": p["cost"]["refresh_rounds"],
+                "key_switches_per_sample": p["cost"]["key_switches"] / p["samples_per_group"],
+            }
+            for p in plans
+        ],
         "history": history,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

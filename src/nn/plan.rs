@@ -65,8 +65,10 @@ pub fn plan_block(block: &Block, scale_bits: u32, levels: Option<usize>) -> Resu
             continue;
         }
         // Trim levels the whole block does not use (fewer primes, faster operations).
-        let chosen =
-            if levels.is_some() { chosen } else { chosen.min(depth.attention + depth.mlp + floor + 1) };
+        // Trimmed to what the block uses: both wide stages in one go, or the deepest narrow
+        // chain, which restarts from the top level after its refresh.
+        let needed = (depth.attention + depth.mlp).max(narrow) + floor + 1;
+        let chosen = if levels.is_some() { chosen } else { chosen.min(needed) };
         let spec = ParameterSpec::new(log_n, chosen, scale_bits);
         let params = Parameters::new(&spec)?;
         let ctx = Context::from_parameters(params.clone())?;
