@@ -166,7 +166,12 @@ def test_torch_student_equals_rust_mirror_equals_encrypted_block():
     """One block three ways: torch (float64), the Rust f64 reference and mirror, CKKS."""
     torch.manual_seed(2)
     config = ViTConfig(image_size=8, patch_size=4, width=16, depth=1, heads=2, mlp=32)
-    student = Student.from_teacher(ViT(config)).double().eval()
+    teacher = ViT(config)
+    with torch.no_grad():
+        # An untrained class token is ~0: its LayerNorm variance ~1e-4 would make 1/sqrt
+        # amplify the CKKS noise 100-fold; a trained token is not degenerate.
+        teacher.cls_token.normal_()
+    student = Student.from_teacher(teacher).double().eval()
     images = tiny_images(8).double()
     student.calibrate([images])
     tokens = student.embed(images[:3]).detach()
@@ -185,7 +190,9 @@ def test_torch_student_equals_rust_mirror_equals_encrypted_block():
     out, _ = block.evaluate(batch, keys, sk)
     decrypted = out.decrypt(sk)
     spread = float(reference.max() - reference.min())
-    assert np.abs(decrypted - reference).max() < 1e-3 * spread
+    error = float(np.abs(decrypted - reference).max())
+    print(f"encrypted vs reference: {error:.3g} = {error / spread:.3g} of the range")
+    assert error < 1e-3 * spread
 
 
 def test_calibration_refuses_to_chase_a_diverging_approximation():
