@@ -17,7 +17,11 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert block["error_relative_to_range"] < 1e-3
     # The tracer predicted the encrypted run's key switches (plus the input's separation).
     assert block["key_switches"] == block["predicted_key_switches"]
-    assert "encrypted transformer block" in capsys.readouterr().out
+    model = report["model"]
+    assert model["shown"] and model["teacher_test_accuracy"] > 90
+    assert model["teacher_test_accuracy"] - model["student_test_accuracy"] < 1.0
+    out = capsys.readouterr().out
+    assert "encrypted transformer block" in out and "zoo ViT" in out
 
 
 def test_block_bench_rejects_unknown_shapes():

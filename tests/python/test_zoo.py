@@ -43,6 +43,17 @@ def test_zoo_teacher_has_the_accuracy_its_card_claims():
     assert measured > 90.0
 
 
+def test_zoo_student_has_its_cards_accuracy_and_stays_in_range():
+    student = zoo.load_student("mnist_vit")
+    card = zoo.card("mnist_vit_student")
+    test = mnist("test")
+    images = torch.from_numpy(test.images)
+    measured = accuracy(student, images, torch.from_numpy(test.labels))
+    assert measured == pytest.approx(card["test_accuracy"], abs=0.05)
+    assert card["teacher_test_accuracy"] - measured < 1.0  # the aim: within 1 point
+    assert sum(student.out_of_range([images]).values()) == 0
+
+
 def test_unknown_zoo_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown zoo model"):
         zoo.load("resnet")

