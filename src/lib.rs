@@ -3,6 +3,9 @@
 //! Layers, lowest first; each uses only the ones before it:
 //! - [`math`]: moduli, primes, NTT, RNS polynomials, basis conversion, samplers.
 //! - [`ckks`]: parameters, encoding, keys, encryption, evaluation, serialisation.
+//! - [`he`]: packed activations, encrypted linear algebra, polynomials, masked refresh.
+//! - [`nn`]: approximations, the FHE-friendly block, the distillation loss.
+//! - [`protocol`]: refreshes over bytes and the sanitisation of what the provider returns.
 //! - `py`: the PyO3 bindings (feature `python`), conversion only.
 
 pub mod ckks;
@@ -11,6 +14,7 @@ pub mod he;
 pub mod math;
 pub mod nn;
 pub mod parallel;
+pub mod protocol;
 
 #[cfg(feature = "python")]
 mod py;

@@ -407,8 +407,12 @@ pub fn drop_level(ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
 /// Brings `ct` to `level` at that level's canonical scale. Costs one rescale when the scale
 /// must change (the ciphertext needs a level above the target), nothing otherwise.
 pub fn adjust_level(ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
+    adjust_to(ct, level, ct.ctx.scale_at(level))
+}
+
+/// Brings `ct` to `level` at `target_scale` (one rescale when the scale must change).
+pub fn adjust_to(ct: &Ciphertext, level: usize, target_scale: f64) -> Result<Ciphertext> {
     let ctx = &ct.ctx;
-    let target_scale = ctx.scale_at(level);
     if level > ct.level {
         return Err(Error::InvalidInput(format!(
             "cannot raise a ciphertext from level {} to {level}",

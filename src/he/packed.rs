@@ -187,6 +187,20 @@ impl PackedBatch {
         Ok(PackedBatch { groups, ..self.clone() })
     }
 
+    /// A masked refresh of every ciphertext through `owner` (who sees only masked values): the
+    /// same batch at the level below the top. Ciphertexts must be at the refresh level or above.
+    /// A complex batch lands at half the canonical scale, as the owner encrypts one, so the
+    /// provider's separation yields canonical real ciphertexts.
+    pub fn refreshed(&self, owner: &dyn super::refresh::Refresher) -> Result<Self> {
+        let ctx = self.context();
+        let scale = ctx.scale_at(ctx.max_level() - 1) / if self.complex { 2.0 } else { 1.0 };
+        let per_group = self.groups.first().map_or(0, |g| g.len());
+        let fresh =
+            super::refresh::refresh_all_at(self.groups.iter().flatten().cloned().collect(), owner, scale)?;
+        let groups = fresh.chunks(per_group.max(1)).map(|c| c.to_vec()).collect();
+        Ok(PackedBatch { groups, ..self.clone() })
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);

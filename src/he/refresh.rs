@@ -12,7 +12,7 @@
 
 use rand_core::RngCore;
 
-use crate::ckks::evaluator::{adjust_level, drop_level};
+use crate::ckks::evaluator::{adjust_to, drop_level};
 use crate::ckks::{Ciphertext, Context, Plaintext, SecretKey};
 use crate::error::{Error, Result};
 use crate::math::crt::CrtComposer;
@@ -84,6 +84,12 @@ pub fn mask(ct: &Ciphertext) -> Result<(Ciphertext, Mask)> {
 /// at that level's canonical scale.
 pub fn unmask(fresh: &Ciphertext, mask: &Mask) -> Result<Ciphertext> {
     let ctx = fresh.context();
+    unmask_at(fresh, mask, ctx.scale_at(ctx.max_level() - 1))
+}
+
+/// [`unmask`] landing on `scale` instead of the canonical one.
+pub fn unmask_at(fresh: &Ciphertext, mask: &Mask, scale: f64) -> Result<Ciphertext> {
+    let ctx = fresh.context();
     if fresh.size() != 2 || fresh.level() != ctx.max_level() || fresh.scale() != mask.scale {
         return Err(Error::InvalidInput(
             "the refreshed ciphertext does not match its mask (level, scale or size)".into(),
@@ -93,11 +99,11 @@ pub fn unmask(fresh: &Ciphertext, mask: &Mask) -> Result<Ciphertext> {
     let r = integer_poly(ctx, &mask.coeffs, ctx.max_level());
     parallel::install(|| out.polys[0].sub_assign(&r, ctx.q_moduli(ctx.max_level())));
     out.seed = None;
-    adjust_level(&out, ctx.max_level() - 1)
+    adjust_to(&out, ctx.max_level() - 1, scale)
 }
 
 /// The polynomial with these integer coefficients, in NTT form at `level`.
-fn integer_poly(ctx: &Context, coeffs: &[i128], level: usize) -> RnsPoly {
+pub(crate) fn integer_poly(ctx: &Context, coeffs: &[i128], level: usize) -> RnsPoly {
     let moduli = ctx.q_moduli(level);
     let mut poly = RnsPoly::zero(ctx.degree(), level + 1);
     parallel::install(|| {
@@ -151,6 +157,12 @@ impl Refresher for SecretKey {
 /// LSP side of a whole round trip with an in-process owner (tests, benchmarks, `simulate`-free
 /// single-machine runs): mask, let `owner` re-encrypt, unmask.
 pub fn refresh_all(values: Vec<Ciphertext>, owner: &dyn Refresher) -> Result<Vec<Ciphertext>> {
+    let scale = values.first().map(|v| v.context().scale_at(v.context().max_level() - 1));
+    refresh_all_at(values, owner, scale.unwrap_or(1.0))
+}
+
+/// [`refresh_all`] landing on `scale` (the level below the top).
+pub fn refresh_all_at(values: Vec<Ciphertext>, owner: &dyn Refresher, scale: f64) -> Result<Vec<Ciphertext>> {
     let (masked, masks): (Vec<_>, Vec<_>) =
         values.iter().map(mask).collect::<Result<Vec<_>>>()?.into_iter().unzip();
     let fresh = owner.refresh(masked)?;
@@ -161,5 +173,5 @@ pub fn refresh_all(values: Vec<Ciphertext>, owner: &dyn Refresher) -> Result<Vec
             masks.len()
         )));
     }
-    fresh.iter().zip(&masks).map(|(f, m)| unmask(f, m)).collect()
+    fresh.iter().zip(&masks).map(|(f, m)| unmask_at(f, m, scale)).collect()
 }

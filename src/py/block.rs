@@ -264,7 +264,7 @@ fn cost_dict<'py>(py: Python<'py>, c: &Cost) -> PyResult<Bound<'py, PyDict>> {
 /// with the ciphertexts.
 #[pyclass(name = "PackedBatch", module = "blindfed.block", frozen)]
 pub struct PyPackedBatch {
-    inner: PackedBatch,
+    pub(crate) inner: PackedBatch,
 }
 
 #[pymethods]
@@ -330,6 +330,15 @@ impl PyPackedBatch {
     #[getter]
     fn samples_per_group(&self) -> usize {
         self.inner.layout.samples_per_group()
+    }
+
+    /// A masked refresh of every ciphertext: `owner` (a `SecretKey`, or a callable from request
+    /// bytes to reply bytes) sees only uniformly masked values and re-encrypts them; the
+    /// result holds the same values one level below the top.
+    fn refreshed(&self, py: Python<'_>, owner: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let owner = super::protocol::refresher(self.inner.context(), owner)?;
+        let inner = py.detach(|| self.inner.refreshed(owner.as_ref()))?;
+        Ok(PyPackedBatch { inner })
     }
 
     /// The same batch with every ciphertext dropped to `level` (fewer bytes to send).
@@ -633,19 +642,20 @@ impl PyBlock {
         Ok(d)
     }
 
-    /// Evaluates the block on an encrypted batch. `owner` answers the masked refreshes (in a
-    /// deployment, over the network; here, in process). Returns the encrypted output and the
-    /// operations counted.
+    /// Evaluates the block on an encrypted batch. `owner` answers the masked refreshes: the
+    /// owner's `SecretKey` (in process), or a callable taking a refresh request (bytes) and
+    /// returning the owner's reply (bytes), typically a network round trip. Returns the
+    /// encrypted output and the operations counted.
     fn evaluate<'py>(
         &self,
         py: Python<'py>,
         batch: &PyPackedBatch,
         keys: &PyEvaluationKeys,
-        owner: &PySecretKey,
+        owner: &Bound<'py, PyAny>,
     ) -> PyResult<(PyPackedBatch, Bound<'py, PyDict>)> {
         let block = self.inner.clone();
         let keys = keys.keys.clone();
-        let owner: Arc<dyn crate::he::refresh::Refresher> = owner.key.clone();
+        let owner = super::protocol::refresher(keys.context(), owner)?;
         let input = batch.inner.clone();
         let (out, cost) = py.detach(|| -> crate::error::Result<_> {
             let backend = Encrypted::new(&keys)?.with_refresher(owner);

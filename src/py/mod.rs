@@ -5,6 +5,7 @@ mod array;
 mod block;
 mod ckks;
 mod distill;
+mod protocol;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
@@ -53,5 +54,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     ckks::register(m)?;
     block::register(m)?;
-    distill::register(m)
+    distill::register(m)?;
+    protocol::register(m)
 }

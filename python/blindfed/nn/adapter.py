@@ -1,0 +1,113 @@
+"""Low-rank parallel adapters and the classification head an owner trains on block outputs.
+
+g_l(z) = alpha * W_up GELU(W_down z);  h_l = g_l(b_l + h_{l-1}) + h_{l-1},  h_0 = 0; the head
+reads the class token of LayerNorm(b_L + h_L). Block outputs b_l are the frozen student's
+(decrypted by the owner; zeros where a block was hidden), so no gradient goes through the
+foundation model. ``rank=0`` gives linear probing: the head on b_L alone.
+
+>>> import torch
+>>> from blindfed.nn.adapter import AdaptedClassifier
+>>> model = AdaptedClassifier(blocks=3, width=8, classes=4, rank=2)
+>>> model(torch.randn(5, 3, 7, 8)).shape
+torch.Size([5, 4])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["AdaptedClassifier", "ParallelAdapter", "TrainConfig", "accuracy", "train"]
+
+
+class ParallelAdapter(nn.Module):
+    """alpha * W_up GELU(W_down z); W_up starts at zero so training starts from the frozen
+    features."""
+
+    def __init__(self, width: int, rank: int, alpha: float = 1.0) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.alpha = alpha
+        self.down = nn.Linear(width, rank)
+        self.up = nn.Linear(rank, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.alpha * self.up(nn.functional.gelu(self.down(z)))
+
+
+class AdaptedClassifier(nn.Module):
+    """Adapters for every block and a head; input (batch, blocks, tokens, width)."""
+
+    def __init__(
+        self, blocks: int, width: int, classes: int, *, rank: int = 8, alpha: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.blocks, self.width = blocks, width
+        self.adapters = nn.ModuleList(
+            ParallelAdapter(width, rank, alpha) for _ in range(blocks if rank > 0 else 0)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, outputs: torch.Tensor) -> torch.Tensor:
+        if outputs.ndim != 4 or outputs.shape[1] != self.blocks or outputs.shape[3] != self.width:
+            raise ValueError(
+                f"expected block outputs (batch, {self.blocks}, tokens, {self.width}), "
+                f"got {tuple(outputs.shape)}"
+            )
+        h = torch.zeros_like(outputs[:, 0])
+        for index, adapter in enumerate(self.adapters):
+            h = adapter(outputs[:, index] + h) + h
+        return self.head(self.norm(outputs[:, -1] + h)[:, 0])
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+def train(
+    model: AdaptedClassifier,
+    outputs: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig | None = None,
+) -> list[float]:
+    """Trains adapters and head on cached block outputs; returns the loss per epoch."""
+    config = config or TrainConfig()
+    x = torch.as_tensor(outputs, dtype=torch.float32)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} samples but {len(y)} labels")
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    losses = []
+    model.train()
+    for _ in range(config.epochs):
+        total = 0.0
+        for idx in torch.randperm(len(x), generator=gen).split(config.batch_size):
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / len(x))
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def accuracy(model: AdaptedClassifier, outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Percentage of correct predictions."""
+    model.eval()
+    pred = model(torch.as_tensor(outputs, dtype=torch.float32)).argmax(1).numpy()
+    return float((pred == np.asarray(labels)).mean() * 100)

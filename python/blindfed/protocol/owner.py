@@ -1,0 +1,279 @@
+"""The data owner: holds its data, its CKKS secret key, its adapters and head.
+
+The owner encrypts token embeddings of its images, sends them block by block to the
+provider, decrypts each revealed block output, caches it on disk (in a canonical sample
+order it can chain with the provider's relative permutations) and re-encrypts it for the
+next block. A batch interrupted half-way resumes from its last cached block.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blindfed import ckks
+from blindfed._core import answer_refresh
+from blindfed.block import PackedBatch
+from blindfed.protocol.messages import BlockOutput, ForwardRequest, Offer, OwnerHello, decode
+from blindfed.protocol.privacy import label_windows
+
+__all__ = ["BlockOutputs", "DataOwner"]
+
+#: provider.forward: (request bytes, refresh callable) -> reply bytes.
+Forward = Callable[[bytes, Callable[[bytes], bytes]], bytes]
+
+
+@dataclass
+class BlockOutputs:
+    """Decrypted block outputs of a batch in the owner's canonical order.
+
+    ``outputs[l]`` is (batch, tokens, width), zeros where block l was hidden; ``revealed[l]``
+    says which; ``labels`` are aligned with the samples (None at inference).
+    """
+
+    outputs: np.ndarray
+    revealed: np.ndarray
+    labels: np.ndarray | None
+
+
+def _atomic_save(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class DataOwner:
+    """The owner side of the online phase.
+
+    Args:
+        name: how the provider knows this owner.
+        cache_dir: where block outputs are cached (resume after an interruption); None keeps
+            them in memory only.
+    """
+
+    def __init__(self, name: str = "owner", *, cache_dir: str | Path | None = None) -> None:
+        self.name = name
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._offer: Offer | None = None
+        self._secret: ckks.SecretKey | None = None
+        self._embedding: dict[str, np.ndarray] = {}
+        self.sent_bytes = 0
+        self.received_bytes = 0
+
+    # ---- handshake ------------------------------------------------------------------------
+
+    def hello(self, offer: bytes) -> bytes:
+        """Generates this owner's keys for the offered parameters; returns the public part."""
+        msg = decode(offer, Offer)
+        with np.load(io.BytesIO(msg.embedding), allow_pickle=False) as z:
+            self._embedding = {k: z[k] for k in z.files}
+        self._offer = msg
+        keys = b""
+        if msg.mode == "execute":
+            params = ckks.Parameters.from_bytes(msg.parameters)
+            if not params.is_secure:
+                # Tests use small insecure sets; say so loudly rather than silently.
+                import warnings
+
+                warnings.warn("the provider offered insecure (test-only) parameters", stacklevel=2)
+            self._secret = ckks.SecretKey.generate(params)
+            keys = self._secret.evaluation_keys(
+                rotations=msg.rotation_steps, conjugate=True
+            ).to_bytes()
+        return OwnerHello(session=msg.session, owner=self.name, keys=keys).to_bytes()
+
+    @property
+    def mode(self) -> str:
+        return self._require_offer().mode
+
+    def _require_offer(self) -> Offer:
+        if self._offer is None:
+            raise RuntimeError("call hello() with the provider's offer first")
+        return self._offer
+
+    def answer_refresh(self, request: bytes) -> bytes:
+        """Decrypts masked (noise-like) values and re-encrypts them: the owner's half of a
+        masked refresh. It never sees the hidden block's output."""
+        if self._secret is None:
+            raise RuntimeError("no keys: call hello() first (execute mode)")
+        self.received_bytes += len(request)
+        reply = answer_refresh(self._secret, request)
+        self.sent_bytes += len(reply)
+        return reply
+
+    # ---- encoding -------------------------------------------------------------------------
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Images (batch, channels, h, w) to token embeddings (batch, tokens, width)."""
+        e = self._embedding
+        if not e:
+            raise RuntimeError("call hello() with the provider's offer first")
+        images = np.asarray(images, dtype=np.float64)
+        weight, p = e["weight"], int(e["patch_size"])
+        if images.ndim != 4 or images.shape[1] != weight.shape[1] or images.shape[2] % p:
+            raise ValueError(
+                f"expected images (batch, {weight.shape[1]}, h, w) with h, w multiples of {p}, "
+                f"got {images.shape}"
+            )
+        n, c, h, w = images.shape
+        patches = images.reshape(n, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(n, (h // p) * (w // p), c * p * p)
+        tokens = patches @ weight.reshape(weight.shape[0], -1).T + e["bias"]
+        cls = np.broadcast_to(e["cls_token"][0], (n, 1, tokens.shape[2]))
+        out = np.concatenate([cls, tokens], axis=1) + e["pos_embed"]
+        if out.shape[1] != self._require_offer().tokens:
+            raise ValueError(
+                f"images give {out.shape[1]} tokens, the model takes {self._offer.tokens}"
+            )
+        return out
+
+    def _encode(self, x: np.ndarray) -> bytes:
+        if self.mode == "execute":
+            return PackedBatch.encrypt(self._secret, np.ascontiguousarray(x)).to_bytes()
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(x, dtype=np.float64))
+        return buf.getvalue()
+
+    def _decode(self, payload: bytes) -> np.ndarray:
+        if self.mode == "execute":
+            batch = PackedBatch.from_bytes(self._secret.parameters, payload)
+            return batch.decrypt(self._secret)
+        return np.load(io.BytesIO(payload), allow_pickle=False)
+
+    # ---- the block-wise forward pass ------------------------------------------------------
+
+    def forward(
+        self,
+        forward: Forward,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        *,
+        batch_id: str = "batch",
+    ) -> BlockOutputs:
+        """Runs one batch through every block (resuming from the cache if interrupted).
+
+        With labels the samples are sorted by label and the provider may permute within runs
+        of equal labels; without (inference) the provider keeps the order.
+        """
+        offer = self._require_offer()
+        n = len(images)
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (n,):
+                raise ValueError(f"expected {n} labels, got shape {labels.shape}")
+            order = np.argsort(labels, kind="stable")
+            images, labels = np.asarray(images)[order], labels[order]
+            group = ckks.Parameters.from_bytes(offer.parameters).slots // offer.tokens
+            windows = label_windows(labels.tolist(), offer.window, group)
+        else:
+            windows = [1] * n
+        blocks = offer.blocks
+        outputs = np.zeros((blocks, n, offer.tokens, offer.width))
+        revealed = np.zeros(blocks, dtype=bool)
+        state = self._load_state(batch_id, n)
+        if state is not None:
+            canonical = np.asarray(state["canonical"])
+            for index in state["revealed"]:
+                outputs[index] = np.load(self._cache(batch_id) / f"block_{index}.npy")
+                revealed[index] = True
+            next_block = state["next_block"]
+            # Resume from the last revealed output, in the order the provider last returned.
+            x = outputs[state["revealed"][-1]][canonical]
+        else:
+            canonical = None
+            next_block = 0
+            x = self.embed(images)
+        while next_block < blocks:
+            request = ForwardRequest(
+                session=offer.session,
+                batch=batch_id,
+                block=next_block,
+                windows=windows,
+                payload=self._encode(x),
+            ).to_bytes()
+            self.sent_bytes += len(request)
+            reply_bytes = forward(
+                request, self.answer_refresh if self.mode == "execute" else _no_refresh
+            )
+            self.received_bytes += len(reply_bytes)
+            reply = decode(reply_bytes, BlockOutput)
+            if reply.batch != batch_id or reply.block < next_block:
+                raise ValueError(f"reply for {reply.batch!r} block {reply.block} was not asked for")
+            x = self._decode(reply.payload)
+            if x.shape != (n, offer.tokens, offer.width):
+                raise ValueError(
+                    f"reply holds shape {x.shape}, expected {(n, offer.tokens, offer.width)}"
+                )
+            # canonical[p]: the canonical index of current sample p.
+            if canonical is None:
+                canonical = np.arange(n)
+            else:
+                relative = np.asarray(reply.relative)
+                if sorted(relative.tolist()) != list(range(n)):
+                    raise ValueError("the relative permutation is not a permutation of the batch")
+                canonical = canonical[relative]
+            aligned = np.empty_like(x)
+            aligned[canonical] = x
+            outputs[reply.block] = aligned
+            revealed[reply.block] = True
+            next_block = reply.block + 1
+            self._save_state(batch_id, n, reply.block, aligned, canonical, revealed, next_block)
+        # Labels are unchanged by permutations within equal-label windows.
+        return BlockOutputs(outputs.transpose(1, 0, 2, 3).copy(), revealed, labels)
+
+    # ---- cache ----------------------------------------------------------------------------
+
+    def _cache(self, batch_id: str) -> Path:
+        assert self.cache_dir is not None
+        path = self.cache_dir / batch_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _load_state(self, batch_id: str, n: int) -> dict[str, Any] | None:
+        if self.cache_dir is None:
+            return None
+        path = self._cache(batch_id) / "state.json"
+        if not path.exists():
+            return None
+        # A new session (new keys, a restarted provider) resumes too: the cache is plaintext.
+        state = json.loads(path.read_text())
+        if state["n"] != n:
+            raise ValueError(f"the cache of {batch_id!r} holds {state['n']} samples, not {n}")
+        return state
+
+    def _save_state(
+        self,
+        batch_id: str,
+        n: int,
+        block: int,
+        aligned: np.ndarray,
+        canonical: np.ndarray,
+        revealed: np.ndarray,
+        next_block: int,
+    ) -> None:
+        if self.cache_dir is None:
+            return
+        path = self._cache(batch_id)
+        _atomic_save(path / f"block_{block}.npy", lambda f: np.save(f, aligned))
+        state = {
+            "session": self._require_offer().session,
+            "n": n,
+            "next_block": next_block,
+            "revealed": [int(i) for i in np.flatnonzero(revealed)],
+            "canonical": canonical.tolist(),
+        }
+        _atomic_save(path / "state.json", lambda f: f.write(json.dumps(state).encode()))
+
+
+def _no_refresh(request: bytes) -> bytes:
+    raise RuntimeError("simulate mode has no refreshes")

@@ -1,0 +1,240 @@
+"""The model provider (LSP): holds the student, evaluates its blocks on owners' ciphertexts.
+
+The provider never holds a secret key: it keeps each owner's public evaluation keys, answers
+:class:`~blindfed.protocol.messages.ForwardRequest` messages with sanitised
+:class:`~blindfed.protocol.messages.BlockOutput` messages, and reaches the owner for the
+masked refreshes that hide the outputs of hidden blocks through a ``refresh`` callable
+(request bytes in, reply bytes out: a network round trip).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from blindfed import ckks
+from blindfed._core import permutation_rotation_steps, sanitize
+from blindfed.block import PackedBatch
+from blindfed.protocol.messages import (
+    BlockOutput,
+    ForwardRequest,
+    MessageError,
+    Offer,
+    OwnerHello,
+    decode,
+)
+from blindfed.protocol.privacy import Random, block_pattern, window_permutation
+
+__all__ = ["Provider"]
+
+Refresh = Callable[[bytes], bytes]
+
+
+@dataclass
+class _Session:
+    owner: str | None = None
+    keys: ckks.EvaluationKeys | None = None
+    patterns: dict[str, list[bool]] = field(default_factory=dict)
+
+
+def _plan_parameters(blocks: list[Any]) -> tuple[ckks.Parameters, list[dict[str, Any]]]:
+    plans = [b.plan() for b in blocks]
+    widest = max(plans, key=lambda p: (p["log_n"], p["levels"]))
+    return widest["parameters"], plans
+
+
+def embedding_bytes(student: Any) -> bytes:
+    """The student's patch embedding as ``.npz`` bytes (what an owner needs to encode inputs)."""
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        weight=student.patch_embed.proj.weight.detach().double().numpy(),
+        bias=student.patch_embed.proj.bias.detach().double().numpy(),
+        cls_token=student.cls_token.detach().double().numpy(),
+        pos_embed=student.pos_embed.detach().double().numpy(),
+        patch_size=np.array(student.config.patch_size),
+    )
+    return buf.getvalue()
+
+
+class Provider:
+    """The LSP side of the online phase.
+
+    Args:
+        student: the distilled FHE-friendly :class:`blindfed.nn.student.Student`.
+        mode: ``"execute"`` (CKKS) or ``"simulate"`` (the plaintext mirror: the same
+            polynomials on float64, for accuracy studies; reports must say so).
+        window: the most samples one permutation window may hold.
+        privacy: stochastic block sampling and permutations (off only for comparisons).
+        flood_bits: noise flooding magnitude (see :mod:`blindfed.protocol`).
+        parameters: a CKKS parameter set overriding the planner's (tests use small insecure
+            ones); every block must fit in it.
+        rng: randomness for patterns and permutations; default ``random.SystemRandom()``.
+    """
+
+    def __init__(
+        self,
+        student: Any,
+        *,
+        mode: str = "execute",
+        window: int = 8,
+        privacy: bool = True,
+        flood_bits: int = 8,
+        parameters: ckks.Parameters | None = None,
+        rng: Random | None = None,
+    ) -> None:
+        if mode not in ("execute", "simulate"):
+            raise ValueError(f"mode must be 'execute' or 'simulate', got {mode!r}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.mode = mode
+        self.window = window
+        self.privacy = privacy
+        self.flood_bits = flood_bits
+        self.blocks = student.export_blocks()
+        self.tokens = student.config.tokens
+        self.width = student.config.width
+        planned, self.plans = _plan_parameters(self.blocks)
+        self.parameters = parameters or planned
+        steps = {s for b in self.blocks for s in b.rotation_steps(self.parameters)}
+        steps.update(permutation_rotation_steps(self.tokens, window) if privacy else [])
+        self.rotation_steps = sorted(steps)
+        self._embedding = embedding_bytes(student)
+        self._rng: Random = rng or random.SystemRandom()
+        self._sessions: dict[str, _Session] = {}
+
+    # ---- handshake ------------------------------------------------------------------------
+
+    def offer(self) -> bytes:
+        """A new session: parameters, rotation steps, the patch embedding."""
+        session = secrets.token_hex(8)
+        self._sessions[session] = _Session()
+        return Offer(
+            session=session,
+            mode=self.mode,
+            blocks=len(self.blocks),
+            tokens=self.tokens,
+            width=self.width,
+            window=self.window,
+            flood_bits=self.flood_bits,
+            rotation_steps=self.rotation_steps,
+            parameters=self.parameters.to_bytes(),
+            embedding=self._embedding,
+        ).to_bytes()
+
+    def register(self, hello: bytes) -> None:
+        """Stores an owner's public evaluation keys for its session."""
+        msg = decode(hello, OwnerHello)
+        session = self._session(msg.session)
+        keys = None
+        if self.mode == "execute":
+            keys = ckks.EvaluationKeys.from_bytes(self.parameters, msg.keys)
+            if keys.public_key is None or keys.relin_key is None or keys.galois_keys is None:
+                raise MessageError("OwnerHello: needs public, relinearisation and rotation keys")
+        session.owner, session.keys = msg.owner, keys
+
+    def _session(self, name: str) -> _Session:
+        try:
+            return self._sessions[name]
+        except KeyError:
+            raise MessageError(f"unknown session {name!r}") from None
+
+    # ---- the block-wise forward pass ------------------------------------------------------
+
+    def forward(self, request: bytes, refresh: Refresh) -> bytes:
+        """Evaluates from the request's block up to the next revealed block; returns its
+        sanitised output. Hidden blocks on the way are joined by masked refreshes."""
+        msg = decode(request, ForwardRequest)
+        session = self._session(msg.session)
+        if self.mode == "execute" and session.keys is None:
+            raise MessageError("no keys registered for this session")
+        last = len(self.blocks) - 1
+        if msg.block > last:
+            raise MessageError(f"block {msg.block} does not exist (the model has {last + 1})")
+        x = self._load(msg.payload)
+        batch = x.shape[0]
+        self._check_windows(msg.windows, batch)
+        pattern = session.patterns.get(msg.batch)
+        if pattern is None or msg.block == 0:
+            pattern = block_pattern(len(self.blocks), self._rng, enabled=self.privacy)
+            if self.privacy and 0 < msg.block < last:
+                # Resumed after a revealed block (e.g. the provider restarted): the next is hidden.
+                pattern[msg.block] = False
+        hidden = []
+        for index in range(msg.block, last + 1):
+            x = self._evaluate(index, x, session, refresh)
+            if pattern[index]:
+                break
+            hidden.append(index)
+            x = self._hide(x, refresh)
+        order = window_permutation(msg.windows, self._rng) if self.privacy else list(range(batch))
+        payload = self._sanitize(x, order, session)
+        # State changes only once the request has been served.
+        if index == last:
+            session.patterns.pop(msg.batch, None)
+        else:
+            session.patterns[msg.batch] = pattern
+        return BlockOutput(
+            session=msg.session,
+            batch=msg.batch,
+            block=index,
+            hidden=hidden,
+            relative=order if msg.block > 0 else None,
+            payload=payload,
+        ).to_bytes()
+
+    def _check_windows(self, windows: list[int], batch: int) -> None:
+        if sum(windows) != batch or max(windows, default=0) > self.window:
+            raise MessageError(
+                f"windows must sum to the batch size {batch} and be at most {self.window} long"
+            )
+        if self.mode == "execute":
+            group = self.parameters.slots // self.tokens
+            start = 0
+            for w in windows:
+                if start // group != (start + w - 1) // group:
+                    raise MessageError(f"window at sample {start} crosses a ciphertext group")
+                start += w
+
+    def _load(self, payload: bytes) -> Any:
+        if self.mode == "execute":
+            x = PackedBatch.from_bytes(self.parameters, payload)
+            _, tokens, width = x.shape
+        else:
+            try:
+                x = np.load(io.BytesIO(payload), allow_pickle=False)
+            except Exception as e:  # numpy's header parser raises many types on bad bytes
+                raise MessageError(f"simulate payload is not a .npy array ({e})") from None
+            if x.dtype != np.float64 or x.ndim != 3 or not np.isfinite(x).all():
+                raise MessageError("simulate payload must be finite float64 (batch, tokens, width)")
+            tokens, width = x.shape[1:]
+        if (tokens, width) != (self.tokens, self.width):
+            raise MessageError(
+                f"inputs are ({tokens} tokens, width {width}); the model takes "
+                f"({self.tokens}, {self.width})"
+            )
+        return x
+
+    def _evaluate(self, index: int, x: Any, session: _Session, refresh: Refresh) -> Any:
+        block = self.blocks[index]
+        if self.mode == "execute":
+            out, _ = block.evaluate(x, session.keys, refresh)
+            return out
+        return block.mirror(x, params=self.parameters)
+
+    def _hide(self, x: Any, refresh: Refresh) -> Any:
+        """A hidden block's output goes on to the next block without reaching the owner."""
+        return x.refreshed(refresh) if self.mode == "execute" else x
+
+    def _sanitize(self, x: Any, order: list[int], session: _Session) -> bytes:
+        if self.mode == "execute":
+            return sanitize(x, order, session.keys, flood_bits=self.flood_bits).to_bytes()
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(x[order]))
+        return buf.getvalue()

@@ -1,0 +1,138 @@
+//! Masked refreshes over bytes: the provider's [`Refresher`] that sends its masked
+//! ciphertexts to a remote owner, and the owner's answer.
+//!
+//! Wire format (little-endian): magic "BFRF", version u8 = 1, kind u8 (0: request, 1: reply),
+//! count u32, then per ciphertext a u32 length and its `ckks::serial` encoding. Decoders check
+//! every length and reject trailing bytes; a reply must hold as many ciphertexts as the request.
+
+use crate::ckks::{Ciphertext, Context, SecretKey};
+use crate::error::{Error, Result};
+use crate::he::refresh::Refresher;
+
+const MAGIC: &[u8; 4] = b"BFRF";
+const VERSION: u8 = 1;
+const REQUEST: u8 = 0;
+const REPLY: u8 = 1;
+const HEADER: usize = 10;
+
+fn encode(kind: u8, cts: &[Ciphertext]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(kind);
+    out.extend_from_slice(&(cts.len() as u32).to_le_bytes());
+    for ct in cts {
+        let bytes = ct.to_bytes();
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+fn decode(ctx: &Context, kind: u8, bytes: &[u8]) -> Result<Vec<Ciphertext>> {
+    let what = if kind == REQUEST { "refresh request" } else { "refresh reply" };
+    let malformed = |m: &str| Error::Malformed(format!("{what}: {m}"));
+    if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+        return Err(malformed("missing header"));
+    }
+    if bytes[4] != VERSION {
+        return Err(malformed(&format!("unsupported version {}", bytes[4])));
+    }
+    if bytes[5] != kind {
+        return Err(malformed(&format!("message kind {} where {kind} was expected", bytes[5])));
+    }
+    let count = u32::from_le_bytes(bytes[6..10].try_into().expect("4 bytes")) as usize;
+    if count > (bytes.len() - HEADER) / 4 {
+        return Err(malformed("truncated"));
+    }
+    let mut rest = &bytes[HEADER..];
+    let mut cts = Vec::with_capacity(count);
+    for _ in 0..count {
+        if rest.len() < 4 {
+            return Err(malformed("truncated"));
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        if rest.len() - 4 < len {
+            return Err(malformed("truncated ciphertext"));
+        }
+        cts.push(Ciphertext::from_bytes(ctx, &rest[4..4 + len])?);
+        rest = &rest[4 + len..];
+    }
+    if !rest.is_empty() {
+        return Err(malformed("trailing bytes"));
+    }
+    Ok(cts)
+}
+
+/// The owner's side: decrypt each masked ciphertext (uniformly random-looking values) and
+/// re-encrypt it at the top level.
+pub fn answer(sk: &SecretKey, request: &[u8]) -> Result<Vec<u8>> {
+    let masked = decode(sk.context(), REQUEST, request)?;
+    Ok(encode(REPLY, &sk.refresh(masked)?))
+}
+
+/// The provider's side: each refresh is one round trip through `send` (request bytes in,
+/// reply bytes out), typically a network call.
+pub struct RemoteOwner<F> {
+    ctx: Context,
+    send: F,
+}
+
+impl<F: Fn(Vec<u8>) -> Result<Vec<u8>> + Send + Sync> RemoteOwner<F> {
+    pub fn new(ctx: Context, send: F) -> Self {
+        RemoteOwner { ctx, send }
+    }
+}
+
+impl<F: Fn(Vec<u8>) -> Result<Vec<u8>> + Send + Sync> Refresher for RemoteOwner<F> {
+    fn refresh(&self, masked: Vec<Ciphertext>) -> Result<Vec<Ciphertext>> {
+        let reply = (self.send)(encode(REQUEST, &masked))?;
+        let fresh = decode(&self.ctx, REPLY, &reply)?;
+        if fresh.len() != masked.len() {
+            return Err(Error::Malformed(format!(
+                "refresh reply: {} ciphertexts for {} requested",
+                fresh.len(),
+                masked.len()
+            )));
+        }
+        Ok(fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ckks::{ParameterSpec, Parameters, Plaintext};
+    use crate::he::refresh::refresh_all;
+
+    #[test]
+    fn a_remote_refresh_round_trips_and_rejects_bad_replies() {
+        let mut spec = ParameterSpec::new(11, 4, 30);
+        spec.insecure = true;
+        let ctx = Context::from_parameters(Parameters::new(&spec).unwrap()).unwrap();
+        let sk = SecretKey::generate(&ctx);
+        let values: Vec<_> = (0..8).map(|i| crate::ckks::Complex::new(i as f64 / 8.0, 0.0)).collect();
+        let level = crate::he::refresh::refresh_level(&ctx);
+        let ct = sk.encrypt_symmetric(&Plaintext::encode(&ctx, &values, Some(level), None).unwrap()).unwrap();
+        let owner = RemoteOwner::new(ctx.clone(), |req: Vec<u8>| answer(&sk, &req));
+        let fresh = refresh_all(vec![ct], &owner).unwrap();
+        assert_eq!(fresh[0].level(), ctx.max_level() - 1);
+        let out = sk.decrypt(&fresh[0]).unwrap().decode();
+        for (a, b) in out.iter().zip(&values) {
+            assert!((a.re - b.re).abs() < 1e-4, "{a:?} vs {b:?}");
+        }
+        // A reply with the wrong kind, a truncated one and an empty one are refused.
+        let bad = RemoteOwner::new(ctx.clone(), |req: Vec<u8>| Ok(req));
+        let ct = sk.encrypt_symmetric(&Plaintext::encode(&ctx, &values, Some(level), None).unwrap()).unwrap();
+        assert!(matches!(refresh_all(vec![ct.clone()], &bad), Err(Error::Malformed(_))));
+        let short = RemoteOwner::new(ctx.clone(), |req: Vec<u8>| {
+            let mut r = answer(&sk, &req)?;
+            r.pop();
+            Ok(r)
+        });
+        assert!(matches!(refresh_all(vec![ct.clone()], &short), Err(Error::Malformed(_))));
+        let empty = RemoteOwner::new(ctx.clone(), |_| Ok(encode(REPLY, &[])));
+        assert!(matches!(refresh_all(vec![ct], &empty), Err(Error::Malformed(_))));
+        assert!(answer(&sk, b"BFRF").is_err());
+    }
+}
