@@ -549,3 +549,45 @@ impl EvaluationKeys {
         EvaluationKeys::new(ctx, public.map(Arc::new), relin.map(Arc::new), galois.map(Arc::new))
     }
 }
+
+/// Appends `cts` as a list of u32-length-prefixed ciphertexts (the framing that packed
+/// batches and refresh messages share).
+pub fn write_ciphertext_list<'a>(out: &mut Vec<u8>, cts: impl IntoIterator<Item = &'a Ciphertext>) {
+    for ct in cts {
+        let bytes = ct.to_bytes();
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+}
+
+/// Reads exactly `count` length-prefixed ciphertexts filling all of `bytes`; errors are
+/// prefixed with `what`. Refuses counts the bytes cannot hold before allocating.
+pub fn read_ciphertext_list(
+    ctx: &Context,
+    bytes: &[u8],
+    count: usize,
+    what: &str,
+) -> Result<Vec<Ciphertext>> {
+    let malformed = |m: &str| Error::Malformed(format!("{what}: {m}"));
+    // Every ciphertext takes at least its 4-byte length.
+    if count > bytes.len() / 4 {
+        return Err(malformed("truncated"));
+    }
+    let mut rest = bytes;
+    let mut cts = Vec::with_capacity(count);
+    for _ in 0..count {
+        if rest.len() < 4 {
+            return Err(malformed("truncated"));
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        if rest.len() - 4 < len {
+            return Err(malformed("truncated ciphertext"));
+        }
+        cts.push(Ciphertext::from_bytes(ctx, &rest[4..4 + len])?);
+        rest = &rest[4 + len..];
+    }
+    if !rest.is_empty() {
+        return Err(malformed("trailing bytes"));
+    }
+    Ok(cts)
+}

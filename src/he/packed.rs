@@ -15,6 +15,7 @@
 use rayon::prelude::*;
 
 use crate::ckks::evaluator::{add, adjust_level, conjugate, mul_by_i, sub};
+use crate::ckks::serial::{read_ciphertext_list, write_ciphertext_list};
 use crate::ckks::{Ciphertext, Complex, Context, GaloisKeys, Plaintext, SecretKey};
 use crate::error::{Error, Result};
 use crate::parallel;
@@ -209,11 +210,7 @@ impl PackedBatch {
         for v in [self.layout.tokens, self.layout.features, self.layout.slots, self.batch] {
             out.extend_from_slice(&(v as u32).to_le_bytes());
         }
-        for ct in self.groups.iter().flatten() {
-            let bytes = ct.to_bytes();
-            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            out.extend_from_slice(&bytes);
-        }
+        write_ciphertext_list(&mut out, self.groups.iter().flatten());
         out
     }
 
@@ -243,29 +240,9 @@ impl PackedBatch {
         let per_group = if complex { features.div_ceil(2) } else { features };
         let count =
             layout.groups(batch).checked_mul(per_group).ok_or_else(|| malformed("too many ciphertexts"))?;
-        // Every ciphertext takes at least its 4-byte length: refuse counts the bytes cannot hold.
-        if count > (bytes.len() - HEADER) / 4 {
-            return Err(malformed("truncated"));
-        }
-        let mut rest = &bytes[HEADER..];
-        let mut cts = Vec::with_capacity(count);
-        for _ in 0..count {
-            if rest.len() < 4 {
-                return Err(malformed("truncated"));
-            }
-            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-            if rest.len() - 4 < len {
-                return Err(malformed("truncated ciphertext"));
-            }
-            let ct = Ciphertext::from_bytes(ctx, &rest[4..4 + len])?;
-            if ct.slots() != slots {
-                return Err(malformed("a ciphertext packs a different number of slots"));
-            }
-            cts.push(ct);
-            rest = &rest[4 + len..];
-        }
-        if !rest.is_empty() {
-            return Err(malformed("trailing bytes"));
+        let cts = read_ciphertext_list(ctx, &bytes[HEADER..], count, "packed batch")?;
+        if cts.iter().any(|ct| ct.slots() != slots) {
+            return Err(malformed("a ciphertext packs a different number of slots"));
         }
         let groups = cts.chunks(per_group).map(|c| c.to_vec()).collect();
         Ok(PackedBatch { layout, batch, complex, groups })

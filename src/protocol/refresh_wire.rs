@@ -5,6 +5,7 @@
 //! count u32, then per ciphertext a u32 length and its `ckks::serial` encoding. Decoders check
 //! every length and reject trailing bytes; a reply must hold as many ciphertexts as the request.
 
+use crate::ckks::serial::{read_ciphertext_list, write_ciphertext_list};
 use crate::ckks::{Ciphertext, Context, SecretKey};
 use crate::error::{Error, Result};
 use crate::he::refresh::Refresher;
@@ -21,11 +22,7 @@ fn encode(kind: u8, cts: &[Ciphertext]) -> Vec<u8> {
     out.push(VERSION);
     out.push(kind);
     out.extend_from_slice(&(cts.len() as u32).to_le_bytes());
-    for ct in cts {
-        let bytes = ct.to_bytes();
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&bytes);
-    }
+    write_ciphertext_list(&mut out, cts);
     out
 }
 
@@ -42,26 +39,7 @@ fn decode(ctx: &Context, kind: u8, bytes: &[u8]) -> Result<Vec<Ciphertext>> {
         return Err(malformed(&format!("message kind {} where {kind} was expected", bytes[5])));
     }
     let count = u32::from_le_bytes(bytes[6..10].try_into().expect("4 bytes")) as usize;
-    if count > (bytes.len() - HEADER) / 4 {
-        return Err(malformed("truncated"));
-    }
-    let mut rest = &bytes[HEADER..];
-    let mut cts = Vec::with_capacity(count);
-    for _ in 0..count {
-        if rest.len() < 4 {
-            return Err(malformed("truncated"));
-        }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        if rest.len() - 4 < len {
-            return Err(malformed("truncated ciphertext"));
-        }
-        cts.push(Ciphertext::from_bytes(ctx, &rest[4..4 + len])?);
-        rest = &rest[4 + len..];
-    }
-    if !rest.is_empty() {
-        return Err(malformed("trailing bytes"));
-    }
-    Ok(cts)
+    read_ciphertext_list(ctx, &bytes[HEADER..], count, what)
 }
 
 /// The owner's side: decrypt each masked ciphertext (uniformly random-looking values) and
