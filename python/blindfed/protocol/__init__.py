@@ -8,9 +8,10 @@ provider.forward, images, labels)`` per batch; every argument that crosses is by
 >>> from blindfed.nn.vit import ViT, ViTConfig
 >>> from blindfed.nn.student import Student
 >>> from blindfed.protocol import DataOwner, Provider
+>>> _ = torch.manual_seed(0)
 >>> config = ViTConfig(image_size=8, patch_size=4, width=8, depth=3, heads=2, mlp=16)
 >>> student = Student.from_teacher(ViT(config))
->>> _ = student.calibrate([torch.randn(32, 1, 8, 8)])
+>>> _ = student.calibrate([torch.randn(64, 1, 8, 8)])
 >>> provider = Provider(student, mode="simulate")
 >>> owner = DataOwner("clinic")
 >>> provider.register(owner.hello(provider.offer()))
