@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,6 @@ class DataOwner:
             params = ckks.Parameters.from_bytes(msg.parameters)
             if not params.is_secure:
                 # Tests use small insecure sets; say so loudly rather than silently.
-                import warnings
-
                 warnings.warn("the provider offered insecure (test-only) parameters", stacklevel=2)
             self._secret = ckks.SecretKey.generate(params)
             keys = self._secret.evaluation_keys(

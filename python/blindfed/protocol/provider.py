@@ -43,10 +43,10 @@ class _Session:
     patterns: dict[str, list[bool]] = field(default_factory=dict)
 
 
-def _plan_parameters(blocks: list[Any]) -> tuple[ckks.Parameters, list[dict[str, Any]]]:
+def _plan_parameters(blocks: list[Any]) -> ckks.Parameters:
+    """One parameter set for every block: the widest of their plans."""
     plans = [b.plan() for b in blocks]
-    widest = max(plans, key=lambda p: (p["log_n"], p["levels"]))
-    return widest["parameters"], plans
+    return max(plans, key=lambda p: (p["log_n"], p["levels"]))["parameters"]
 
 
 def embedding_bytes(student: Any) -> bytes:
@@ -100,8 +100,7 @@ class Provider:
         self.blocks = student.export_blocks()
         self.tokens = student.config.tokens
         self.width = student.config.width
-        planned, self.plans = _plan_parameters(self.blocks)
-        self.parameters = parameters or planned
+        self.parameters = parameters or _plan_parameters(self.blocks)
         steps = {s for b in self.blocks for s in b.rotation_steps(self.parameters)}
         steps.update(permutation_rotation_steps(self.tokens, window) if privacy else [])
         self.rotation_steps = sorted(steps)
