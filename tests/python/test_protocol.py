@@ -14,19 +14,13 @@ from blindfed import ckks
 from blindfed.block import PackedBatch
 from blindfed.nn.adapter import AdaptedClassifier, TrainConfig, accuracy, train
 from blindfed.nn.student import Student
-from blindfed.nn.vit import ViT, ViTConfig
 from blindfed.protocol import DataOwner, MessageError, Provider
-from blindfed.protocol.messages import ForwardRequest, OwnerHello, decode
+from blindfed.protocol.messages import BlockOutput, ForwardRequest, OwnerHello, decode
 
 
 @pytest.fixture(scope="module")
-def student() -> Student:
-    torch.manual_seed(0)
-    s = Student.from_teacher(
-        ViT(ViTConfig(image_size=8, patch_size=4, width=8, depth=3, heads=2, mlp=16))
-    )
-    s.calibrate([torch.randn(64, 1, 8, 8)])
-    return s
+def student(make_student) -> Student:
+    return make_student(3)
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +176,91 @@ def test_adapters_beat_linear_probing_on_features_that_need_them():
     assert accuracy(adapted, x[400:], y[400:]) > accuracy(probe, x[400:], y[400:]) + 15
     with pytest.raises(ValueError):
         adapted(torch.zeros(2, 2, 2, 4))
+    with pytest.raises(ValueError, match="block_dropout"):
+        train(adapted, x, y, TrainConfig(block_dropout=1.0))
+
+
+def test_classify_keeps_the_order_and_matches_the_block_outputs(student):
+    provider = Provider(student, mode="simulate", rng=random.Random(1))
+    owner = DataOwner()
+    connect(provider, owner)
+    torch.manual_seed(0)
+    model = AdaptedClassifier(3, 8, 4, rank=2)
+    torch.nn.init.normal_(model.adapters[0].up.weight)  # a model whose adapters matter
+    images = np.random.default_rng(2).random((9, 1, 8, 8))
+    predicted = owner.classify(provider.forward, images, model)
+    assert predicted.shape == (9,) and predicted.dtype.kind == "i"
+    # Same outputs through forward (no labels: the order is kept, nothing is permuted).
+    reference = Provider(student, mode="simulate", privacy=False)
+    ref_owner = DataOwner()
+    connect(reference, ref_owner)
+    outputs = ref_owner.forward(reference.forward, images).outputs
+    with torch.no_grad():
+        logits = model(torch.as_tensor(outputs, dtype=torch.float32))
+    # The pattern differs (hidden blocks are zeros), so compare the all-revealed path too.
+    full = DataOwner()
+    connect(reference, full)
+    assert (full.classify(reference.forward, images, model) == logits.argmax(1).numpy()).all()
+    reversed_ = full.classify(reference.forward, images[::-1], model)
+    assert (reversed_ == logits.argmax(1).numpy()[::-1]).all()
+
+
+def test_the_cache_is_keyed_by_the_inputs_not_only_the_batch_name(student, tmp_path):
+    provider = Provider(student, mode="simulate", privacy=False)
+    owner = DataOwner(cache_dir=tmp_path)
+    connect(provider, owner)
+    first = owner.forward(provider.forward, IMAGES, LABELS, batch_id="b")
+    other = IMAGES[::-1].copy()
+    with pytest.warns(UserWarning, match="other inputs"):
+        second = owner.forward(provider.forward, other, LABELS, batch_id="b")
+    assert not np.allclose(first.outputs, second.outputs)
+    fresh = DataOwner()
+    connect(provider, fresh)
+    np.testing.assert_allclose(
+        second.outputs, fresh.forward(provider.forward, other, LABELS).outputs
+    )
+
+
+def test_passes_cannot_skip_a_hidden_block_nor_exceed_the_sample_budget(student):
+    provider = Provider(student, mode="simulate", rng=random.Random(0), sample_budget=12)
+    owner = DataOwner()
+    connect(provider, owner)
+    requests = []
+
+    def capture(request: bytes, refresh) -> bytes:
+        requests.append(request)
+        return provider.forward(request, refresh)
+
+    owner.forward(capture, IMAGES, LABELS, batch_id="a")
+    msg = decode(requests[0], ForwardRequest)
+    # Asking for the last block directly (its input chosen, its output revealed): refused,
+    # whether as a new pass or to skip ahead in one.
+    for batch in ("new", "a"):
+        fields = {**msg.__dict__, "block": 2, "batch": batch}
+        with pytest.raises(MessageError, match="last block"):
+            provider.forward(ForwardRequest(**fields).to_bytes(), lambda r: r)
+    # A middle block starts a new pass whose first block is hidden.
+    reply = decode(
+        provider.forward(ForwardRequest(**{**msg.__dict__, "block": 1}).to_bytes(), lambda r: r),
+        BlockOutput,
+    )
+    assert reply.hidden == [1] and reply.block == 2
+    # 6 + 6 samples started passes: the budget of 12 is spent.
+    with pytest.raises(MessageError, match="budget"):
+        owner.forward(provider.forward, IMAGES, LABELS, batch_id="b")
+
+
+def test_blocks_never_revealed_in_training_are_read_as_hidden():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3, 2, 4))
+    x[:, 1] = 0.0  # block 1 was hidden in every training batch
+    y = rng.integers(0, 2, 64)
+    model = AdaptedClassifier(3, 4, 2, rank=2)
+    train(model, x, y, TrainConfig(epochs=2))
+    assert model.seen_blocks.tolist() == [True, False, True]
+    shown = x.copy()
+    shown[:, 1] = rng.normal(size=shown[:, 1].shape)  # revealed at inference only
+    with torch.no_grad():
+        a = model(torch.as_tensor(shown, dtype=torch.float32))
+        b = model(torch.as_tensor(x, dtype=torch.float32))
+    torch.testing.assert_close(a, b)

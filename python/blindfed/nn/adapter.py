@@ -54,6 +54,9 @@ class AdaptedClassifier(nn.Module):
         )
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, classes)
+        # Blocks revealed somewhere in the training data; the others are read as hidden, so a
+        # block revealed only at inference cannot feed adapters that never saw it.
+        self.register_buffer("seen_blocks", torch.ones(blocks, dtype=torch.bool))
 
     def forward(self, outputs: torch.Tensor) -> torch.Tensor:
         if outputs.ndim != 4 or outputs.shape[1] != self.blocks or outputs.shape[3] != self.width:
@@ -61,6 +64,7 @@ class AdaptedClassifier(nn.Module):
                 f"expected block outputs (batch, {self.blocks}, tokens, {self.width}), "
                 f"got {tuple(outputs.shape)}"
             )
+        outputs = outputs * self.seen_blocks.view(1, -1, 1, 1)
         h = torch.zeros_like(outputs[:, 0])
         for index, adapter in enumerate(self.adapters):
             h = adapter(outputs[:, index] + h) + h
@@ -69,10 +73,16 @@ class AdaptedClassifier(nn.Module):
 
 @dataclass
 class TrainConfig:
+    """``block_dropout``: the chance that each block but the last is zeroed for a sample in a
+    step. The provider draws which blocks to reveal per batch, so a batch seen at inference may
+    show other blocks than the training batches did; dropping blocks in training keeps the
+    adapters from leaning on any one of them."""
+
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    block_dropout: float = 0.5
     seed: int = 0
 
 
@@ -88,6 +98,9 @@ def train(
     y = torch.as_tensor(labels, dtype=torch.long)
     if len(x) != len(y):
         raise ValueError(f"{len(x)} samples but {len(y)} labels")
+    if not 0.0 <= config.block_dropout < 1.0:
+        raise ValueError(f"block_dropout must be in [0, 1), got {config.block_dropout}")
+    model.seen_blocks.copy_(x.abs().amax(dim=(0, 2, 3)) > 0)
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     losses = []
@@ -95,7 +108,9 @@ def train(
     for _ in range(config.epochs):
         total = 0.0
         for idx in torch.randperm(len(x), generator=gen).split(config.batch_size):
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            keep = torch.rand(len(idx), x.shape[1], 1, 1, generator=gen) >= config.block_dropout
+            keep[:, -1] = True
+            loss = nn.functional.cross_entropy(model(x[idx] * keep), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

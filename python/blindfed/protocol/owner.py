@@ -8,9 +8,11 @@ next block. A batch interrupted half-way resumes from its last cached block.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import secrets
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,14 +160,20 @@ class DataOwner:
         labels: np.ndarray | None = None,
         *,
         batch_id: str = "batch",
+        cache: bool = True,
     ) -> BlockOutputs:
         """Runs one batch through every block (resuming from the cache if interrupted).
 
         With labels the samples are sorted by label and the provider may permute within runs
-        of equal labels; without (inference) the provider keeps the order.
+        of equal labels; without (inference) the provider keeps the order. The cache (when
+        the owner has a ``cache_dir`` and ``cache`` is true) is keyed by ``batch_id`` and
+        fingerprinted by the inputs: other images under the same name start afresh.
         """
         offer = self._require_offer()
+        images = np.asarray(images, dtype=np.float64)
         n = len(images)
+        fingerprint = _fingerprint(images, labels)
+        store = self.cache_dir is not None and cache
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != (n,):
@@ -179,7 +187,7 @@ class DataOwner:
         blocks = offer.blocks
         outputs = np.zeros((blocks, n, offer.tokens, offer.width))
         revealed = np.zeros(blocks, dtype=bool)
-        state = self._load_state(batch_id, n)
+        state = self._load_state(batch_id, fingerprint) if store else None
         if state is not None:
             canonical = np.asarray(state["canonical"])
             for index in state["revealed"]:
@@ -226,9 +234,37 @@ class DataOwner:
             outputs[reply.block] = aligned
             revealed[reply.block] = True
             next_block = reply.block + 1
-            self._save_state(batch_id, n, reply.block, aligned, canonical, revealed, next_block)
+            if store:
+                self._save_state(
+                    batch_id, fingerprint, reply.block, aligned, canonical, revealed, next_block
+                )
         # Labels are unchanged by permutations within equal-label windows.
         return BlockOutputs(outputs.transpose(1, 0, 2, 3).copy(), revealed, labels)
+
+    def classify(
+        self,
+        forward: Forward,
+        images: np.ndarray,
+        model: Callable[[Any], Any],
+    ) -> np.ndarray:
+        """Predicted classes of new images: the encrypted forward pass, then the owner's
+        adapters and head (e.g. a trained :class:`~blindfed.nn.adapter.AdaptedClassifier`).
+
+        Nothing is cached and the order of ``images`` is kept.
+        """
+        import torch
+
+        out = self.forward(
+            forward, images, batch_id=f"classify-{secrets.token_hex(4)}", cache=False
+        )
+        was_training = getattr(model, "training", False)
+        if hasattr(model, "eval"):
+            model.eval()
+        with torch.no_grad():
+            logits = model(torch.as_tensor(out.outputs, dtype=torch.float32))
+        if was_training:
+            model.train()
+        return logits.argmax(1).numpy()
 
     # ---- cache ----------------------------------------------------------------------------
 
@@ -238,40 +274,51 @@ class DataOwner:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _load_state(self, batch_id: str, n: int) -> dict[str, Any] | None:
-        if self.cache_dir is None:
-            return None
+    def _load_state(self, batch_id: str, fingerprint: str) -> dict[str, Any] | None:
         path = self._cache(batch_id) / "state.json"
         if not path.exists():
             return None
         # A new session (new keys, a restarted provider) resumes too: the cache is plaintext.
-        state = json.loads(path.read_text())
-        if state["n"] != n:
-            raise ValueError(f"the cache of {batch_id!r} holds {state['n']} samples, not {n}")
+        try:
+            state = json.loads(path.read_text())
+        except ValueError:
+            warnings.warn(f"unreadable cache state for {batch_id!r}: starting afresh", stacklevel=3)
+            return None
+        if state.get("fingerprint") != fingerprint:
+            warnings.warn(
+                f"the cache of {batch_id!r} holds other inputs: starting afresh", stacklevel=3
+            )
+            return None
         return state
 
     def _save_state(
         self,
         batch_id: str,
-        n: int,
+        fingerprint: str,
         block: int,
         aligned: np.ndarray,
         canonical: np.ndarray,
         revealed: np.ndarray,
         next_block: int,
     ) -> None:
-        if self.cache_dir is None:
-            return
         path = self._cache(batch_id)
         _atomic_save(path / f"block_{block}.npy", lambda f: np.save(f, aligned))
         state = {
             "session": self._require_offer().session,
-            "n": n,
+            "fingerprint": fingerprint,
             "next_block": next_block,
             "revealed": [int(i) for i in np.flatnonzero(revealed)],
             "canonical": canonical.tolist(),
         }
         _atomic_save(path / "state.json", lambda f: f.write(json.dumps(state).encode()))
+
+
+def _fingerprint(images: np.ndarray, labels: np.ndarray | None) -> str:
+    h = hashlib.sha256(repr(images.shape).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    if labels is not None:
+        h.update(np.ascontiguousarray(np.asarray(labels, dtype=np.int64)).tobytes())
+    return h.hexdigest()
 
 
 def _no_refresh(request: bytes) -> bytes:

@@ -40,7 +40,9 @@ Refresh = Callable[[bytes], bytes]
 class _Session:
     owner: str | None = None
     keys: ckks.EvaluationKeys | None = None
-    patterns: dict[str, list[bool]] = field(default_factory=dict)
+    # batch -> (its revealed blocks, the block its next request must start at)
+    patterns: dict[str, tuple[list[bool], int]] = field(default_factory=dict)
+    samples: int = 0  # samples that started a pass (counted against the budget)
 
 
 def _plan_parameters(blocks: list[Any]) -> ckks.Parameters:
@@ -72,6 +74,12 @@ class Provider:
             polynomials on float64, for accuracy studies; reports must say so).
         window: the most samples one permutation window may hold.
         privacy: stochastic block sampling and permutations (off only for comparisons).
+        permute, sample_blocks: either defence alone (each defaults to ``privacy``), for
+            studies such as :mod:`blindfed.protocol.extraction`.
+        sample_budget: the most samples one session may start passes with (training passes
+            and inference together); None for no limit. Every pass draws new revealed blocks,
+            and passes of the same images can be linked by their last block, so repeated
+            passes are what erodes block sampling (``docs/security.md``).
         flood_bits: noise flooding magnitude (see :mod:`blindfed.protocol`).
         parameters: a CKKS parameter set overriding the planner's (tests use small insecure
             ones); every block must fit in it.
@@ -88,6 +96,9 @@ class Provider:
         flood_bits: int = 8,
         parameters: ckks.Parameters | None = None,
         rng: Random | None = None,
+        permute: bool | None = None,
+        sample_blocks: bool | None = None,
+        sample_budget: int | None = None,
     ) -> None:
         if mode not in ("execute", "simulate"):
             raise ValueError(f"mode must be 'execute' or 'simulate', got {mode!r}")
@@ -95,16 +106,18 @@ class Provider:
             raise ValueError(f"window must be >= 1, got {window}")
         self.mode = mode
         self.window = window
-        self.privacy = privacy
+        self.permute = privacy if permute is None else permute
+        self.sample_blocks = privacy if sample_blocks is None else sample_blocks
         self.flood_bits = flood_bits
         self.blocks = student.export_blocks()
         self.tokens = student.config.tokens
         self.width = student.config.width
         self.parameters = parameters or _plan_parameters(self.blocks)
         steps = {s for b in self.blocks for s in b.rotation_steps(self.parameters)}
-        steps.update(permutation_rotation_steps(self.tokens, window) if privacy else [])
+        steps.update(permutation_rotation_steps(self.tokens, window) if self.permute else [])
         self.rotation_steps = sorted(steps)
         self._embedding = embedding_bytes(student)
+        self.sample_budget = sample_budget
         self._rng: Random = rng or random.SystemRandom()
         self._sessions: dict[str, _Session] = {}
 
@@ -159,10 +172,24 @@ class Provider:
         x = self._load(msg.payload)
         batch = x.shape[0]
         self._check_windows(msg.windows, batch)
-        pattern = session.patterns.get(msg.batch)
-        if pattern is None or msg.block == 0:
-            pattern = block_pattern(len(self.blocks), self._rng, enabled=self.privacy)
-            if self.privacy and 0 < msg.block < last:
+        state = session.patterns.get(msg.batch)
+        # A request that does not continue its pass where the last reply left it starts a new
+        # pass: an owner cannot skip a hidden block by asking for the next one itself.
+        fresh = state is None or msg.block != state[1]
+        if fresh and self.sample_blocks and 0 < msg.block == last:
+            # Its output would be revealed, its input chosen: a single-block oracle. A pass
+            # never needs it (the block before the last is always hidden).
+            raise MessageError("a pass cannot start at the last block when blocks are sampled")
+        budget = self.sample_budget
+        if fresh and budget is not None and session.samples + batch > budget:
+            raise MessageError(
+                f"sample budget exhausted: {session.samples} of {budget} used, {batch} more asked"
+            )
+        if state is not None and not fresh:
+            pattern = state[0]
+        else:
+            pattern = block_pattern(len(self.blocks), self._rng, enabled=self.sample_blocks)
+            if self.sample_blocks and 0 < msg.block < last:
                 # Resumed after a revealed block (e.g. the provider restarted): the next is hidden.
                 pattern[msg.block] = False
         hidden = []
@@ -172,13 +199,14 @@ class Provider:
                 break
             hidden.append(index)
             x = self._hide(x, refresh)
-        order = window_permutation(msg.windows, self._rng) if self.privacy else list(range(batch))
+        order = window_permutation(msg.windows, self._rng) if self.permute else list(range(batch))
         payload = self._sanitize(x, order, session)
         # State changes only once the request has been served.
+        session.samples += batch if fresh else 0
         if index == last:
             session.patterns.pop(msg.batch, None)
         else:
-            session.patterns[msg.batch] = pattern
+            session.patterns[msg.batch] = (pattern, index + 1)
         return BlockOutput(
             session=msg.session,
             batch=msg.batch,
