@@ -3,7 +3,8 @@
 The model provider computes on CKKS ciphertexts and never sees the data owners' inputs; the
 owners never see the model. This release ships the CKKS engine (:mod:`blindfed.ckks`), the
 polynomial approximations (:mod:`blindfed.approx`) and the encrypted transformer block
-(:mod:`blindfed.block`); distillation, the online protocol and federation build on them.
+(:mod:`blindfed.block`), distillation (:mod:`blindfed.distill`, with torch) and the online
+phase: :class:`Provider` and :class:`DataOwner` (:mod:`blindfed.protocol`).
 
 >>> import numpy as np
 >>> from blindfed import approx, block, ckks
@@ -16,5 +17,15 @@ array([ 0.5, -1. ,  2. ])
 
 from blindfed import approx, block, ckks
 from blindfed._core import __version__, num_threads, set_num_threads
+from blindfed.protocol import DataOwner, Provider
 
-__all__ = ["__version__", "approx", "block", "ckks", "num_threads", "set_num_threads"]
+__all__ = [
+    "DataOwner",
+    "Provider",
+    "__version__",
+    "approx",
+    "block",
+    "ckks",
+    "num_threads",
+    "set_num_threads",
+]

@@ -1,4 +1,4 @@
-"""The ``blindfed`` command: ``blindfed demo``, ``blindfed distill`` and ``blindfed bench``."""
+"""The ``blindfed`` command: ``demo``, ``distill``, ``adapt``, ``extraction`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def demo(args: argparse.Namespace) -> int:
     """Owner and evaluator exchange keys and ciphertexts as bytes; the evaluator computes."""
     set_num_threads(args.threads)
     print(f"blindfed {__version__} demo: a data owner and the provider, over bytes")
-    print("(the online protocol and federated adaptation come with the next releases)\n")
+    print("(federated adaptation across several owners comes next)\n")
     started = time.perf_counter()
     params = ckks.Parameters(args.log_n, args.levels)
     model = _demo_model() if args.model else None
@@ -105,6 +105,8 @@ def demo(args: argparse.Namespace) -> int:
     if args.block:
         report["block"] = _demo_block(args.seed)
         ok = ok and report["block"]["error_relative_to_range"] < 1e-3
+    if model is not None and model["shown"]:
+        report["online"] = _demo_online(args.seed)
     report["seconds"] = time.perf_counter() - started
     print(f"\ntotal {report['seconds']:.1f} s")
     _write_json(args.json, report)
@@ -149,6 +151,23 @@ def _demo_model() -> dict:
         "block_levels": plan["levels"],
         "block_key_switches_per_sample": per_sample,
     }
+
+
+def _demo_online(seed: int) -> dict:
+    """The online phase on the embedded default, in simulate mode (seconds, not an hour)."""
+    from blindfed.recipes import adapt_digits
+
+    print("\nonline phase: one owner adapts the student to scikit-learn's digits (simulate mode)")
+    t = time.perf_counter()
+    report = adapt_digits(mode="simulate", seed=seed, provider_seed=seed)
+    print(
+        f"online: {report['train_samples']} training digits through the provider block by "
+        f"block, revealed blocks per batch {report['revealed']}; adapters "
+        f"{report['adapted_accuracy']:.1f}% vs linear probing "
+        f"{report['linear_probe_accuracy']:.1f}% on {report['test_samples']} held-out digits "
+        f"({time.perf_counter() - t:.1f} s; `blindfed adapt --mode execute` runs it on CKKS)"
+    )
+    return report
 
 
 def _demo_block(seed: int) -> dict:
@@ -268,6 +287,81 @@ def distill_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def adapt_cmd(args: argparse.Namespace) -> int:
+    """One owner adapts the zoo student to scikit-learn's digits through the online phase."""
+    import torch
+
+    from blindfed.recipes import adapt_digits
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_num_threads(args.threads)
+    report = adapt_digits(
+        mode=args.mode,
+        train_samples=args.train_samples,
+        test_samples=args.test_samples,
+        rank=args.rank,
+        epochs=args.epochs,
+        privacy=args.privacy,
+        cache_dir=args.cache,
+        seed=args.seed,
+        provider_seed=args.provider_seed,
+        progress=print,
+    )
+    print(
+        f"{report['mode']}: {report['train_samples']} train / {report['test_samples']} test "
+        f"digits in {report['groups']} groups of up to {report['samples_per_group']}; "
+        f"revealed blocks per batch {report['revealed']}"
+    )
+    print(
+        f"adapters {report['adapted_accuracy']:.1f}%  linear probing "
+        f"{report['linear_probe_accuracy']:.1f}%  (same frozen student, same outputs)"
+    )
+    print(
+        f"per sample per block: {report['seconds_per_sample_per_block']:.3g} s, "
+        f"{report['upload_bytes_per_sample_per_block'] / 1e6:.3f} MB up, "
+        f"{report['download_bytes_per_sample_per_block'] / 1e6:.3f} MB down"
+    )
+    if "max_abs_error_vs_simulate" in report:
+        print(
+            f"decrypted outputs vs the plaintext mirror: max |error| "
+            f"{report['max_abs_error_vs_simulate']:.2e} over a range of "
+            f"{report['output_range']:.1f}"
+        )
+    _write_json(args.json, report)
+    return 0
+
+
+def extraction_cmd(args: argparse.Namespace) -> int:
+    """The model-extraction attack against each setting of the defences."""
+    import torch
+
+    from blindfed import zoo
+    from blindfed.data import mnist
+    from blindfed.protocol.extraction import SurrogateConfig, extraction_study
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, test = mnist("train"), mnist("test")
+    n = args.samples
+    reports = extraction_study(
+        zoo.load_student(),
+        (train.images[:n], train.labels[:n]),
+        (test.images, test.labels),
+        config=SurrogateConfig(epochs=args.epochs),
+        seed=args.seed,
+    )
+    print(f"{'scenario':38} {'tied':>6} {'chain':28} {'last-block err':>14} {'agreement':>9}")
+    for r in reports:
+        chain = " ".join(r["chain"]) if r["chain"] else "-"
+        err = "-" if r["last_block_error"] is None else f"{r['last_block_error']:.3f}"
+        agreement = r["agreement_with_student"]
+        agree = "-" if agreement is None else f"{agreement:.1f}%"
+        print(f"{r['scenario']:38} {r['tied_to_inputs']:6.1%} {chain:28} {err:>14} {agree:>9}")
+    _write_json(args.json, {"samples": n, "epochs": args.epochs, "scenarios": reports})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="blindfed", description=__doc__)
     parser.add_argument("--version", action="version", version=f"blindfed {__version__}")
@@ -307,6 +401,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
     p.add_argument("--json", help="also write the report here")
     p.set_defaults(func=distill_cmd)
+
+    p = sub.add_parser(
+        "adapt", help="one owner adapts the zoo student to digits through the online phase"
+    )
+    p.add_argument("--mode", choices=["simulate", "execute"], default="simulate")
+    p.add_argument("--train-samples", type=int, help="a random subset (default: all 1,438)")
+    p.add_argument("--test-samples", type=int, help="a random subset (default: all 359)")
+    p.add_argument("--rank", type=int, default=8, help="adapter rank (default 8)")
+    p.add_argument("--epochs", type=int, default=40, help="adapter epochs (default 40)")
+    p.add_argument("--cache", help="cache block outputs here (an interrupted run resumes)")
+    p.add_argument(
+        "--no-privacy",
+        dest="privacy",
+        action="store_false",
+        help="no block sampling or permutations (for comparisons only)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="data subset and training seed")
+    p.add_argument(
+        "--provider-seed",
+        type=int,
+        help="reproducible revealed blocks and permutations (default: the provider's CSPRNG)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
+    p.add_argument("--json", help="also write the report here")
+    p.set_defaults(func=adapt_cmd)
+
+    p = sub.add_parser(
+        "extraction", help="the model-extraction attack against each setting of the defences"
+    )
+    p.add_argument("--samples", type=int, default=4000, help="attacker's MNIST images")
+    p.add_argument("--epochs", type=int, default=60, help="surrogate training epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--json", help="also write the report here")
+    p.set_defaults(func=extraction_cmd)
 
     p = sub.add_parser("bench", help="benchmarks, each against a baseline in the same run")
     p.add_argument(

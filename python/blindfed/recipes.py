@@ -9,7 +9,9 @@ measured on the test split and the student's blocks are planned for encryption.
 from __future__ import annotations
 
 import json
+import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -136,17 +138,26 @@ def adapt_digits(
     privacy: bool = True,
     cache_dir: str | None = None,
     seed: int = 0,
+    provider_seed: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """One owner adapts the zoo student to scikit-learn's digits through the online protocol.
 
+    The training images go through in batches of one ciphertext group each (each batch draws
+    its own revealed blocks), the test images as inference (no labels sent, order kept).
     Returns accuracies (adapters vs linear probing on the same cached outputs), seconds and
-    bytes per sample per block, and which blocks were revealed. ``mode="simulate"`` runs the
-    plaintext mirror (same polynomials) and says so in the report.
+    bytes per sample per block, which blocks were revealed and, in ``execute`` mode, how far
+    the decrypted outputs are from the plaintext mirror's. ``mode="simulate"`` runs the
+    plaintext mirror (same polynomials) and says so in the report. ``provider_seed`` makes the
+    provider's draws (revealed blocks, permutations) reproducible; the default is its CSPRNG.
     """
     from blindfed import zoo
     from blindfed.nn.adapter import AdaptedClassifier, TrainConfig, accuracy, train
     from blindfed.protocol import DataOwner, Provider
+    from blindfed.protocol.extraction import match_windows
+    from blindfed.protocol.privacy import label_windows
 
+    say = progress or (lambda _: None)
     train_set = digits_for_mnist_model("train", seed=seed)
     test_set = digits_for_mnist_model("test", seed=seed)
     rng = np.random.default_rng(seed)
@@ -157,29 +168,69 @@ def adapt_digits(
 
     (xtr, ytr), (xte, yte) = subset(train_set, train_samples), subset(test_set, test_samples)
     student = zoo.load_student()
-    provider = Provider(student, mode=mode, privacy=privacy)
+    draws = None if provider_seed is None else random.Random(provider_seed)
+    provider = Provider(student, mode=mode, privacy=privacy, rng=draws)
+    group = provider.parameters.slots // provider.tokens
     owner = DataOwner("digits-owner", cache_dir=cache_dir)
     provider.register(owner.hello(provider.offer()))
+    batches = [
+        (f"train-{i // group}", xtr[i : i + group], ytr[i : i + group])
+        for i in range(0, len(ytr), group)
+    ]
+    batches += [(f"test-{i // group}", xte[i : i + group], None) for i in range(0, len(yte), group)]
+
+    def run(owner: DataOwner, forward: Any) -> tuple[list[Any], list[Any]]:
+        parts = []
+        for name, x, y in batches:
+            t0 = time.perf_counter()
+            parts.append(owner.forward(forward, x, y, batch_id=name))
+            say(f"{name}: {len(x)} samples in {time.perf_counter() - t0:.1f} s")
+        train_batches = sum(y is not None for _, _, y in batches)
+        return parts[:train_batches], parts[train_batches:]
+
     t = time.perf_counter()
-    train_out = owner.forward(provider.forward, xtr, ytr, batch_id="train")
-    test_out = owner.forward(provider.forward, xte, yte, batch_id="test")
+    train_parts, test_parts = run(owner, provider.forward)
     seconds = time.perf_counter() - t
     blocks = student.config.depth
     samples = len(ytr) + len(yte)
+    groups = len(train_parts) + len(test_parts)
+    train_x = np.concatenate([p.outputs for p in train_parts])
+    train_y = np.concatenate([p.labels for p in train_parts])
+    test_x = np.concatenate([p.outputs for p in test_parts])
     results: dict[str, Any] = {
         "mode": mode,
         "train_samples": len(ytr),
         "test_samples": len(yte),
-        "revealed_train": train_out.revealed.astype(int).tolist(),
-        "revealed_test": test_out.revealed.astype(int).tolist(),
+        "samples_per_group": group,
+        "groups": groups,
+        "revealed": [np.flatnonzero(p.revealed).tolist() for p in train_parts + test_parts],
         "forward_seconds": round(seconds, 2),
         "seconds_per_sample_per_block": seconds / samples / blocks,
         "upload_bytes_per_sample_per_block": owner.sent_bytes / samples / blocks,
         "download_bytes_per_sample_per_block": owner.received_bytes / samples / blocks,
     }
+    if mode == "execute":
+        # The same batches through the plaintext mirror, every block revealed: the decrypted
+        # outputs must match it wherever they were revealed.
+        mirror = Provider(student, mode="simulate", privacy=False, parameters=provider.parameters)
+        reference = DataOwner("reference")
+        mirror.register(reference.hello(mirror.offer()))
+        ref_train, ref_test = run(reference, mirror.forward)
+        errors, spans = [], []
+        for got, want in zip(train_parts + test_parts, ref_train + ref_test, strict=True):
+            shown, expected = got.revealed, want.outputs
+            if got.labels is not None:
+                # Within a label window the owner's order is the provider's secret first
+                # permutation: pair samples by their last block (scoring only).
+                windows = label_windows(got.labels.tolist(), provider.window, group)
+                expected = expected[match_windows(got.outputs[:, -1], expected[:, -1], windows)]
+            errors.append(np.abs(got.outputs[:, shown] - expected[:, shown]).max())
+            spans.append(np.ptp(expected[:, shown]))
+        results["max_abs_error_vs_simulate"] = float(max(errors))
+        results["output_range"] = float(max(spans))
     for name, r in (("adapted", rank), ("linear_probe", 0)):
         torch.manual_seed(seed)
         model = AdaptedClassifier(blocks, student.config.width, 10, rank=r)
-        train(model, train_out.outputs, train_out.labels, TrainConfig(epochs=epochs, seed=seed))
-        results[f"{name}_accuracy"] = accuracy(model, test_out.outputs, test_out.labels)
+        train(model, train_x, train_y, TrainConfig(epochs=epochs, seed=seed))
+        results[f"{name}_accuracy"] = accuracy(model, test_x, yte)
     return results

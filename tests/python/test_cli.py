@@ -19,6 +19,9 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert block["key_switches"] == block["predicted_key_switches"]
     model = report["model"]
     assert model["shown"] and model["teacher_test_accuracy"] > 90
+    online = report["online"]
+    assert online["mode"] == "simulate"
+    assert online["adapted_accuracy"] > online["linear_probe_accuracy"]
     assert model["teacher_test_accuracy"] - model["student_test_accuracy"] < 1.0
     out = capsys.readouterr().out
     assert "encrypted transformer block" in out and "zoo ViT" in out
@@ -37,3 +40,15 @@ def test_demo_refuses_insecure_parameters(capsys):
 def test_bad_bench_sets_are_rejected():
     with pytest.raises(SystemExit):
         main(["bench", "ckks", "--sets", "14"])
+
+
+def test_adapt_runs_the_online_phase_in_simulate_mode(tmp_path, capsys):
+    out = tmp_path / "adapt.json"
+    argv = ["adapt", "--train-samples", "300", "--test-samples", "100", "--epochs", "10"]
+    argv += ["--provider-seed", "1"]
+    assert main([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["mode"] == "simulate" and report["train_samples"] == 300
+    assert all(r[-1] == 3 for r in report["revealed"])  # the last block is always revealed
+    assert report["adapted_accuracy"] > 50  # ten classes: chance is 10 %
+    assert "simulate" in capsys.readouterr().out
