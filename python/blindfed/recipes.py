@@ -155,7 +155,6 @@ def adapt_digits(
     from blindfed.nn.adapter import AdaptedClassifier, TrainConfig, accuracy, train
     from blindfed.protocol import DataOwner, Provider
     from blindfed.protocol.extraction import match_windows
-    from blindfed.protocol.privacy import label_windows
 
     say = progress or (lambda _: None)
     train_set = digits_for_mnist_model("train", seed=seed)
@@ -170,7 +169,7 @@ def adapt_digits(
     student = zoo.load_student()
     draws = None if provider_seed is None else random.Random(provider_seed)
     provider = Provider(student, mode=mode, privacy=privacy, rng=draws)
-    group = provider.parameters.slots // provider.tokens
+    group = provider.samples_per_group
     owner = DataOwner("digits-owner", cache_dir=cache_dir)
     provider.register(owner.hello(provider.offer()))
     batches = [
@@ -219,11 +218,9 @@ def adapt_digits(
         errors, spans = [], []
         for got, want in zip(train_parts + test_parts, ref_train + ref_test, strict=True):
             shown, expected = got.revealed, want.outputs
-            if got.labels is not None:
-                # Within a label window the owner's order is the provider's secret first
-                # permutation: pair samples by their last block (scoring only).
-                windows = label_windows(got.labels.tolist(), provider.window, group)
-                expected = expected[match_windows(got.outputs[:, -1], expected[:, -1], windows)]
+            # Within a window the owner's order is the provider's secret first permutation:
+            # pair samples by their last block (scoring only).
+            expected = expected[match_windows(got.outputs[:, -1], expected[:, -1], got.windows)]
             errors.append(np.abs(got.outputs[:, shown] - expected[:, shown]).max())
             spans.append(np.ptp(expected[:, shown]))
         results["max_abs_error_vs_simulate"] = float(max(errors))

@@ -35,7 +35,6 @@ import torch
 from torch import nn
 
 from blindfed.protocol.owner import DataOwner
-from blindfed.protocol.privacy import label_windows
 from blindfed.protocol.provider import Provider
 
 __all__ = ["Scenario", "Surrogate", "SurrogateConfig", "extraction_study", "match_windows"]
@@ -105,18 +104,18 @@ def _observe(
     owner, oracle = DataOwner("attacker"), DataOwner("reference")
     provider.register(owner.hello(provider.offer()))
     truth.register(oracle.hello(truth.offer()))
-    group = provider.parameters.slots // provider.tokens
+    group = provider.samples_per_group
     views, tied = [], []
     for start in range(0, len(labels), group):
         x, y = images[start : start + group], labels[start : start + group]
-        order = np.argsort(y, kind="stable")
-        windows = label_windows(y[order].tolist(), provider.window, group)
-        embedded = owner.embed(x[order])
+        # The owner's canonical input order: its inputs sorted by label (as it sends them).
+        embedded = owner.embed(x[np.argsort(y, kind="stable")])
         true = oracle.forward(truth.forward, x, y, batch_id="truth").outputs
         passes = [
             owner.forward(provider.forward, x, y, batch_id=f"p{p}", cache=False)
             for p in range(scenario.passes)
         ]
+        windows = passes[0].windows
         # Link every pass to the first through the last block (always revealed).
         outputs, revealed = passes[0].outputs.copy(), passes[0].revealed.copy()
         for other in passes[1:]:
@@ -201,10 +200,13 @@ def _predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
     return model(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
 
 
-def _relative_error(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+def _unexplained(pred: np.ndarray, y: np.ndarray) -> float:
     """Squared error over the variance of the target (0: exact; 1: no better than its mean)."""
-    pred = _predict(model, x)
     return float(((pred - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+
+
+def _relative_error(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return _unexplained(_predict(model, x), y)
 
 
 def _chain(errors: dict[tuple[int, int], float], last: int) -> list[tuple[int, int]] | None:
@@ -257,7 +259,7 @@ def extraction_study(
         with torch.no_grad():
             pred = student.head_logits(torch.as_tensor(x, dtype=torch.float32)).argmax(1)
         return {
-            "last_block_error": float(((x - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()),
+            "last_block_error": _unexplained(x, y),
             "agreement_with_student": float((pred == head).float().mean() * 100),
             "surrogate_accuracy": None
             if test_labels is None

@@ -37,13 +37,15 @@ Forward = Callable[[bytes, Callable[[bytes], bytes]], bytes]
 class BlockOutputs:
     """Decrypted block outputs of a batch in the owner's canonical order.
 
-    ``outputs[l]`` is (batch, tokens, width), zeros where block l was hidden; ``revealed[l]``
-    says which; ``labels`` are aligned with the samples (None at inference).
+    ``outputs[:, l]`` is (batch, tokens, width), zeros where block l was hidden; ``revealed[l]``
+    says which; ``labels`` are aligned with the samples (None at inference); ``windows`` are
+    the runs of samples the provider was allowed to permute (ones at inference).
     """
 
     outputs: np.ndarray
     revealed: np.ndarray
     labels: np.ndarray | None
+    windows: list[int]
 
 
 def _atomic_save(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -239,7 +241,7 @@ class DataOwner:
                     batch_id, fingerprint, reply.block, aligned, canonical, revealed, next_block
                 )
         # Labels are unchanged by permutations within equal-label windows.
-        return BlockOutputs(outputs.transpose(1, 0, 2, 3).copy(), revealed, labels)
+        return BlockOutputs(outputs.transpose(1, 0, 2, 3).copy(), revealed, labels, windows)
 
     def classify(
         self,

@@ -121,6 +121,11 @@ class Provider:
         self._rng: Random = rng or random.SystemRandom()
         self._sessions: dict[str, _Session] = {}
 
+    @property
+    def samples_per_group(self) -> int:
+        """Samples one ciphertext group holds: a batch this size costs one group per block."""
+        return self.parameters.slots // self.tokens
+
     # ---- handshake ------------------------------------------------------------------------
 
     def offer(self) -> bytes:
@@ -222,7 +227,7 @@ class Provider:
                 f"windows must sum to the batch size {batch} and be at most {self.window} long"
             )
         if self.mode == "execute":
-            group = self.parameters.slots // self.tokens
+            group = self.samples_per_group
             start = 0
             for w in windows:
                 if start // group != (start + w - 1) // group:
