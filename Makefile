@@ -14,7 +14,8 @@ demo:
 	.venv/bin/blindfed demo
 
 # The test dependencies, also used by scripts/check-abi3.sh.
-TEST_DEPS = "pytest>=8" "ruff>=0.6" $(MODEL_DEPS) "timm>=1.0" "transformers>=4.40"
+TEST_DEPS = "pytest>=8" "ruff>=0.6" $(MODEL_DEPS) "timm>=1.0" "transformers>=4.40" \
+	"flwr[simulation]>=1.42"
 
 test:
 	bash scripts/setup.sh $(TEST_DEPS)

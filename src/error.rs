@@ -22,6 +22,12 @@ pub enum Error {
     ParameterMismatch,
     #[error("malformed data: {0}")]
     Malformed(String),
+    #[error("secure aggregation: {0}")]
+    SecAgg(String),
+    #[error("secure aggregation: the shares from owner {from} to owner {to} failed authentication (tampered with or misrouted)")]
+    TamperedShare { from: u64, to: u64 },
+    #[error("fixed-point overflow: {0}")]
+    Overflow(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -221,3 +221,16 @@ fn multiply_accumulate_equals_summed_products() {
     let mut two = ea.clone();
     assert!(ev::multiply_accumulate(&mut two, &eb, &ec).is_err());
 }
+
+#[test]
+fn a_seeded_secret_key_is_reproducible_and_seed_specific() {
+    let f = fixture(1);
+    let x = values(5, 16);
+    let a = SecretKey::from_seed(&f.ctx, [7; 32]);
+    let b = SecretKey::from_seed(&f.ctx, [7; 32]);
+    let other = SecretKey::from_seed(&f.ctx, [8; 32]);
+    let pt = Plaintext::encode(&f.ctx, &x, None, None).unwrap();
+    let ct = a.encrypt_symmetric(&pt).unwrap();
+    assert!(max_err(&b.decrypt(&ct).unwrap().decode(), &x) < PRECISION);
+    assert!(max_err(&other.decrypt(&ct).unwrap().decode(), &x) > 1.0);
+}

@@ -73,7 +73,7 @@ class SecretKey:
     """The owner's secret key: never serialised, zeroised when freed."""
 
     @staticmethod
-    def generate(params: Parameters) -> SecretKey: ...
+    def generate(params: Parameters, *, seed: bytes | None = None) -> SecretKey: ...
     @property
     def parameters(self) -> Parameters: ...
     def public_key(self) -> PublicKey: ...
@@ -304,3 +304,119 @@ def sanitize(
 ) -> PackedBatch: ...
 def answer_refresh(secret_key: SecretKey, request: bytes) -> bytes: ...
 def permutation_rotation_steps(tokens: int, window: int) -> list[int]: ...
+
+# Secure aggregation (SecAgg+, Bell et al. 2020, semi-honest): the server learns the sum of
+# the surviving owners' vectors, never one owner's. Every message is bytes; batches of
+# messages are dicts keyed by owner node id (the authenticated transport identity).
+
+class SecAggError(ValueError):
+    """A step of secure aggregation that was refused (stage order, too few owners, a
+    request an owner will not answer, messages of another round)."""
+
+class TamperedShareError(SecAggError):
+    """Encrypted shares from another owner that failed authentication; names the sender."""
+
+class FixedPointOverflowError(SecAggError):
+    """A value that is not finite or exceeds the bound; names its index. Never clipped."""
+
+class SecAggParams:
+    """The parameters of one round, shared by the server and every owner.
+
+    ``owners``: 2..=255 distinct node ids; ``threshold`` t: shares needed to reconstruct an
+    owner's secrets (2 <= t <= neighbours); ``length``: values per owner; ``bound``: the
+    largest |value|; values are encoded as round(x * 2^frac_bits) in Z_{2^ring_bits}, and
+    n * bound * 2^frac_bits must stay below 2^(ring_bits-1) so the sum never wraps.
+    ``neighbours``: degree of the SecAgg+ graph (None: complete; below n-1 it must be even).
+    ``context``: run id and round number, bound into every key and message so nothing
+    replays across rounds. Invalid choices raise ``SecAggError`` naming the numbers.
+    """
+
+    def __init__(
+        self,
+        owners: Sequence[int],
+        threshold: int,
+        length: int,
+        bound: float,
+        *,
+        frac_bits: int = 20,
+        ring_bits: int = 64,
+        neighbours: int | None = None,
+        context: bytes = b"",
+    ) -> None: ...
+    @property
+    def owners(self) -> list[int]:
+        """Owner ids, ascending."""
+    @property
+    def threshold(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def bound(self) -> float: ...
+    @property
+    def frac_bits(self) -> int: ...
+    @property
+    def ring_bits(self) -> int: ...
+    @property
+    def neighbours(self) -> int:
+        """Degree of the neighbour graph (n-1 when complete)."""
+    @property
+    def context(self) -> bytes: ...
+    def neighbours_of(self, owner: int) -> list[int]:
+        """The neighbours of ``owner`` in the round's public graph, ascending."""
+    def to_bytes(self) -> bytes:
+        """Encoding the server ships to owners."""
+    @staticmethod
+    def from_bytes(data: bytes) -> SecAggParams:
+        """Decodes and re-checks parameters (``MalformedDataError`` or ``SecAggError``)."""
+
+class SecAggOwner:
+    """One owner's side of a round. Call, in order: ``advertise``, ``share``, ``mask``,
+    ``unmask``; any call out of order raises ``SecAggError``. Secrets are zeroised when
+    the object is freed. ``seed`` (32 secret bytes from a CSPRNG) makes the
+    round's secrets replayable by a new process; it is as secret as they are.
+    """
+
+    def __init__(self, params: SecAggParams, me: int, *, seed: bytes | None = None) -> None: ...
+    @property
+    def id(self) -> int: ...
+    @property
+    def stage(self) -> str:
+        """The next call expected: "advertise", "share", "mask", "unmask" or "done"."""
+    def advertise(self) -> bytes:
+        """Two fresh X25519 public keys (share encryption, mask agreement)."""
+    def share(self, roster: bytes) -> bytes:
+        """Shamir shares of the owner's secrets, encrypted to each neighbour in the roster."""
+    def mask(self, inbox: bytes, values: npt.NDArray[np.float64]) -> bytes:
+        """Keeps the neighbours' shares and returns the masked fixed-point input. Raises
+        ``TamperedShareError`` (naming the sender) or ``FixedPointOverflowError`` (naming
+        the index); releases the GIL."""
+    def unmask(self, request: bytes) -> bytes:
+        """Shares of b for surviving neighbours and of s_sk for dropped ones. Refuses
+        (``SecAggError``) an inconsistent request: an owner in both lists, this owner listed
+        as dropped, fewer than t survivors, lists that contradict what it saw. Answers once."""
+
+class SecAggServer:
+    """The server's side of a round. Call, in order: ``roster``, ``route``, ``collect``,
+    ``aggregate``; masked inputs arriving after ``collect`` are refused."""
+
+    def __init__(self, params: SecAggParams) -> None: ...
+    @property
+    def stage(self) -> str:
+        """The next call expected: "roster", "route", "collect", "aggregate" or "done"."""
+    @property
+    def survivors(self) -> list[int]:
+        """Owners whose masked inputs were summed, ascending (empty before ``collect``)."""
+    @property
+    def dropped(self) -> list[int]:
+        """Owners that shared but sent no masked input (empty before ``collect``)."""
+    def roster(self, adverts: dict[int, bytes]) -> bytes:
+        """The public keys of the owners that advertised (at least t)."""
+    def route(self, bundles: dict[int, bytes]) -> dict[int, bytes]:
+        """Per owner that shared, the ciphertexts addressed to it. A bundle whose embedded
+        sender differs from its key is refused."""
+    def collect(self, masked: dict[int, bytes]) -> bytes:
+        """Sums the masked inputs (at least t) and returns the unmask request."""
+    def aggregate(self, answers: dict[int, bytes]) -> npt.NDArray[np.float64]:
+        """Removes the masks with the survivors' shares and returns the sum of the surviving
+        owners' values (exact in fixed point). Too few shares raise ``SecAggError`` naming
+        whose secret lacks them; more answers may then be passed again."""

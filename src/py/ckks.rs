@@ -6,6 +6,7 @@ use numpy::{Complex64, PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use zeroize::Zeroize;
 
 use crate::ckks::serial::{parameters_from_bytes, parameters_to_bytes};
 use crate::ckks::{
@@ -238,11 +239,24 @@ fn encode(
 
 #[pymethods]
 impl PySecretKey {
-    /// Samples a fresh secret key with the operating system's CSPRNG.
+    /// Samples a fresh secret key with the operating system's CSPRNG, or expands a 32-byte
+    /// ``seed`` (as secret as the key itself) into one.
     #[staticmethod]
-    fn generate(py: Python<'_>, params: &PyParameters) -> Self {
+    #[pyo3(signature = (params, *, seed=None))]
+    fn generate(py: Python<'_>, params: &PyParameters, seed: Option<&[u8]>) -> PyResult<Self> {
         let ctx = params.ctx.clone();
-        PySecretKey { key: Arc::new(py.detach(|| SecretKey::generate(&ctx))) }
+        let key = match seed {
+            None => py.detach(|| SecretKey::generate(&ctx)),
+            Some(bytes) => {
+                let mut seed: [u8; 32] = bytes.try_into().map_err(|_| {
+                    PyValueError::new_err(format!("seed must be 32 bytes, got {}", bytes.len()))
+                })?;
+                let key = py.detach(|| SecretKey::from_seed(&ctx, seed));
+                seed.zeroize();
+                key
+            }
+        };
+        Ok(PySecretKey { key: Arc::new(key) })
     }
 
     #[getter]

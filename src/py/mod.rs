@@ -6,6 +6,7 @@ mod block;
 mod ckks;
 mod distill;
 mod protocol;
+mod secagg;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
@@ -17,6 +18,9 @@ create_exception!(_core, CkksError, PyValueError, "An operation the CKKS engine 
 create_exception!(_core, InsecureParametersError, CkksError, "Parameters below 128-bit security.");
 create_exception!(_core, MalformedDataError, CkksError, "Bytes that do not decode to a valid object.");
 create_exception!(_core, MissingKeyError, CkksError, "An operation needs a key that was not provided.");
+create_exception!(_core, SecAggError, PyValueError, "A step of secure aggregation that was refused.");
+create_exception!(_core, TamperedShareError, SecAggError, "Encrypted shares that failed authentication.");
+create_exception!(_core, FixedPointOverflowError, SecAggError, "A value outside the fixed-point bound.");
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
@@ -25,6 +29,9 @@ impl From<Error> for PyErr {
             Error::Insecure(_) => InsecureParametersError::new_err(msg),
             Error::Malformed(_) => MalformedDataError::new_err(msg),
             Error::MissingKey(_) => MissingKeyError::new_err(msg),
+            Error::SecAgg(_) => SecAggError::new_err(msg),
+            Error::TamperedShare { .. } => TamperedShareError::new_err(msg),
+            Error::Overflow(_) => FixedPointOverflowError::new_err(msg),
             _ => CkksError::new_err(msg),
         }
     }
@@ -50,10 +57,14 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InsecureParametersError", py.get_type::<InsecureParametersError>())?;
     m.add("MalformedDataError", py.get_type::<MalformedDataError>())?;
     m.add("MissingKeyError", py.get_type::<MissingKeyError>())?;
+    m.add("SecAggError", py.get_type::<SecAggError>())?;
+    m.add("TamperedShareError", py.get_type::<TamperedShareError>())?;
+    m.add("FixedPointOverflowError", py.get_type::<FixedPointOverflowError>())?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     ckks::register(m)?;
     block::register(m)?;
     distill::register(m)?;
-    protocol::register(m)
+    protocol::register(m)?;
+    secagg::register(m)
 }

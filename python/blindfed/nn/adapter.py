@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["AdaptedClassifier", "ParallelAdapter", "TrainConfig", "accuracy", "train"]
+__all__ = [
+    "AdaptedClassifier",
+    "ParallelAdapter",
+    "TrainConfig",
+    "accuracy",
+    "train",
+    "train_epoch",
+]
 
 
 class ParallelAdapter(nn.Module):
@@ -103,21 +110,35 @@ def train(
     model.seen_blocks.copy_(x.abs().amax(dim=(0, 2, 3)) > 0)
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    losses = []
     model.train()
-    for _ in range(config.epochs):
-        total = 0.0
-        for idx in torch.randperm(len(x), generator=gen).split(config.batch_size):
-            keep = torch.rand(len(idx), x.shape[1], 1, 1, generator=gen) >= config.block_dropout
-            keep[:, -1] = True
-            loss = nn.functional.cross_entropy(model(x[idx] * keep), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        losses.append(total / len(x))
+    losses = [
+        train_epoch(model, x, y, opt, config.batch_size, config.block_dropout, gen)
+        for _ in range(config.epochs)
+    ]
     model.eval()
     return losses
+
+
+def train_epoch(
+    model: AdaptedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    batch_size: int,
+    block_dropout: float,
+    gen: torch.Generator,
+) -> float:
+    """One shuffled pass over (x, y) with block dropout; returns the mean loss."""
+    total = 0.0
+    for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+        keep = torch.rand(len(idx), x.shape[1], 1, 1, generator=gen) >= block_dropout
+        keep[:, -1] = True
+        loss = nn.functional.cross_entropy(model(x[idx] * keep), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+    return total / len(x)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from blindfed.block import PackedBatch
 from blindfed.protocol.messages import BlockOutput, ForwardRequest, Offer, OwnerHello, decode
 from blindfed.protocol.privacy import label_windows
 
-__all__ = ["BlockOutputs", "DataOwner"]
+__all__ = ["BlockOutputs", "DataOwner", "Pass"]
 
 #: provider.forward: (request bytes, refresh callable) -> reply bytes.
 Forward = Callable[[bytes, Callable[[bytes], bytes]], bytes]
@@ -72,28 +72,44 @@ class DataOwner:
         self._offer: Offer | None = None
         self._secret: ckks.SecretKey | None = None
         self._embedding: dict[str, np.ndarray] = {}
+        self._passes: dict[str, Pass] = {}
         self.sent_bytes = 0
         self.received_bytes = 0
 
     # ---- handshake ------------------------------------------------------------------------
 
-    def hello(self, offer: bytes) -> bytes:
-        """Generates this owner's keys for the offered parameters; returns the public part."""
-        msg = decode(offer, Offer)
-        with np.load(io.BytesIO(msg.embedding), allow_pickle=False) as z:
-            self._embedding = {k: z[k] for k in z.files}
-        self._offer = msg
+    def hello(self, offer: bytes, *, key_seed: bytes | None = None) -> bytes:
+        """Generates this owner's keys for the offered parameters; returns the public part.
+
+        ``key_seed`` (32 secret bytes from a CSPRNG) makes the secret key reproducible, so an
+        owner whose processes come and go can :meth:`restore` it (see ``blindfed.fl``).
+        """
+        msg = self._accept_offer(offer, key_seed)
         keys = b""
-        if msg.mode == "execute":
-            params = ckks.Parameters.from_bytes(msg.parameters)
-            if not params.is_secure:
-                # Tests use small insecure sets; say so loudly rather than silently.
-                warnings.warn("the provider offered insecure (test-only) parameters", stacklevel=2)
-            self._secret = ckks.SecretKey.generate(params)
+        if self._secret is not None:
             keys = self._secret.evaluation_keys(
                 rotations=msg.rotation_steps, conjugate=True
             ).to_bytes()
         return OwnerHello(session=msg.session, owner=self.name, keys=keys).to_bytes()
+
+    def restore(self, offer: bytes, key_seed: bytes | None) -> None:
+        """Rejoins a session this owner already said :meth:`hello` to (in another process):
+        the same offer and key seed give the same secret key; no keys are sent again."""
+        self._accept_offer(offer, key_seed)
+
+    def _accept_offer(self, offer: bytes, key_seed: bytes | None) -> Offer:
+        msg = decode(offer, Offer)
+        with np.load(io.BytesIO(msg.embedding), allow_pickle=False) as z:
+            self._embedding = {k: z[k] for k in z.files}
+        self._offer = msg
+        self._secret = None
+        if msg.mode == "execute":
+            params = ckks.Parameters.from_bytes(msg.parameters)
+            if not params.is_secure:
+                # Tests use small insecure sets; say so loudly rather than silently.
+                warnings.warn("the provider offered insecure (test-only) parameters", stacklevel=3)
+            self._secret = ckks.SecretKey.generate(params, seed=key_seed)
+        return msg
 
     @property
     def mode(self) -> str:
@@ -171,77 +187,33 @@ class DataOwner:
         the owner has a ``cache_dir`` and ``cache`` is true) is keyed by ``batch_id`` and
         fingerprinted by the inputs: other images under the same name start afresh.
         """
-        offer = self._require_offer()
-        images = np.asarray(images, dtype=np.float64)
-        n = len(images)
-        fingerprint = _fingerprint(images, labels)
-        store = self.cache_dir is not None and cache
-        if labels is not None:
-            labels = np.asarray(labels)
-            if labels.shape != (n,):
-                raise ValueError(f"expected {n} labels, got shape {labels.shape}")
-            order = np.argsort(labels, kind="stable")
-            images, labels = np.asarray(images)[order], labels[order]
-            group = ckks.Parameters.from_bytes(offer.parameters).slots // offer.tokens
-            windows = label_windows(labels.tolist(), offer.window, group)
-        else:
-            windows = [1] * n
-        blocks = offer.blocks
-        outputs = np.zeros((blocks, n, offer.tokens, offer.width))
-        revealed = np.zeros(blocks, dtype=bool)
-        state = self._load_state(batch_id, fingerprint) if store else None
-        if state is not None:
-            canonical = np.asarray(state["canonical"])
-            for index in state["revealed"]:
-                outputs[index] = np.load(self._cache(batch_id) / f"block_{index}.npy")
-                revealed[index] = True
-            next_block = state["next_block"]
-            # Resume from the last revealed output, in the order the provider last returned.
-            x = outputs[state["revealed"][-1]][canonical]
-        else:
-            canonical = None
-            next_block = 0
-            x = self.embed(images)
-        while next_block < blocks:
-            request = ForwardRequest(
-                session=offer.session,
-                batch=batch_id,
-                block=next_block,
-                windows=windows,
-                payload=self._encode(x),
-            ).to_bytes()
-            self.sent_bytes += len(request)
-            reply_bytes = forward(
-                request, self.answer_refresh if self.mode == "execute" else _no_refresh
+        step = self.begin_pass(images, labels, batch_id=batch_id, cache=cache)
+        while (request := step.request()) is not None:
+            step.accept(
+                forward(request, self.answer_refresh if self.mode == "execute" else _no_refresh)
             )
-            self.received_bytes += len(reply_bytes)
-            reply = decode(reply_bytes, BlockOutput)
-            if reply.batch != batch_id or reply.block < next_block:
-                raise ValueError(f"reply for {reply.batch!r} block {reply.block} was not asked for")
-            x = self._decode(reply.payload)
-            if x.shape != (n, offer.tokens, offer.width):
-                raise ValueError(
-                    f"reply holds shape {x.shape}, expected {(n, offer.tokens, offer.width)}"
-                )
-            # canonical[p]: the canonical index of current sample p.
-            if canonical is None:
-                canonical = np.arange(n)
-            else:
-                relative = np.asarray(reply.relative)
-                if sorted(relative.tolist()) != list(range(n)):
-                    raise ValueError("the relative permutation is not a permutation of the batch")
-                canonical = canonical[relative]
-            aligned = np.empty_like(x)
-            aligned[canonical] = x
-            outputs[reply.block] = aligned
-            revealed[reply.block] = True
-            next_block = reply.block + 1
-            if store:
-                self._save_state(
-                    batch_id, fingerprint, reply.block, aligned, canonical, revealed, next_block
-                )
-        # Labels are unchanged by permutations within equal-label windows.
-        return BlockOutputs(outputs.transpose(1, 0, 2, 3).copy(), revealed, labels, windows)
+        return step.result()
+
+    def begin_pass(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        *,
+        batch_id: str = "batch",
+        cache: bool = True,
+    ) -> Pass:
+        """The pass of one batch as steps, for transports where the provider calls the owner
+        (Flower): ``request()`` gives the next block's request (None when done),
+        ``accept(reply)`` takes the provider's answer. The same batch id and inputs give back
+        the pass in progress: from memory, or from the cache in a new process."""
+        images = np.asarray(images, dtype=np.float64)
+        fingerprint = _fingerprint(images, labels)
+        current = self._passes.get(batch_id)
+        if current is not None and current.fingerprint == fingerprint:
+            return current
+        step = Pass(self, images, labels, batch_id, fingerprint, cache)
+        self._passes[batch_id] = step
+        return step
 
     def classify(
         self,
@@ -276,41 +248,141 @@ class DataOwner:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _load_state(self, batch_id: str, fingerprint: str) -> dict[str, Any] | None:
-        path = self._cache(batch_id) / "state.json"
+
+class Pass:
+    """One batch's way through the blocks; made by :meth:`DataOwner.begin_pass`."""
+
+    def __init__(
+        self,
+        owner: DataOwner,
+        images: np.ndarray,
+        labels: np.ndarray | None,
+        batch_id: str,
+        fingerprint: str,
+        cache: bool,
+    ) -> None:
+        offer = owner._require_offer()
+        n = len(images)
+        self._owner, self.batch_id, self.fingerprint = owner, batch_id, fingerprint
+        self._store = owner.cache_dir is not None and cache
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (n,):
+                raise ValueError(f"expected {n} labels, got shape {labels.shape}")
+            order = np.argsort(labels, kind="stable")
+            images, labels = images[order], labels[order]
+            group = ckks.Parameters.from_bytes(offer.parameters).slots // offer.tokens
+            self.windows = label_windows(labels.tolist(), offer.window, group)
+        else:
+            self.windows = [1] * n
+        self._images, self.labels = images, labels
+        self._outputs = np.zeros((offer.blocks, n, offer.tokens, offer.width))
+        self._revealed = np.zeros(offer.blocks, dtype=bool)
+        # canonical[p]: the canonical index of the sample now at position p.
+        self._canonical: np.ndarray | None = None
+        self._next_block = 0
+        state = self._load_state() if self._store else None
+        if state is not None:
+            self._canonical = np.asarray(state["canonical"])
+            for index in state["revealed"]:
+                self._outputs[index] = np.load(owner._cache(batch_id) / f"block_{index}.npy")
+                self._revealed[index] = True
+            self._next_block = state["next_block"]
+
+    @property
+    def done(self) -> bool:
+        return self._next_block >= len(self._revealed)
+
+    def request(self) -> bytes | None:
+        """The request for the next block, or None when every block has been through."""
+        if self.done:
+            return None
+        owner, offer = self._owner, self._owner._require_offer()
+        if self._canonical is None:
+            x = owner.embed(self._images)
+        else:
+            # From the last revealed output, in the order the provider last returned.
+            x = self._outputs[np.flatnonzero(self._revealed)[-1]][self._canonical]
+        request = ForwardRequest(
+            session=offer.session,
+            batch=self.batch_id,
+            block=self._next_block,
+            windows=self.windows,
+            payload=owner._encode(x),
+        ).to_bytes()
+        owner.sent_bytes += len(request)
+        return request
+
+    def accept(self, reply_bytes: bytes) -> None:
+        """Takes the provider's reply to the last request."""
+        owner, offer = self._owner, self._owner._require_offer()
+        n = len(self._images)
+        owner.received_bytes += len(reply_bytes)
+        reply = decode(reply_bytes, BlockOutput)
+        if self.done or reply.batch != self.batch_id or reply.block < self._next_block:
+            raise ValueError(f"reply for {reply.batch!r} block {reply.block} was not asked for")
+        x = owner._decode(reply.payload)
+        if x.shape != (n, offer.tokens, offer.width):
+            raise ValueError(
+                f"reply holds shape {x.shape}, expected {(n, offer.tokens, offer.width)}"
+            )
+        if self._canonical is None:
+            canonical = np.arange(n)
+        else:
+            relative = np.asarray(reply.relative)
+            if sorted(relative.tolist()) != list(range(n)):
+                raise ValueError("the relative permutation is not a permutation of the batch")
+            canonical = self._canonical[relative]
+        aligned = np.empty_like(x)
+        aligned[canonical] = x
+        self._canonical = canonical
+        self._outputs[reply.block] = aligned
+        self._revealed[reply.block] = True
+        self._next_block = reply.block + 1
+        if self._store:
+            self._save_state(reply.block, aligned)
+
+    def result(self) -> BlockOutputs:
+        """The decrypted outputs in canonical order (labels are unchanged by permutations
+        within equal-label windows)."""
+        if not self.done:
+            raise RuntimeError(f"pass {self.batch_id!r} stopped before block {self._next_block}")
+        self._owner._passes.pop(self.batch_id, None)
+        return BlockOutputs(
+            self._outputs.transpose(1, 0, 2, 3).copy(),
+            self._revealed.copy(),
+            self.labels,
+            self.windows,
+        )
+
+    def _load_state(self) -> dict[str, Any] | None:
+        path = self._owner._cache(self.batch_id) / "state.json"
         if not path.exists():
             return None
         # A new session (new keys, a restarted provider) resumes too: the cache is plaintext.
         try:
             state = json.loads(path.read_text())
         except ValueError:
-            warnings.warn(f"unreadable cache state for {batch_id!r}: starting afresh", stacklevel=3)
-            return None
-        if state.get("fingerprint") != fingerprint:
             warnings.warn(
-                f"the cache of {batch_id!r} holds other inputs: starting afresh", stacklevel=3
+                f"unreadable cache state for {self.batch_id!r}: starting afresh", stacklevel=4
+            )
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            warnings.warn(
+                f"the cache of {self.batch_id!r} holds other inputs: starting afresh", stacklevel=4
             )
             return None
         return state
 
-    def _save_state(
-        self,
-        batch_id: str,
-        fingerprint: str,
-        block: int,
-        aligned: np.ndarray,
-        canonical: np.ndarray,
-        revealed: np.ndarray,
-        next_block: int,
-    ) -> None:
-        path = self._cache(batch_id)
+    def _save_state(self, block: int, aligned: np.ndarray) -> None:
+        path = self._owner._cache(self.batch_id)
         _atomic_save(path / f"block_{block}.npy", lambda f: np.save(f, aligned))
         state = {
-            "session": self._require_offer().session,
-            "fingerprint": fingerprint,
-            "next_block": next_block,
-            "revealed": [int(i) for i in np.flatnonzero(revealed)],
-            "canonical": canonical.tolist(),
+            "session": self._owner._require_offer().session,
+            "fingerprint": self.fingerprint,
+            "next_block": self._next_block,
+            "revealed": [int(i) for i in np.flatnonzero(self._revealed)],
+            "canonical": self._canonical.tolist(),
         }
         _atomic_save(path / "state.json", lambda f: f.write(json.dumps(state).encode()))
 

@@ -1,0 +1,266 @@
+"""A data owner's side of a federation, kept on its own disk.
+
+Flower starts a new process for every message an owner answers, and an owner may crash or be
+restarted between any two of them, so nothing lives in memory from one call to the next:
+
+- ``key_seed`` (mode 0600): 32 CSPRNG bytes that expand to this session's CKKS secret key;
+  ``offer.bin``: the provider's offer it was made for;
+- ``passes/``: the block outputs of every batch (the online phase's cache, resumable);
+- ``rounds/<r>/``: the round's contribution, the seed of its secure-aggregation secrets and
+  the messages received so far; every stage replays the earlier ones from them (all of the
+  owner's randomness in a round comes from that seed), and the seed is deleted once the
+  owner has answered the unmasking request.
+
+Every method takes and returns bytes or plain values, so any transport can carry them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blindfed import ckks
+from blindfed._core import SecAggOwner, SecAggParams
+from blindfed.fl.owner_data import OwnerData
+from blindfed.protocol import DataOwner
+from blindfed.protocol.messages import Offer, decode
+
+__all__ = ["OwnerNode"]
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Atomically writes a file only its owner may read."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _shred(path: Path) -> None:
+    """Overwrites then removes a secret file (best effort: file systems may keep copies)."""
+    if path.exists():
+        _write_private(path, bytes(path.stat().st_size))
+        path.unlink()
+
+
+class OwnerNode:
+    """One owner's federation state under ``directory``; ``data`` is its own data.
+
+    Args:
+        directory: the owner's private working directory (created if missing).
+        data: its training and test images.
+        name: how the provider's session knows it.
+    """
+
+    def __init__(self, directory: str | Path, data: OwnerData, *, name: str = "owner") -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.data = data
+        self.name = name
+        self._owner: DataOwner | None = None
+
+    # ---- the online phase -----------------------------------------------------------------
+
+    def hello(self, offer: bytes) -> bytes:
+        """Joins a new provider session: a new key seed, the public keys in reply."""
+        seed = secrets.token_bytes(32)
+        owner = DataOwner(self.name, cache_dir=self.directory / "passes")
+        hello = owner.hello(offer, key_seed=seed)
+        _write_private(self.directory / "key_seed", seed)
+        _write_private(self.directory / "offer.bin", offer)
+        self._owner = owner
+        return hello
+
+    def owner(self) -> DataOwner:
+        """The online-phase owner of the current session (restored from disk if needed)."""
+        if self._owner is None:
+            offer, seed = self.directory / "offer.bin", self.directory / "key_seed"
+            if not offer.exists():
+                raise RuntimeError("this owner has not joined a provider session yet")
+            owner = DataOwner(self.name, cache_dir=self.directory / "passes")
+            owner.restore(offer.read_bytes(), seed.read_bytes() if seed.exists() else None)
+            self._owner = owner
+        return self._owner
+
+    def batches(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+        """The batches the owner sends: training data with labels (so the provider may permute
+        within labels), test data as inference; one ciphertext group each."""
+        offer = decode((self.directory / "offer.bin").read_bytes(), Offer)
+        group = ckks.Parameters.from_bytes(offer.parameters).slots // offer.tokens
+        d = self.data
+        out: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        for i in range(0, len(d.train_labels), group):
+            out.append(
+                (
+                    f"train-{i // group}",
+                    d.train_images[i : i + group],
+                    d.train_labels[i : i + group],
+                )
+            )
+        for i in range(0, len(d.test_labels), group):
+            out.append((f"test-{i // group}", d.test_images[i : i + group], None))
+        return out
+
+    def ready(self) -> bool:
+        """Whether every batch has been through every block (so no session is needed)."""
+        if not (self.directory / "offer.bin").exists():
+            return False
+        owner = self.owner()
+        return all(owner.begin_pass(x, y, batch_id=b).done for b, x, y in self.batches())
+
+    def pass_step(self, reply: bytes | None) -> bytes | None:
+        """Feeds the provider's reply to the last request (if any) and returns the next
+        request, moving on from batch to batch; None once every batch is through."""
+        owner = self.owner()
+        pending = [
+            p
+            for p in (owner.begin_pass(x, y, batch_id=b) for b, x, y in self.batches())
+            if not p.done
+        ]
+        if reply:
+            if not pending:
+                raise ValueError("a reply arrived but no pass is waiting for one")
+            pending[0].accept(reply)
+            if pending[0].done:
+                pending.pop(0)
+        return pending[0].request() if pending else None
+
+    def refresh(self, request: bytes) -> bytes:
+        return self.owner().answer_refresh(request)
+
+    def outputs(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The block outputs (samples, blocks, tokens, width) and labels of a split."""
+        owner = self.owner()
+        parts = [
+            owner.begin_pass(x, y, batch_id=b).result()
+            for b, x, y in self.batches()
+            if b.startswith(f"{split}-")
+        ]
+        if not parts:
+            raise ValueError(f"no {split} data")
+        x = np.concatenate([p.outputs for p in parts])
+        if split == "train":
+            return x, np.concatenate([p.labels for p in parts])
+        return x, self.data.test_labels
+
+    # ---- a round of federated training ----------------------------------------------------
+
+    def _round(self, round: int) -> Path:
+        path = self.directory / "rounds" / str(round)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def fit(
+        self,
+        round: int,
+        me: int,
+        model_vector: np.ndarray,
+        config: dict[str, Any],
+        secagg_params: bytes,
+    ) -> bytes:
+        """Trains the global model locally, keeps the contribution on disk and returns the
+        first secure-aggregation message (its public keys)."""
+        from blindfed.fl.fedavg import LocalTraining, contribution, local_update, set_vector
+
+        path = self._round(round)
+        digest = hashlib.sha256(np.ascontiguousarray(model_vector, dtype=np.float64)).hexdigest()
+        done = path / "contribution.npy"
+        if not done.exists() or (path / "model.sha256").read_text() != digest:
+            x, y = self.outputs("train")
+            model = self._model(config)
+            set_vector(model, model_vector)
+            delta = local_update(
+                model,
+                x,
+                y,
+                float(config["lr"]),
+                LocalTraining(**config.get("local", {})),
+                seed=round,
+            )
+            seen = np.abs(x).max(axis=(0, 2, 3)) > 0
+            np.save(done, contribution(delta, seen, len(y)))
+            (path / "model.sha256").write_text(digest)
+            for stale in ("roster.bin", "inbox.bin", "unmask.bin"):
+                (path / stale).unlink(missing_ok=True)
+        _write_private(path / "params.bin", secagg_params)
+        (path / "me").write_text(str(me))
+        seed = path / "seed"
+        if not seed.exists():
+            _write_private(seed, secrets.token_bytes(32))
+        return self._secagg(path, "advertise")[1]
+
+    def _secagg(self, path: Path, upto: str) -> tuple[SecAggOwner, bytes]:
+        """The round's secure-aggregation owner, replayed from disk up to (not including)
+        stage ``upto``, and its advert."""
+        if not (path / "seed").exists():
+            raise RuntimeError(f"round {path.name}: no secure-aggregation state (already done?)")
+        params = SecAggParams.from_bytes((path / "params.bin").read_bytes())
+        agg = SecAggOwner(params, int((path / "me").read_text()), seed=(path / "seed").read_bytes())
+        advert = agg.advertise()
+        if upto in ("mask", "unmask"):
+            agg.share((path / "roster.bin").read_bytes())
+        if upto == "unmask":
+            agg.mask((path / "inbox.bin").read_bytes(), np.load(path / "contribution.npy"))
+        return agg, advert
+
+    def _record(self, path: Path, name: str, message: bytes) -> None:
+        """Keeps a received message for replays; a different one for the same stage is refused
+        (the aggregator may not ask twice with other sets)."""
+        stored = path / name
+        if stored.exists() and stored.read_bytes() != message:
+            raise ValueError(f"round {path.name}: a second, different {name[:-4]} message")
+        stored.write_bytes(message)
+
+    def share(self, round: int, roster: bytes) -> bytes:
+        path = self._round(round)
+        agg, _ = self._secagg(path, "share")
+        self._record(path, "roster.bin", roster)
+        return agg.share(roster)
+
+    def mask(self, round: int, inbox: bytes) -> bytes:
+        path = self._round(round)
+        agg, _ = self._secagg(path, "mask")
+        self._record(path, "inbox.bin", inbox)
+        return agg.mask(inbox, np.load(path / "contribution.npy"))
+
+    def unmask(self, round: int, request: bytes) -> bytes:
+        path = self._round(round)
+        agg, _ = self._secagg(path, "unmask")
+        self._record(path, "unmask.bin", request)
+        answer = agg.unmask(request)
+        # The round's secrets are no longer needed: nothing can ask for more shares.
+        _shred(path / "seed")
+        for name in ("roster.bin", "inbox.bin"):
+            (path / name).unlink(missing_ok=True)
+        return answer
+
+    def evaluate(self, model_vector: np.ndarray, config: dict[str, Any]) -> tuple[int, int]:
+        """Correct predictions and test samples of the global model on this owner's test
+        data (the outputs of its inference passes)."""
+        from blindfed.fl.fedavg import set_vector
+        from blindfed.nn.adapter import accuracy
+
+        x, y = self.outputs("test")
+        model = self._model(config)
+        set_vector(model, model_vector)
+        return round(accuracy(model, x, y) * len(y) / 100), len(y)
+
+    def _model(self, config: dict[str, Any]) -> Any:
+        from blindfed.fl.fedavg import make_model
+
+        offer = self.owner()._require_offer()
+        return make_model(offer.blocks, offer.width, int(config["classes"]), int(config["rank"]))
+
+    def forget(self) -> None:
+        """Deletes everything this owner keeps for the federation (keys, outputs, rounds)."""
+        _shred(self.directory / "key_seed")
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,370 @@
+"""The provider's side of a federation: the online phase for every owner that needs it, then
+rounds of local training and secure aggregation, checkpointed after every completed round.
+
+The server talks to owners through a :class:`Transport` (Flower's grid in
+:mod:`blindfed.fl.app`, or :class:`LocalTransport` in one process): it asks a set of owners one
+action at a time and gets the replies of those that answered in time; an owner that does not
+answer is out of the round from that stage on, and secure aggregation sums the survivors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from blindfed._core import SecAggParams, SecAggServer
+from blindfed.fl.dispatch import Payload, answer
+from blindfed.fl.fedavg import LocalTraining, Schedule, apply_sum, get_vector, make_model
+from blindfed.fl.owner_node import OwnerNode
+from blindfed.protocol import Provider
+from blindfed.protocol.messages import ForwardRequest, Offer, OwnerHello, decode
+
+__all__ = ["FederationConfig", "FederationServer", "LocalTransport", "Transport"]
+
+log = logging.getLogger("blindfed.fl")
+
+
+class Transport(Protocol):
+    def nodes(self) -> list[int]:
+        """The owners connected now."""
+        ...
+
+    def ask(self, action: str, requests: dict[int, Payload], timeout: float) -> dict[int, Payload]:
+        """Sends each owner its request; returns the replies that came back in time (an owner
+        that failed or timed out is absent)."""
+        ...
+
+
+@dataclass
+class FederationConfig:
+    """A federation's settings (defaults: the paper's schedule)."""
+
+    rounds: int = 50
+    lr: float = 1e-3
+    milestones: tuple[int, ...] = (25, 40)
+    gamma: float = 0.1
+    local: LocalTraining = field(default_factory=LocalTraining)
+    rank: int = 8
+    classes: int = 10
+    min_owners: int = 2
+    #: shares needed to unmask; None: a majority of the round's owners (at least 2).
+    threshold: int | None = None
+    #: SecAgg+ graph degree; None: every pair of owners (SecAgg).
+    neighbours: int | None = None
+    #: the largest |n * delta| an owner may contribute per entry (fixed point refuses more).
+    update_bound: float = 2.0**20
+    frac_bits: int = 20
+    timeout: float = 600.0
+    eval_every: int = 1
+    seed: int = 0
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.lr, self.rounds, tuple(self.milestones), self.gamma)
+
+    def owner_config(self, round: int) -> str:
+        """What an owner needs to train a round, as JSON."""
+        return json.dumps(
+            {
+                "lr": self.schedule.lr_at(round),
+                "local": asdict(self.local),
+                "rank": self.rank,
+                "classes": self.classes,
+            }
+        )
+
+
+def _size(payload: Payload) -> int:
+    return sum(
+        len(v) if isinstance(v, bytes | str) else np.asarray(v).nbytes for v in payload.values()
+    )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class FederationServer:
+    """Runs a federation from ``state_dir`` (LSP-local), resuming after the last completed
+    round if a checkpoint is there.
+
+    Args:
+        provider: the online-phase provider holding the student (loaded from an LSP-local path).
+        config: the federation's settings.
+        state_dir: checkpoints, history and (with ``audit``) every round's aggregate.
+        audit: also keep every round's secure sum (for tests and audits; it is what the
+            server learns anyway).
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        config: FederationConfig,
+        state_dir: str | Path,
+        *,
+        audit: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.config = config
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.audit = audit
+        self._say = progress or log.info
+        self.model = make_model(len(provider.blocks), provider.width, config.classes, config.rank)
+        self.history: list[dict[str, Any]] = []
+        self.completed = 0
+        self._load()
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        path = self.state_dir / "checkpoint.json"
+        if not path.exists():
+            import torch
+
+            torch.manual_seed(self.config.seed)
+            self.model = make_model(
+                len(self.provider.blocks),
+                self.provider.width,
+                self.config.classes,
+                self.config.rank,
+            )
+            return
+        state = json.loads(path.read_text())
+        with np.load(self.state_dir / state["weights"]) as z:
+            import torch
+
+            from blindfed.fl.fedavg import set_vector
+
+            set_vector(self.model, z["vector"])
+            self.model.seen_blocks.copy_(torch.as_tensor(z["seen"]))
+        self.completed, self.history = state["round"], state["history"]
+        self._say(f"resuming after round {self.completed}")
+
+    def _save(self) -> None:
+        import io
+
+        name = f"weights-{self.completed}.npz"
+        buf = io.BytesIO()
+        np.savez(buf, vector=get_vector(self.model), seen=self.model.seen_blocks.numpy())
+        _atomic_write(self.state_dir / name, buf.getvalue())
+        state = {"round": self.completed, "weights": name, "history": self.history}
+        _atomic_write(self.state_dir / "checkpoint.json", json.dumps(state, indent=1).encode())
+        for old in self.state_dir.glob("weights-*.npz"):
+            if old.name != name:
+                old.unlink()
+
+    # ---- the online phase -----------------------------------------------------------------
+
+    def online_phase(self, transport: Transport, nodes: list[int]) -> list[int]:
+        """Brings every owner's block outputs up to date; returns the owners that are ready."""
+        timeout = self.config.timeout
+        status = transport.ask("status", {n: {} for n in nodes}, timeout)
+        ready = [n for n in nodes if n in status and status[n]["ready"]]
+        need = [n for n in nodes if n in status and not status[n]["ready"]]
+        if not need:
+            return ready
+        offers = {n: self.provider.offer() for n in need}
+        hellos = transport.ask("hello", {n: {"offer": o} for n, o in offers.items()}, timeout)
+        sessions = {}
+        for n, reply in hellos.items():
+            hello = decode(reply["hello"], OwnerHello)
+            session = decode(offers[n], Offer).session
+            if hello.session != session:
+                log.warning("owner %s answered for another session: left out", n)
+                continue
+            self.provider.register(reply["hello"])
+            sessions[n] = session
+        pending: dict[int, bytes] = {n: b"" for n in sessions}
+        started = time.perf_counter()
+        while pending:
+            replies = transport.ask("pass", {n: {"reply": r} for n, r in pending.items()}, timeout)
+            for n in set(pending) - set(replies):
+                log.warning("owner %s left during the online phase", n)
+            pending = {}
+            for n, reply in replies.items():
+                request = reply["request"]
+                if not request:
+                    ready.append(n)
+                    continue
+                # The session is bound to the owner that opened it (its authenticated node).
+                if decode(request, ForwardRequest).session != sessions[n]:
+                    log.warning("owner %s sent a request for another session: left out", n)
+                    continue
+                try:
+                    pending[n] = self.provider.forward(request, self._refresher(transport, n))
+                except (KeyError, ValueError) as e:
+                    log.warning("owner %s left out of the online phase: %s", n, e)
+            elapsed = time.perf_counter() - started
+            self._say(f"online phase: {len(pending)} owners passing ({elapsed:.0f} s)")
+        return sorted(ready)
+
+    def _refresher(self, transport: Transport, node: int) -> Callable[[bytes], bytes]:
+        def refresh(request: bytes) -> bytes:
+            reply = transport.ask("refresh", {node: {"request": request}}, self.config.timeout)
+            if node not in reply:
+                raise KeyError(f"owner {node} did not answer a refresh")
+            return reply[node]["reply"]
+
+        return refresh
+
+    # ---- rounds ---------------------------------------------------------------------------
+
+    def run(self, transport: Transport) -> list[dict[str, Any]]:
+        """The online phase, then the remaining rounds; returns the history (one dict a round)."""
+        nodes = self._wait_for_owners(transport)
+        ready = self.online_phase(transport, nodes)
+        for r in range(self.completed + 1, self.config.rounds + 1):
+            alive = sorted(set(ready) & set(transport.nodes()))
+            self.history.append(self.round(transport, r, alive))
+            self.completed = r
+            self._save()
+        return self.history
+
+    def _wait_for_owners(self, transport: Transport) -> list[int]:
+        deadline = time.monotonic() + self.config.timeout
+        while len(nodes := sorted(transport.nodes())) < self.config.min_owners:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(nodes)} owners connected, {self.config.min_owners} needed"
+                )
+            time.sleep(1.0)
+        return nodes
+
+    def round(self, transport: Transport, r: int, owners: list[int]) -> dict[str, Any]:
+        """One round of local training and secure aggregation over ``owners``."""
+        cfg = self.config
+        if len(owners) < max(cfg.min_owners, 2):
+            raise RuntimeError(f"round {r}: {len(owners)} owners, {cfg.min_owners} needed")
+        t0 = time.perf_counter()
+        vector = get_vector(self.model)
+        length = len(vector) + self.model.blocks + 1
+        threshold = cfg.threshold or max(2, len(owners) // 2 + 1)
+        params = SecAggParams(
+            owners,
+            threshold,
+            length,
+            cfg.update_bound,
+            frac_bits=cfg.frac_bits,
+            neighbours=cfg.neighbours,
+            context=f"blindfed:{secrets.token_hex(8)}:{r}".encode(),
+        )
+        agg = SecAggServer(params)
+        traffic = {n: 0 for n in owners}
+
+        def ask(action: str, requests: dict[int, Payload]) -> dict[int, Payload]:
+            replies = transport.ask(action, requests, cfg.timeout)
+            for n, q in requests.items():
+                traffic[n] += _size(q) + (_size(replies[n]) if n in replies else 0)
+            return replies
+
+        fit = ask(
+            "fit",
+            {
+                n: {
+                    "round": r,
+                    "model": vector,
+                    "config": cfg.owner_config(r),
+                    "params": params.to_bytes(),
+                }
+                for n in owners
+            },
+        )
+        roster = agg.roster({n: v["advert"] for n, v in fit.items()})
+        shared = ask("share", {n: {"round": r, "roster": roster} for n in fit})
+        inboxes = agg.route({n: v["bundle"] for n, v in shared.items()})
+        masked = ask("mask", {n: {"round": r, "inbox": box} for n, box in inboxes.items()})
+        request = agg.collect({n: v["masked"] for n, v in masked.items()})
+        answers = ask("unmask", {n: {"round": r, "request": request} for n in agg.survivors})
+        total = agg.aggregate({n: v["answer"] for n, v in answers.items()})
+        samples = apply_sum(self.model, total)
+        if self.audit:
+            (self.state_dir / "audit").mkdir(exist_ok=True)
+            np.save(self.state_dir / "audit" / f"round_{r}.npy", total)
+        entry: dict[str, Any] = {
+            "round": r,
+            "lr": cfg.schedule.lr_at(r),
+            "owners": owners,
+            "survivors": list(agg.survivors),
+            "dropped": sorted(set(owners) - set(agg.survivors)),
+            "samples": samples,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "bytes_per_owner": traffic,
+        }
+        if cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
+            entry.update(self.evaluate(transport, sorted(set(owners) & set(transport.nodes()))))
+        self._say(
+            f"round {r}: {len(agg.survivors)}/{len(owners)} owners in the sum"
+            + (f", accuracy {entry['accuracy']:.1f} %" if "accuracy" in entry else "")
+        )
+        return entry
+
+    def evaluate(self, transport: Transport, owners: list[int]) -> dict[str, Any]:
+        """Accuracy of the global model over the owners' test data (each owner scores its own
+        and reports counts)."""
+        vector = get_vector(self.model)
+        config = self.config.owner_config(max(self.completed, 1))
+        replies = transport.ask(
+            "evaluate",
+            {n: {"model": vector, "config": config} for n in owners},
+            self.config.timeout,
+        )
+        correct = sum(int(v["correct"]) for v in replies.values())
+        total = sum(int(v["total"]) for v in replies.values())
+        return {
+            "accuracy": 100.0 * correct / total if total else float("nan"),
+            "test_samples": total,
+        }
+
+
+class LocalTransport:
+    """Owners in this process (tests, studies, the demo's default): ``fail(action, node,
+    round)`` returning True makes that owner drop out at that point, as a crash would;
+    ``fresh`` rebuilds each owner from its directory for every message, as Flower's
+    per-message processes do."""
+
+    def __init__(
+        self,
+        owners: dict[int, OwnerNode],
+        fail: Callable[[str, int, int | None], bool] | None = None,
+        *,
+        fresh: bool = False,
+    ) -> None:
+        self.owners = owners
+        self.fail = fail or (lambda action, node, round: False)
+        self.fresh = fresh
+        self.down: set[int] = set()
+        self.asked: list[str] = []
+
+    def nodes(self) -> list[int]:
+        return sorted(set(self.owners) - self.down)
+
+    def ask(self, action: str, requests: dict[int, Payload], timeout: float) -> dict[int, Payload]:
+        replies = {}
+        for n, request in requests.items():
+            if n in self.down or n not in self.owners:
+                continue
+            if self.fail(action, n, request.get("round")):
+                self.down.add(n)
+                continue
+            node = self.owners[n]
+            if self.fresh:
+                node = OwnerNode(node.directory, node.data, name=node.name)
+            replies[n] = answer(node, n, action, request)
+        self.asked.append(action)
+        return replies
