@@ -14,10 +14,8 @@ import pytest
 
 pytest.importorskip("flwr", reason="flwr (Flower) is not installed")
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10: Flower depends on tomli
-    import tomli as tomllib
+# Flower, and so this module, needs Python 3.11.
+import tomllib
 
 import blindfed.fl
 from blindfed.fl.app import DEFAULTS, make_apps
