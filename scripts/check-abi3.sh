@@ -5,9 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
+# Each environment holds torch (several GB): never leave one behind, even on failure.
+trap 'rm -rf "$out"' EXIT
 VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin build --release --quiet --out "$out"
 wheel=$(ls "$out"/blindfed-*-abi3-*.whl)
 echo "wheel: $(basename "$wheel")"
+status=0
 # An interpreter for a version: on PATH (if it runs), else in pyenv's version folders.
 find_python() {
     if "python$1" -c "import sys" >/dev/null 2>&1; then
@@ -26,10 +29,13 @@ for version in 3.10 3.11 3.12 3.13; do
     fi
     env="$out/venv-$version"
     "$python" -m venv "$env"
-    "$env/bin/python" -m pip install --quiet "numpy>=1.24" "$@" "$wheel"
+    "$env/bin/python" -m pip install --quiet --no-cache-dir "numpy>=1.24" "$@" "$wheel"
     # Run from outside the source tree so the installed wheel, not python/, is imported.
-    (cd "$out" && "$env/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/tests/python" \
-        | tail -n 1 | sed "s/^/python$version: /")
-    rm -rf "$env"  # torch makes each environment several GB
+    # The summary line and any failures' names reach the log, prefixed by the version; a
+    # failure on one version does not hide the others.
+    (cd "$out" && "$env/bin/python" -m pytest -q -rfE -p no:cacheprovider "$OLDPWD/tests/python" \
+        | grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed|error)" | sed "s/^/python$version: /") \
+        || status=1
+    rm -rf "$env"
 done
-rm -rf "$out"
+exit "$status"
