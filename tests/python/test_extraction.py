@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from blindfed.nn.student import Student
-from blindfed.protocol.extraction import (
+torch = pytest.importorskip("torch")
+
+from blindfed.nn.student import Student  # noqa: E402
+from blindfed.protocol.extraction import (  # noqa: E402
     Scenario,
     SurrogateConfig,
     extraction_study,

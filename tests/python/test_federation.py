@@ -8,15 +8,16 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
-from blindfed import ckks
-from blindfed.data import dirichlet_partition, natural_partition
-from blindfed.fl.fedavg import LocalTraining, Schedule, apply_sum, contribution, get_vector
-from blindfed.fl.owner_data import OwnerData
-from blindfed.fl.owner_node import OwnerNode
-from blindfed.fl.server import FederationConfig, FederationServer, LocalTransport
-from blindfed.protocol import Provider
+torch = pytest.importorskip("torch")
+
+from blindfed import ckks  # noqa: E402
+from blindfed.data import dirichlet_partition, natural_partition  # noqa: E402
+from blindfed.fl.fedavg import LocalTraining, Schedule, apply_sum, contribution, get_vector  # noqa: E402
+from blindfed.fl.owner_data import OwnerData  # noqa: E402
+from blindfed.fl.owner_node import OwnerNode  # noqa: E402
+from blindfed.fl.server import FederationConfig, FederationServer, LocalTransport  # noqa: E402
+from blindfed.protocol import Provider  # noqa: E402
 
 
 def test_dirichlet_partition_covers_every_sample_once_and_skews_with_small_alpha():
@@ -166,14 +167,18 @@ def test_a_restarted_owner_resumes_its_cached_passes(tmp_path, student):
         return False
 
     transport = LocalTransport(owners, crash_on_third_pass, fresh=True)
-    server = FederationServer(Provider(student, mode="simulate"), config(1), tmp_path / "lsp")
+    # Every block revealed: the third pass call comes after the first block's reply (an
+    # owner's training and test images share one batch).
+    provider = Provider(student, mode="simulate", privacy=False)
+    server = FederationServer(provider, config(1), tmp_path / "lsp")
     with pytest.raises(RuntimeError, match="1 owners"):
         server.run(transport)
     cached = sorted(p.name for p in (owners[victim].directory / "passes").rglob("block_*.npy"))
     assert cached  # the blocks it received before the crash
     # The owner comes back; a new run completes its passes from the cache.
     transport = LocalTransport(owners, fresh=True)
-    server = FederationServer(Provider(student, mode="simulate"), config(1), tmp_path / "lsp")
+    provider = Provider(student, mode="simulate", privacy=False)
+    server = FederationServer(provider, config(1), tmp_path / "lsp")
     history = server.run(transport)
     assert history[0]["survivors"] == sorted(owners)
 
@@ -197,3 +202,26 @@ def test_owner_data_is_validated(tmp_path):
     share = OwnerData.digits_share(1, 3, train_samples=300, test_samples=60)
     assert share.train_images.shape[1:] == (1, 28, 28) and len(share.test_labels) == 20
     assert torch.is_tensor(torch.as_tensor(share.train_labels))
+
+
+def test_test_images_share_the_training_group_and_keep_their_order(tmp_path, student):
+    owners = owners_for(tmp_path / "owners", 2)
+    provider = Provider(student, mode="simulate", window=4)
+    FederationServer(provider, config(1), tmp_path / "lsp").online_phase(
+        LocalTransport(owners), sorted(owners)
+    )
+    node = next(iter(owners.values()))
+    assert [b for b, _, _ in node.batches()] == ["batch-0"]  # 24 + 6 samples, one group
+    test_x, test_y = node.outputs("test")
+    _, train_y = node.outputs("train")
+    assert len(train_y) == 24 and sorted(train_y.tolist()) == sorted(node.data.train_labels)
+    assert np.array_equal(test_y, node.data.test_labels)
+    # The reference: the test images alone, every block revealed, nothing permuted.
+    mirror = Provider(student, mode="simulate", privacy=False)
+    from blindfed.protocol import DataOwner
+
+    reference = DataOwner("reference")
+    mirror.register(reference.hello(mirror.offer()))
+    want = reference.forward(mirror.forward, node.data.test_images).outputs
+    # The last block is always revealed; the test samples are in the order of their images.
+    assert np.allclose(test_x[:, -1], want[:, -1])

@@ -61,7 +61,10 @@ def test_simulation_runtime(tmp_path):
     from flwr.simulation import run_simulation
 
     settings = {**SMALL, "state-dir": str(tmp_path / "lsp"), "work-dir": str(tmp_path / "owners")}
-    server, client = make_apps(settings)
+    # The ServerApp runs in this process: hooks see every block served and every round.
+    blocks, rounds = [], []
+    hooks = {"on_block": blocks.append, "on_round": rounds.append}
+    server, client = make_apps(settings, hooks=hooks)
     run_simulation(
         server_app=server,
         client_app=client,
@@ -74,6 +77,12 @@ def test_simulation_runtime(tmp_path):
     history = check_sums(tmp_path / "lsp", sorted((tmp_path / "owners").iterdir()))
     assert [len(h["survivors"]) for h in history] == [3, 3]
     assert all(0 <= h["accuracy"] <= 100 for h in history)
+    assert [(r["round"], r["accuracy"]) for r in rounds] == [
+        (h["round"], h["accuracy"]) for h in history
+    ]
+    # Each owner's batch went through all 4 blocks once; the last one is always revealed.
+    assert len(blocks) == 3 * 4 and sum(e.revealed for e in blocks if e.block == 3) == 3
+    assert sum(e.samples for e in blocks if e.block == 0) == 150 + 60
 
 
 def test_deployment_runtime_sums_the_survivors_when_an_owner_is_killed_in_round_2(tmp_path):

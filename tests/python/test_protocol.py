@@ -8,14 +8,15 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
-from blindfed import ckks
-from blindfed.block import PackedBatch
-from blindfed.nn.adapter import AdaptedClassifier, TrainConfig, accuracy, train
-from blindfed.nn.student import Student
-from blindfed.protocol import DataOwner, MessageError, Provider
-from blindfed.protocol.messages import BlockOutput, ForwardRequest, OwnerHello, decode
+torch = pytest.importorskip("torch")
+
+from blindfed import ckks  # noqa: E402
+from blindfed.block import PackedBatch  # noqa: E402
+from blindfed.nn.adapter import AdaptedClassifier, TrainConfig, accuracy, train  # noqa: E402
+from blindfed.nn.student import Student  # noqa: E402
+from blindfed.protocol import DataOwner, MessageError, Provider  # noqa: E402
+from blindfed.protocol.messages import BlockOutput, ForwardRequest, OwnerHello, decode  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -91,24 +91,22 @@ class OwnerNode:
             self._owner = owner
         return self._owner
 
-    def batches(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
-        """The batches the owner sends: training data with labels (so the provider may permute
-        within labels), test data as inference; one ciphertext group each."""
+    def batches(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """The batches the owner sends, one ciphertext group each: its training images with
+        their labels (so the provider may permute within labels), then its test images
+        labelled -1 (to infer: their order is kept), so that training and test images share
+        groups (a group costs the same however few samples it holds)."""
         offer = decode((self.directory / "offer.bin").read_bytes(), Offer)
         group = ckks.Parameters.from_bytes(offer.parameters).slots // offer.tokens
         d = self.data
-        out: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-        for i in range(0, len(d.train_labels), group):
-            out.append(
-                (
-                    f"train-{i // group}",
-                    d.train_images[i : i + group],
-                    d.train_labels[i : i + group],
-                )
-            )
-        for i in range(0, len(d.test_labels), group):
-            out.append((f"test-{i // group}", d.test_images[i : i + group], None))
-        return out
+        images = np.concatenate([d.train_images, d.test_images])
+        labels = np.concatenate(
+            [np.asarray(d.train_labels, dtype=np.int64), np.full(len(d.test_labels), -1)]
+        )
+        return [
+            (f"batch-{i // group}", images[i : i + group], labels[i : i + group])
+            for i in range(0, len(labels), group)
+        ]
 
     def ready(self) -> bool:
         """Whether every batch has been through every block (so no session is needed)."""
@@ -138,19 +136,21 @@ class OwnerNode:
         return self.owner().answer_refresh(request)
 
     def outputs(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """The block outputs (samples, blocks, tokens, width) and labels of a split."""
+        """The block outputs (samples, blocks, tokens, width) and labels of a split (the test
+        split in the order of ``data.test_images``)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         owner = self.owner()
-        parts = [
-            owner.begin_pass(x, y, batch_id=b).result()
-            for b, x, y in self.batches()
-            if b.startswith(f"{split}-")
-        ]
-        if not parts:
-            raise ValueError(f"no {split} data")
+        parts = [owner.begin_pass(x, y, batch_id=b).result() for b, x, y in self.batches()]
         x = np.concatenate([p.outputs for p in parts])
+        y = np.concatenate([p.labels for p in parts])
+        # Unlabelled (test) samples sort first within each batch and keep their order.
+        keep = y >= 0 if split == "train" else y < 0
+        if not keep.any():
+            raise ValueError(f"no {split} data")
         if split == "train":
-            return x, np.concatenate([p.labels for p in parts])
-        return x, self.data.test_labels
+            return x[keep], y[keep]
+        return x[keep], self.data.test_labels
 
     # ---- a round of federated training ----------------------------------------------------
 

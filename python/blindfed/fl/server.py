@@ -108,6 +108,8 @@ class FederationServer:
         state_dir: checkpoints, history and (with ``audit``) every round's aggregate.
         audit: also keep every round's secure sum (for tests and audits; it is what the
             server learns anyway).
+        progress: called with a line of progress (default: the ``blindfed.fl`` logger).
+        on_round: called with each completed round's history entry (progress bars).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class FederationServer:
         *,
         audit: bool = False,
         progress: Callable[[str], None] | None = None,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.provider = provider
         self.config = config
@@ -125,6 +128,9 @@ class FederationServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.audit = audit
         self._say = progress or log.info
+        self._on_round = on_round
+        #: the online phase of this run: seconds and the evaluation-key bytes each owner sent.
+        self.online: dict[str, Any] = {"seconds": 0.0, "key_bytes": {}}
         self.model = make_model(len(provider.blocks), provider.width, config.classes, config.rank)
         self.history: list[dict[str, Any]] = []
         self.completed = 0
@@ -182,13 +188,16 @@ class FederationServer:
         offers = {n: self.provider.offer() for n in need}
         hellos = transport.ask("hello", {n: {"offer": o} for n, o in offers.items()}, timeout)
         sessions = {}
-        for n, reply in hellos.items():
-            hello = decode(reply["hello"], OwnerHello)
+        for n in sorted(hellos):
+            # Evaluation keys are large (0.75 GB at the default): hold each only while it is
+            # registered.
+            reply = hellos.pop(n)
             session = decode(offers[n], Offer).session
-            if hello.session != session:
+            if decode(reply["hello"], OwnerHello).session != session:
                 log.warning("owner %s answered for another session: left out", n)
                 continue
             self.provider.register(reply["hello"])
+            self.online["key_bytes"][n] = len(reply["hello"])
             sessions[n] = session
         pending: dict[int, bytes] = {n: b"" for n in sessions}
         started = time.perf_counter()
@@ -212,6 +221,7 @@ class FederationServer:
                     log.warning("owner %s left out of the online phase: %s", n, e)
             elapsed = time.perf_counter() - started
             self._say(f"online phase: {len(pending)} owners passing ({elapsed:.0f} s)")
+        self.online["seconds"] = time.perf_counter() - started
         return sorted(ready)
 
     def _refresher(self, transport: Transport, node: int) -> Callable[[bytes], bytes]:
@@ -234,6 +244,8 @@ class FederationServer:
             self.history.append(self.round(transport, r, alive))
             self.completed = r
             self._save()
+            if self._on_round is not None:
+                self._on_round(self.history[-1])
         return self.history
 
     def _wait_for_owners(self, transport: Transport) -> list[int]:

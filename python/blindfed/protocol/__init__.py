@@ -22,6 +22,6 @@ provider.forward, images, labels)`` per batch; every argument that crosses is by
 
 from blindfed.protocol.messages import MessageError
 from blindfed.protocol.owner import BlockOutputs, DataOwner
-from blindfed.protocol.provider import Provider
+from blindfed.protocol.provider import BlockEvent, Provider
 
-__all__ = ["BlockOutputs", "DataOwner", "MessageError", "Provider"]
+__all__ = ["BlockEvent", "BlockOutputs", "DataOwner", "MessageError", "Provider"]

@@ -183,7 +183,9 @@ class DataOwner:
         """Runs one batch through every block (resuming from the cache if interrupted).
 
         With labels the samples are sorted by label and the provider may permute within runs
-        of equal labels; without (inference) the provider keeps the order. The cache (when
+        of equal labels; without (inference) the provider keeps the order. A negative label
+        marks a sample to infer within a training batch (its place is kept too), so training
+        and test images can share one ciphertext group. The cache (when
         the owner has a ``cache_dir`` and ``cache`` is true) is keyed by ``batch_id`` and
         fingerprinted by the inputs: other images under the same name start afresh.
         """

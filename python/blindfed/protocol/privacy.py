@@ -68,12 +68,20 @@ def window_permutation(windows: Sequence[int], rng: Random) -> list[int]:
 
 def label_windows(labels: Sequence[int], window: int, group: int) -> list[int]:
     """Runs of equal consecutive labels, at most ``window`` long and never across a boundary
-    of ``group`` samples (the provider permutes within one ciphertext group)."""
+    of ``group`` samples (the provider permutes within one ciphertext group). A negative label
+    marks an unlabelled sample (one the owner only infers): it is a run of its own, so its
+    place is kept.
+
+    >>> label_windows([-1, -1, 0, 0, 0, 1], window=2, group=100)
+    [1, 1, 2, 1, 1]
+    """
     if window < 1 or group < 1:
         raise ValueError("window and group must be positive")
     runs: list[int] = []
     for i, label in enumerate(labels):
-        starts = i == 0 or labels[i - 1] != label or runs[-1] >= window or i % group == 0
+        starts = (
+            i == 0 or label < 0 or labels[i - 1] != label or runs[-1] >= window or i % group == 0
+        )
         if starts:
             runs.append(1)
         else:

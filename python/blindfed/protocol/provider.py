@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import random
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +32,29 @@ from blindfed.protocol.messages import (
 )
 from blindfed.protocol.privacy import Random, block_pattern, window_permutation
 
-__all__ = ["Provider"]
+__all__ = ["BlockEvent", "Provider"]
 
 Refresh = Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True)
+class BlockEvent:
+    """What serving one block of one request cost the provider (reported to ``on_block``).
+
+    ``upload_bytes`` counts what reached the provider for this block (the request's payload
+    for its first block, the owner's refresh replies), ``download_bytes`` what left it (the
+    refresh requests, and the reply if the block was revealed).
+    """
+
+    session: str
+    batch: str
+    block: int
+    samples: int
+    revealed: bool
+    seconds: float
+    upload_bytes: int
+    download_bytes: int
+    refreshes: int
 
 
 @dataclass
@@ -43,6 +64,21 @@ class _Session:
     # batch -> (its revealed blocks, the block its next request must start at)
     patterns: dict[str, tuple[list[bool], int]] = field(default_factory=dict)
     samples: int = 0  # samples that started a pass (counted against the budget)
+
+
+class _MeteredRefresh:
+    """A refresh callable that counts its round trips and their bytes."""
+
+    def __init__(self, refresh: Refresh) -> None:
+        self.refresh = refresh
+        self.calls = self.sent = self.received = 0
+
+    def __call__(self, request: bytes) -> bytes:
+        reply = self.refresh(request)
+        self.calls += 1
+        self.sent += len(request)
+        self.received += len(reply)
+        return reply
 
 
 def _plan_parameters(blocks: list[Any]) -> ckks.Parameters:
@@ -84,6 +120,8 @@ class Provider:
         parameters: a CKKS parameter set overriding the planner's (tests use small insecure
             ones); every block must fit in it.
         rng: randomness for patterns and permutations; default ``random.SystemRandom()``.
+        on_block: called with a :class:`BlockEvent` for every block served (progress bars,
+            per-block time and traffic in reports).
     """
 
     def __init__(
@@ -99,6 +137,7 @@ class Provider:
         permute: bool | None = None,
         sample_blocks: bool | None = None,
         sample_budget: int | None = None,
+        on_block: Callable[[BlockEvent], None] | None = None,
     ) -> None:
         if mode not in ("execute", "simulate"):
             raise ValueError(f"mode must be 'execute' or 'simulate', got {mode!r}")
@@ -120,6 +159,7 @@ class Provider:
         self.sample_budget = sample_budget
         self._rng: Random = rng or random.SystemRandom()
         self._sessions: dict[str, _Session] = {}
+        self.on_block = on_block
 
     @property
     def samples_per_group(self) -> int:
@@ -197,22 +237,28 @@ class Provider:
             if self.sample_blocks and 0 < msg.block < last:
                 # Resumed after a revealed block (e.g. the provider restarted): the next is hidden.
                 pattern[msg.block] = False
-        hidden = []
+        hidden, events = [], []
         for index in range(msg.block, last + 1):
-            x = self._evaluate(index, x, session, refresh)
+            meter = _MeteredRefresh(refresh)
+            started = time.perf_counter()
+            x = self._evaluate(index, x, session, meter)
+            if not pattern[index]:
+                hidden.append(index)
+                x = self._hide(x, meter)
+            events.append((index, time.perf_counter() - started, meter))
             if pattern[index]:
                 break
-            hidden.append(index)
-            x = self._hide(x, refresh)
         order = window_permutation(msg.windows, self._rng) if self.permute else list(range(batch))
+        started = time.perf_counter()
         payload = self._sanitize(x, order, session)
+        sanitize_seconds = time.perf_counter() - started
         # State changes only once the request has been served.
         session.samples += batch if fresh else 0
         if index == last:
             session.patterns.pop(msg.batch, None)
         else:
             session.patterns[msg.batch] = (pattern, index + 1)
-        return BlockOutput(
+        reply = BlockOutput(
             session=msg.session,
             batch=msg.batch,
             block=index,
@@ -220,6 +266,23 @@ class Provider:
             relative=order if msg.block > 0 else None,
             payload=payload,
         ).to_bytes()
+        if self.on_block is not None:
+            for i, (block, seconds, meter) in enumerate(events):
+                revealed = block == index
+                self.on_block(
+                    BlockEvent(
+                        session=msg.session,
+                        batch=msg.batch,
+                        block=block,
+                        samples=batch,
+                        revealed=revealed,
+                        seconds=seconds + (sanitize_seconds if revealed else 0.0),
+                        upload_bytes=meter.received + (len(request) if i == 0 else 0),
+                        download_bytes=meter.sent + (len(reply) if revealed else 0),
+                        refreshes=meter.calls,
+                    )
+                )
+        return reply
 
     def _check_windows(self, windows: list[int], batch: int) -> None:
         if sum(windows) != batch or max(windows, default=0) > self.window:

@@ -1,0 +1,200 @@
+"""A federation's two roles from its settings, over any transport (no Flower import here).
+
+:func:`provide` is the provider's whole run (the Flower ServerApp calls it with the grid's
+transport); :func:`owner_node` builds an owner from its node config (the Flower ClientApp calls
+it for every message); :func:`run_local` runs both in this process over
+:class:`~blindfed.fl.server.LocalTransport`, for machines without Flower and for studies, and
+:func:`online_local` only the online phase (the demo's, before its rounds over Flower).
+
+Settings are Flower run-config keys (:data:`DEFAULTS`); ``hooks`` are what a run in this
+process may add and a run config cannot carry: ``student`` (an already loaded student),
+``on_block`` (the provider's per-block events), ``on_round`` (each round's history entry),
+``progress`` (lines of progress).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULTS", "merge_settings", "online_local", "owner_node", "provide", "run_local"]
+
+#: Run-config keys and their defaults.
+DEFAULTS: dict[str, Any] = {
+    "rounds": 50,
+    "lr": 1e-3,
+    "local-epochs": 5,
+    "batch-size": 32,
+    "momentum": 0.9,
+    "rank": 8,
+    "min-owners": 2,
+    "threshold": 0,  # 0: a majority of each round's owners
+    "neighbours": 0,  # 0: every pair (SecAgg); k: SecAgg+ over a k-regular graph
+    "timeout": 600.0,
+    "mode": "simulate",
+    "privacy": True,
+    "student": "",
+    "state-dir": "blindfed-federation",
+    "work-dir": "blindfed-owners",
+    "alpha": 1.0,
+    "seed": 0,
+    "train-samples": 0,
+    "test-samples": 0,
+    "audit": False,
+}
+
+_HOOKS = {"student", "on_block", "on_round", "progress"}
+
+
+def merge_settings(
+    run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The defaults, then the run config, then ``overrides``; unknown override keys are an
+    error (a typo would otherwise be ignored silently)."""
+    unknown = set(overrides or {}) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **dict(run_config), **(overrides or {})}
+
+
+def _check_hooks(hooks: Mapping[str, Any] | None) -> dict[str, Any]:
+    unknown = set(hooks or {}) - _HOOKS
+    if unknown:
+        raise ValueError(f"unknown hooks {sorted(unknown)}; known: {sorted(_HOOKS)}")
+    return dict(hooks or {})
+
+
+def _server(s: Mapping[str, Any], hooks: dict[str, Any]) -> Any:
+    """The provider (its student from ``hooks`` or an LSP-local path) and its federation."""
+    from blindfed import zoo
+    from blindfed.fl.fedavg import LocalTraining
+    from blindfed.fl.server import FederationConfig, FederationServer
+    from blindfed.nn.student import Student
+    from blindfed.protocol import Provider
+
+    student = hooks.get("student")
+    if student is None:
+        # LSP-local weights: a path on this machine, or the package's own student.
+        student = Student.load(s["student"]).eval() if s["student"] else zoo.load_student()
+    provider = Provider(
+        student, mode=s["mode"], privacy=bool(s["privacy"]), on_block=hooks.get("on_block")
+    )
+    config = FederationConfig(
+        rounds=int(s["rounds"]),
+        lr=float(s["lr"]),
+        local=LocalTraining(
+            epochs=int(s["local-epochs"]),
+            batch_size=int(s["batch-size"]),
+            momentum=float(s["momentum"]),
+        ),
+        rank=int(s["rank"]),
+        min_owners=int(s["min-owners"]),
+        threshold=int(s["threshold"]) or None,
+        neighbours=int(s["neighbours"]) or None,
+        timeout=float(s["timeout"]),
+        seed=int(s["seed"]),
+    )
+    return FederationServer(
+        provider,
+        config,
+        s["state-dir"],
+        audit=bool(s["audit"]),
+        progress=hooks.get("progress"),
+        on_round=hooks.get("on_round"),
+    )
+
+
+def _online_figures(server: Any) -> dict[str, Any]:
+    keys = server.online["key_bytes"]
+    return {
+        "seconds": server.online["seconds"],
+        "key_bytes_per_owner": max(keys.values()) if keys else 0,
+    }
+
+
+def provide(s: Mapping[str, Any], transport: Any, hooks: Mapping[str, Any] | None = None) -> dict:
+    """The provider's run: the online phase, then the rounds; writes and returns
+    ``results.json`` (mode, settings, history, online-phase figures) in ``state-dir``."""
+    server = _server(s, _check_hooks(hooks))
+    history = server.run(transport)
+    result = {
+        "mode": s["mode"],
+        "settings": dict(s),
+        "history": history,
+        "online": _online_figures(server),
+    }
+    Path(s["state-dir"], "results.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def owner_node(s: Mapping[str, Any], node: Mapping[str, Any], node_id: int) -> Any:
+    """An owner from its node config: ``owner-dir`` (default ``work-dir/owner-<partition>``)
+    and ``data`` (an ``.npz``), or ``partition-id`` / ``num-partitions`` of the embedded
+    default (drawn once, then kept in ``owner-dir/data.npz``)."""
+    from blindfed.fl.owner_data import OwnerData
+    from blindfed.fl.owner_node import OwnerNode
+
+    directory = Path(
+        node.get("owner-dir") or Path(s["work-dir"], f"owner-{node.get('partition-id', node_id)}")
+    )
+    prepared = directory / "data.npz"
+    if "data" in node:
+        data = OwnerData.load(str(node["data"]))
+    elif prepared.exists():
+        # Drawn once: later messages (each in a new process) skip the draw and its imports.
+        data = OwnerData.load(prepared)
+    elif "partition-id" in node:
+        data = OwnerData.digits_share(
+            int(node["partition-id"]),
+            int(node["num-partitions"]),
+            alpha=float(s["alpha"]),
+            seed=int(s["seed"]),
+            train_samples=int(s["train-samples"]) or None,
+            test_samples=int(s["test-samples"]) or None,
+        )
+        data.save(prepared)
+    else:
+        raise ValueError("the node config needs 'data' (an .npz) or 'partition-id'")
+    return OwnerNode(directory, data, name=str(node_id))
+
+
+def _local_owners(s: Mapping[str, Any], owners: int) -> dict[int, Any]:
+    return {
+        k + 1: owner_node(s, {"partition-id": k, "num-partitions": owners}, k + 1)
+        for k in range(owners)
+    }
+
+
+def run_local(
+    overrides: Mapping[str, Any] | None,
+    owners: int,
+    *,
+    hooks: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole federation in this process: ``owners`` owners of the embedded default
+    (partitions 0..owners-1 under ``work-dir``), the provider over an in-process transport."""
+    from blindfed.fl.server import LocalTransport
+
+    s = merge_settings({}, overrides)
+    return provide(s, LocalTransport(_local_owners(s, owners)), hooks)
+
+
+def online_local(
+    overrides: Mapping[str, Any] | None,
+    owners: int,
+    *,
+    hooks: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Only the online phase, in this process, for the owners :func:`run_local` would make:
+    afterwards their block outputs are cached in their directories, so a federation over any
+    runtime (Flower's included) goes straight to its rounds. Returns the online-phase figures
+    and the owners that are ready."""
+    from blindfed.fl.server import LocalTransport
+
+    s = merge_settings({}, overrides)
+    nodes = _local_owners(s, owners)
+    server = _server(s, _check_hooks(hooks))
+    ready = server.online_phase(LocalTransport(nodes), sorted(nodes))
+    return {**_online_figures(server), "ready": len(ready)}
