@@ -1,10 +1,12 @@
 """blindfed: double-blind federated adaptation of foundation models.
 
 The model provider computes on CKKS ciphertexts and never sees the data owners' inputs; the
-owners never see the model. This release ships the CKKS engine (:mod:`blindfed.ckks`), the
-polynomial approximations (:mod:`blindfed.approx`) and the encrypted transformer block
-(:mod:`blindfed.block`), distillation (:mod:`blindfed.distill`, with torch) and the online
-phase: :class:`Provider` and :class:`DataOwner` (:mod:`blindfed.protocol`).
+owners never see the model. The CKKS engine (:mod:`blindfed.ckks`), the polynomial
+approximations (:mod:`blindfed.approx`) and the encrypted transformer block
+(:mod:`blindfed.block`); with torch, distillation (:mod:`blindfed.distill`), the online
+phase (:class:`Provider` and :class:`DataOwner`, :mod:`blindfed.protocol`), federation over
+Flower with secure aggregation (:mod:`blindfed.fl`), the plaintext baselines
+(:mod:`blindfed.baselines`) and the end-to-end demo (:mod:`blindfed.demo`).
 
 >>> import numpy as np
 >>> from blindfed import approx, block, ckks

@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-from blindfed import __version__, ckks, num_threads, set_num_threads
+from blindfed import __version__, ckks, set_num_threads
 
 
 def _sets(text: str) -> tuple[tuple[int, int], ...]:
@@ -43,188 +40,36 @@ def _write_json(path: str | None, report: dict) -> None:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Owner and evaluator exchange keys and ciphertexts as bytes; the evaluator computes."""
-    set_num_threads(args.threads)
-    print(f"blindfed {__version__} demo: a data owner and the provider, over bytes")
-    print("(federated adaptation across several owners comes next)\n")
-    started = time.perf_counter()
-    params = ckks.Parameters(args.log_n, args.levels)
-    model = _demo_model() if args.model else None
-    print(f"parameters: {params}  threads={num_threads()}")
+    """The whole mission on the embedded default (see :mod:`blindfed.demo`)."""
+    from blindfed.demo import DemoConfig, run_demo, summary
 
-    t = time.perf_counter()
-    owner = ckks.SecretKey.generate(params)
-    bundle = owner.evaluation_keys(rotations=[1, 2, 4])
-    bundle_bytes = bundle.to_bytes()
-    print(
-        f"owner: keys generated in {time.perf_counter() - t:.2f} s; ships "
-        f"{len(bundle_bytes) / 2**20:.1f} MiB of evaluation keys (secret key stays local)"
-    )
-
-    rng = np.random.default_rng(args.seed)
-    x = rng.uniform(-2.0, 2.0, params.slots)
-    t = time.perf_counter()
-    wire = owner.encrypt(x).to_bytes()
-    print(
-        f"owner: encrypted {x.size} values in {time.perf_counter() - t:.3f} s; ciphertext "
-        f"{len(wire) / 2**20:.2f} MiB (seeded, half size)"
-    )
-
-    t = time.perf_counter()
-    keys = ckks.EvaluationKeys.from_bytes(params, bundle_bytes)
-    ct = ckks.Ciphertext.from_bytes(params, wire, keys=keys)
-    # The paper's GELU stand-in, Quad(x) = 0.125 x^2 + 0.25 x + 0.5, then a sum over
-    # windows of 8 slots by rotations: the shape of the provider's work on an activation.
-    quad = ct * ct * 0.125 + ct * 0.25 + 0.5
-    window = quad
-    for step in (1, 2, 4):
-        window = window + window.rotate(step)
-    reply = window.to_bytes()
-    print(
-        f"provider: evaluated Quad(x) and an 8-slot window sum in {time.perf_counter() - t:.2f}"
-        f" s on ciphertexts (level {ct.level} -> {window.level}); reply "
-        f"{len(reply) / 2**20:.2f} MiB"
-    )
-
-    result = owner.decrypt(ckks.Ciphertext.from_bytes(params, reply))
-    q = 0.125 * x**2 + 0.25 * x + 0.5
-    expected = sum(np.roll(q, -k) for k in range(8))
-    error = float(np.max(np.abs(result - expected)))
-    print(f"owner: decrypted; max |error| vs numpy = {error:.2e} ({-np.log2(error):.1f} bits)")
-    report = {
-        "parameters": repr(params),
-        "threads": num_threads(),
-        "max_abs_error": error,
-        "evaluation_key_bytes": len(bundle_bytes),
-        "ciphertext_bytes": len(wire),
-        "reply_bytes": len(reply),
-    }
-    ok = error < 1e-3
-    if model is not None:
-        report["model"] = model
-    if args.block:
-        report["block"] = _demo_block(args.seed)
-        ok = ok and report["block"]["error_relative_to_range"] < 1e-3
-    if model is not None and model["shown"]:
-        report["online"] = _demo_online(args.seed)
-    report["seconds"] = time.perf_counter() - started
-    print(f"\ntotal {report['seconds']:.1f} s")
-    _write_json(args.json, report)
-    return 0 if ok else 1
-
-
-def _demo_model() -> dict:
-    """The embedded default: the zoo teacher, its shipped student, and the student's plan."""
     try:
-        import torch
-
-        from blindfed import zoo
-        from blindfed.data import mnist
-        from blindfed.distill import accuracy
-    except ImportError as err:
-        print(f"model: not shown, it needs the torch extra ({err}): pip install 'blindfed[torch]'")
-        return {"shown": False, "reason": str(err)}
-    t = time.perf_counter()
-    teacher, student = zoo.load("mnist_vit"), zoo.load_student("mnist_vit")
-    test = mnist("test")
-    images, labels = torch.from_numpy(test.images), torch.from_numpy(test.labels)
-    teacher_accuracy = accuracy(teacher, images, labels)
-    student_accuracy = accuracy(student, images, labels)
-    plan = student.export_blocks()[0].plan()
-    c = teacher.config
-    print(
-        f"model: the zoo ViT ({c.tokens} tokens, width {c.width}, {c.depth} blocks) scores "
-        f"{teacher_accuracy:.1f}% on {len(labels)} held-out MNIST images; its FHE-friendly "
-        f"student {student_accuracy:.1f}% (in the clear, {time.perf_counter() - t:.1f} s)"
-    )
-    per_sample = plan["cost"]["key_switches"] / plan["samples_per_group"]
-    print(
-        f"model: one student block under encryption: ring 2^{plan['log_n']}, "
-        f"{plan['levels']} levels, {plan['samples_per_group']} samples per ciphertext group, "
-        f"{per_sample:.1f} key switches per sample (predicted before any key exists)\n"
-    )
-    return {
-        "shown": True,
-        "teacher_test_accuracy": teacher_accuracy,
-        "student_test_accuracy": student_accuracy,
-        "block_log_n": plan["log_n"],
-        "block_levels": plan["levels"],
-        "block_key_switches_per_sample": per_sample,
-    }
-
-
-def _demo_online(seed: int) -> dict:
-    """The online phase on the embedded default, in simulate mode (seconds, not an hour)."""
-    from blindfed.recipes import adapt_digits
-
-    print("\nonline phase: one owner adapts the student to scikit-learn's digits (simulate mode)")
-    t = time.perf_counter()
-    report = adapt_digits(mode="simulate", seed=seed, provider_seed=seed)
-    print(
-        f"online: {report['train_samples']} training digits through the provider block by "
-        f"block, revealed blocks per batch {report['revealed']}; adapters "
-        f"{report['adapted_accuracy']:.1f}% vs linear probing "
-        f"{report['linear_probe_accuracy']:.1f}% on {report['test_samples']} held-out digits "
-        f"({time.perf_counter() - t:.1f} s; `blindfed adapt --mode execute` runs it on CKKS)"
-    )
-    return report
-
-
-def _demo_block(seed: int) -> dict:
-    """One FHE-friendly transformer block on ciphertexts, with the masked refreshes answered
-    by the owner, checked against the f64 reference."""
-    from blindfed.block import Block, PackedBatch, random_weights
-
-    print("\nencrypted transformer block (9 tokens, width 16, 2 heads, MLP 32), 4 samples")
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(1, 9, 16)) + 0.5 * rng.normal(size=(4, 9, 16))
-    t = time.perf_counter()
-    block = Block(random_weights(16, 32, seed=seed), tokens=9, heads=2).calibrated(x)
-    plan = block.plan()
-    params = plan["parameters"]
-    print(
-        f"provider: calibrated the approximations and planned in {time.perf_counter() - t:.2f} s:"
-        f" {params}, {plan['samples_per_group']} samples per ciphertext group, predicted"
-        f" {plan['cost']['key_switches']} key switches and {plan['cost']['refresh_rounds']}"
-        " masked refreshes"
-    )
-    t = time.perf_counter()
-    owner = ckks.SecretKey.generate(params)
-    keys = owner.evaluation_keys(rotations=plan["rotation_steps"], conjugate=True)
-    upload = PackedBatch.encrypt(owner, x).to_bytes()
-    print(
-        f"owner: keys and encryption in {time.perf_counter() - t:.1f} s; ships"
-        f" {len(keys.to_bytes()) / 2**20:.0f} MiB of keys once, {len(upload) / 2**20:.2f} MiB of"
-        " activations"
-    )
-    t = time.perf_counter()
-    batch = PackedBatch.from_bytes(params, upload)
-    out, cost = block.evaluate(batch, keys, owner)
-    reply = out.at_level(0).to_bytes()
-    seconds = time.perf_counter() - t
-    print(
-        f"provider: evaluated the block in {seconds:.1f} s ({cost['key_switches']} key switches,"
-        f" {cost['refresh_rounds']} masked refreshes of {cost['refreshed_ciphertexts']}"
-        f" ciphertexts); reply {len(reply) / 2**20:.2f} MiB"
-    )
-    y = PackedBatch.from_bytes(params, reply).decrypt(owner)
-    want = block.forward(x)
-    error = float(np.max(np.abs(y - want)))
-    relative = error / float(np.ptp(want))
-    print(
-        f"owner: decrypted; max |error| vs the f64 block = {error:.2e}"
-        f" ({relative:.1e} of the range)"
-    )
-    return {
-        "parameters": repr(params),
-        "seconds": seconds,
-        "key_switches": cost["key_switches"],
-        "predicted_key_switches": plan["cost"]["key_switches"],
-        "upload_bytes": len(upload),
-        "reply_bytes": len(reply),
-        "max_abs_error": error,
-        "error_relative_to_range": relative,
-    }
+        config = DemoConfig(
+            out=args.out,
+            owners=args.owners,
+            rounds=args.rounds,
+            mode=args.mode,
+            runtime=args.runtime,
+            alpha=args.alpha,
+            train_samples=args.train_samples,
+            test_samples=args.test_samples,
+            rank=args.rank,
+            local_epochs=args.local_epochs,
+            distill_epochs=args.distill_epochs,
+            baselines=args.baselines,
+            baseline_epochs=args.baseline_epochs,
+            threads=args.threads,
+            seed=args.seed,
+            progress=args.progress,
+        )
+    except ValueError as err:
+        print(f"blindfed: {err}", file=sys.stderr)
+        return 2
+    report = run_demo(config)
+    print()
+    print(summary(report))
+    _write_json(args.json, report)
+    return 0
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -242,6 +87,14 @@ def bench(args: argparse.Namespace) -> int:
         set_num_threads(args.threads)
         report = block_bench.run(tuple(args.shapes), tuple(args.estimate))
         print(block_bench.format_table(report))
+        _write_json(args.json, report)
+        return 0
+    if args.what == "e2e":
+        from blindfed.bench import e2e
+
+        set_num_threads(args.threads)
+        report = e2e.run(args.samples, modes=tuple(args.modes))
+        print(e2e.format_table(report))
         _write_json(args.json, report)
         return 0
     raise AssertionError(args.what)
@@ -367,24 +220,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"blindfed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="run the end-to-end demo on the embedded default")
-    p.add_argument("--log-n", type=int, default=14, help="log2 ring degree (default 14)")
-    p.add_argument("--levels", type=int, default=7, help="multiplicative levels (default 7)")
+    p = sub.add_parser(
+        "demo",
+        help="the whole mission on the embedded default: owners, online phase, federation",
+        description="Three data owners adapt the zoo student to their digits: the double-blind "
+        "online phase (execute: CKKS), federated rounds with secure aggregation over Flower, "
+        "plaintext baselines, and a report (Markdown, JSON, PNG) in --out. Running it again "
+        "with the same --out resumes.",
+    )
+    p.add_argument("--out", default="blindfed-demo", help="output directory (default %(default)s)")
+    p.add_argument("--owners", type=int, default=3, help="data owners (default 3)")
+    p.add_argument("--rounds", type=int, default=50, help="federated rounds (default 50)")
+    p.add_argument(
+        "--mode",
+        choices=["execute", "simulate"],
+        default="execute",
+        help="execute: CKKS on every sample (default); simulate: the plaintext mirror",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "flower", "local"],
+        default="auto",
+        help="flower: Flower's simulation runtime; local: in process; auto: flower if installed",
+    )
+    p.add_argument("--alpha", type=float, default=1.0, help="Dirichlet label skew (default 1)")
+    p.add_argument("--train-samples", type=int, help="cap on all owners' training digits")
+    p.add_argument("--test-samples", type=int, help="cap on all owners' test digits")
+    p.add_argument("--rank", type=int, default=8, help="adapter rank (default 8)")
+    p.add_argument("--local-epochs", type=int, default=5, help="local epochs per round")
+    p.add_argument(
+        "--distill-epochs",
+        type=int,
+        default=0,
+        help="distil the student again for this many epochs (default 0: the shipped student)",
+    )
+    p.add_argument(
+        "--no-baselines", dest="baselines", action="store_false", help="skip the baselines"
+    )
+    p.add_argument("--baseline-epochs", type=int, help="epochs of the trained baselines")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no bars")
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the demo's input values")
-    p.add_argument(
-        "--no-block",
-        dest="block",
-        action="store_false",
-        help="skip the encrypted transformer block (the CKKS round trip only)",
-    )
-    p.add_argument(
-        "--no-model",
-        dest="model",
-        action="store_false",
-        help="skip the embedded default model (zoo teacher and student accuracy, block plan)",
-    )
-    p.add_argument("--json", help="also write a JSON report here")
+    p.add_argument("--seed", type=int, default=0, help="data split and training seed")
+    p.add_argument("--json", help="also write the report here (it is always in --out)")
     p.set_defaults(func=demo)
 
     p = sub.add_parser(
@@ -440,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="benchmarks, each against a baseline in the same run")
     p.add_argument(
         "what",
-        choices=["ckks", "block"],
-        help="ckks: our CKKS engine vs SEAL; block: one encrypted transformer block per sample",
+        choices=["ckks", "block", "e2e"],
+        help="ckks: our CKKS engine vs SEAL; block: one encrypted transformer block per sample "
+        "vs the same block in plaintext; e2e: the online phase on the embedded default, "
+        "execute vs simulate vs plaintext",
     )
     p.add_argument("--sets", type=_sets, help="ckks: LOG_N:LEVELS pairs, e.g. 14:7,15:18,16:18")
     p.add_argument("--repeats", type=int, default=5, help="ckks: timed repetitions per operation")
@@ -456,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
         type=_names,
         default=["vit_base"],
         help="block: shapes to estimate from exact operation counts (empty: none)",
+    )
+    p.add_argument("--samples", type=int, help="e2e: digits (default: one ciphertext group)")
+    p.add_argument(
+        "--modes",
+        type=lambda t: [m for m in t.split(",") if m],
+        default=["execute", "simulate"],
+        help="e2e: execute and/or simulate (default both)",
     )
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
     p.add_argument("--json", help="also write the report as JSON here")

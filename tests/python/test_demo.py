@@ -1,0 +1,99 @@
+"""The demo end to end (simulate mode, small): the command, its report, and a resumed run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from blindfed.cli import main  # noqa: E402
+from blindfed.demo import DemoConfig, run_demo  # noqa: E402
+from blindfed.report import accuracy_rows, render_markdown  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_demo_reports_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--mode", "simulate", "--runtime", "local", "--rounds", "2", "--out", str(out)]
+    argv += ["--train-samples", "150", "--test-samples", "60", "--no-progress"]
+    argv += ["--baseline-epochs", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == "simulate" and len(report["federation"]["rounds"]) == 2
+    assert sum(o["train_samples"] for o in report["owners"]) == 150
+    assert sum(o["test_samples"] for o in report["owners"]) == 60
+    # Every owner's batch went through every block once (train and test share a group).
+    blocks = report["online"]["per_block"]
+    assert [b["samples"] for b in blocks] == [210] * 4 and blocks[-1]["revealed_samples"] == 210
+    assert set(report["baselines"]) >= {"linear_probe", "lora", "full_finetune", "student_head"}
+    assert all(0 <= b["accuracy"] <= 100 for b in report["baselines"].values())
+    # The summary and the report say which mode ran; simulate is never called execute.
+    assert "BlindFed" in printed and "simulate" in printed and "execute" not in printed
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("# blindfed demo report (simulate mode)")
+    assert "Simulate mode" in markdown and "LoRA" in markdown
+    for name in ("accuracy_per_round.png", "blocks.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    # Asked for one more round with the same output directory: the provider resumes after
+    # round 2 and the owners' passes come from their caches (no block is served again).
+    again = run_demo(
+        DemoConfig(
+            out=str(out),
+            mode="simulate",
+            runtime="local",
+            rounds=3,
+            train_samples=150,
+            test_samples=60,
+            baselines=False,
+            progress=False,
+        )
+    )
+    rounds = again["federation"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert [r["accuracy"] for r in rounds[:2]] == [
+        r["accuracy"] for r in report["federation"]["rounds"]
+    ]
+    assert all(b["samples"] == 0 for b in again["online"]["per_block"])
+
+
+def test_the_report_ranks_methods_and_labels_simulate():
+    report = {
+        "mode": "simulate",
+        "settings": {"rank": 8},
+        "owners": [{"name": "a", "train_samples": 1, "test_samples": 1, "labels": [1]}] * 2,
+        "federation": {
+            "runtime": "in process",
+            "rounds": [
+                {
+                    "round": 1,
+                    "lr": 1e-3,
+                    "owners": [1, 2],
+                    "survivors": [1, 2],
+                    "accuracy": 80.0,
+                    "bytes_per_owner": {"1": 10, "2": 12},
+                    "seconds": 1.0,
+                }
+            ],
+        },
+        "baselines": {
+            "lora": {"label": "LoRA", "setting": "plaintext", "accuracy": 90.0},
+            "probe": {"label": "probe", "setting": "plaintext", "accuracy": 70.0},
+        },
+        "seconds": 3.0,
+    }
+    assert [r[2] for r in accuracy_rows(report)] == [90.0, 80.0, 70.0]
+    text = render_markdown(report)
+    assert "Simulate mode" in text and "| 1 | 0.001 | 2/2 | 80.0 % |" in text
+
+
+def test_demo_config_refuses_bad_settings():
+    with pytest.raises(ValueError, match="at least 2 owners"):
+        DemoConfig(owners=1)
+    with pytest.raises(ValueError, match="mode"):
+        DemoConfig(mode="fast")
+    with pytest.raises(ValueError, match="every owner a sample"):
+        DemoConfig(train_samples=2)
