@@ -169,7 +169,13 @@ def run_shape(name: str, *, execute: bool, seed: int = 0) -> dict:
     t = time.perf_counter()
     y = reply.decrypt(sk)
     report["decrypt_seconds_per_sample"] = (time.perf_counter() - t) / per
+    # The baseline, in the same run: the same block in plaintext (the f64 reference).
+    t = time.perf_counter()
     want = block.forward(x)
+    report["plaintext_seconds_per_sample"] = (time.perf_counter() - t) / per
+    report["slowdown_vs_plaintext"] = report["seconds_per_sample"] / max(
+        report["plaintext_seconds_per_sample"], 1e-12
+    )
     err = float(np.max(np.abs(y - want)))
     report["max_abs_error"] = err
     report["error_relative_to_range"] = err / float(np.ptp(want))
@@ -192,20 +198,23 @@ def run(
 
 
 def format_table(report: dict) -> str:
+    """The table: per sample, encrypted against the same block in plaintext (same run)."""
     lines = [
         f"threads={report['threads']}  (paper, ViT-B/16 577 tokens: "
         f"{PAPER['seconds_per_sample']} s and {PAPER['megabytes_per_sample']} MB"
         " per sample per block)",
-        "shape     mode      ring   lv  s/sample  est s/sample  KS/sample  up MB  down MB"
-        "  keys MB  err/range",
+        "shape     mode      ring   lv  s/sample  x plaintext  est s/sample  KS/sample  up MB"
+        "  down MB  keys MB  err/range",
     ]
     for r in report["results"]:
         secs = r.get("seconds_per_sample")
+        slowdown = r.get("slowdown_vs_plaintext")
         keys = r.get("evaluation_key_bytes", r["evaluation_key_bytes_estimate"]) / 2**20
         err = r.get("error_relative_to_range")
         lines.append(
             f"{r['shape']:<9} {r['mode']:<9} 2^{r['log_n']:<3} {r['levels']:>3}  "
             f"{'-' if secs is None else f'{secs:8.2f}':>8}  "
+            f"{'-' if slowdown is None else f'{slowdown:11.0f}':>11}  "
             f"{r['estimated_seconds_per_sample']:12.2f}  "
             f"{r['key_switches_per_sample']:9.1f}  {r['upload_bytes_per_sample'] / 1e6:5.2f}  "
             f"{r['download_bytes_per_sample'] / 1e6:7.2f}  {keys:7.0f}  "
