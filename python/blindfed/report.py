@@ -171,8 +171,10 @@ def plot_accuracy(report: dict[str, Any], ax: Any) -> Any:
     xs = [r["round"] for r in rounds if r.get("accuracy") is not None]
     ys = [r["accuracy"] for r in rounds if r.get("accuracy") is not None]
     ax.plot(xs, ys, marker="o", markersize=3, label=f"BlindFed ({report['mode']})")
-    for b in (report.get("baselines") or {}).values():
-        ax.axhline(b["accuracy"], linestyle="--", linewidth=0.8, label=b["label"])
+    for i, b in enumerate((report.get("baselines") or {}).values()):
+        ax.axhline(
+            b["accuracy"], color=f"C{i + 1}", linestyle="--", linewidth=0.8, label=b["label"]
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy per federated round")
