@@ -10,8 +10,10 @@ use blindfed::he::packed::PackedBatch;
 use blindfed::he::refresh::{mask, refresh_all, unmask, Refresher};
 use blindfed::he::{attention::DiagonalPlan, Backend};
 use blindfed::nn::approx;
-use blindfed::nn::block::{default_approx, Block, BlockApprox, BlockShape, BlockWeights};
+use blindfed::nn::block::{Block, BlockShape, BlockWeights};
+use blindfed::nn::families::{BlockApprox, Denominator};
 use blindfed::nn::plan::plan_block;
+use blindfed::nn::spec::StudentSpec;
 use blindfed::Error;
 
 struct Rng(u64);
@@ -53,10 +55,18 @@ fn random_block(shape: BlockShape, seed: u64) -> BlockWeights {
     }
 }
 
-fn small_block(seed: u64, inputs: &[f64]) -> Block {
+fn approx_of(spec: &str, shape: &BlockShape) -> BlockApprox {
+    StudentSpec::parse(spec, &StudentSpec::preset("reference").unwrap()).unwrap().block_approx(shape)
+}
+
+fn block_with(spec: &str, seed: u64, inputs: &[f64]) -> Block {
     let shape = BlockShape::new(5, 8, 2, 16).unwrap();
-    let block = Block::new(shape, random_block(shape, seed), default_approx()).unwrap();
+    let block = Block::new(shape, random_block(shape, seed), approx_of(spec, &shape)).unwrap();
     block.calibrated(inputs, 0.3).unwrap()
+}
+
+fn small_block(seed: u64, inputs: &[f64]) -> Block {
+    block_with("reference", seed, inputs)
 }
 
 struct Owner {
@@ -176,7 +186,7 @@ fn masked_refresh_hides_and_restores() {
     assert!(seen[0].re.abs() > 1e6, "the mask is too small: owner saw {}", seen[0].re);
     let fresh = o.sk.refresh(vec![masked]).unwrap().remove(0);
     let back = unmask(&fresh, &m).unwrap();
-    assert_eq!(back.level(), o.ctx.max_level() - 1);
+    assert_eq!(back.level(), o.ctx.max_level());
     let got = o.sk.decrypt(&back).unwrap().decode();
     assert!((got[0].re - values[0]).abs() < 1e-5);
     // A whole round trip through the helper gives the same.
@@ -194,7 +204,7 @@ fn clear_errors() {
     let shape = BlockShape::new(5, 8, 2, 16).unwrap();
     let mut w = random_block(shape, 2);
     w.wq.pop();
-    assert!(matches!(Block::new(shape, w, default_approx()), Err(Error::InvalidInput(_))));
+    assert!(matches!(Block::new(shape, w, approx_of("reference", &shape)), Err(Error::InvalidInput(_))));
     assert!(BlockShape::new(5, 8, 3, 16).is_err());
     // Too few levels for a stage.
     let b = Mirror::new(16, 5).with_refresh_level(2);
@@ -247,19 +257,133 @@ fn encrypted_diagonal_matvec_matches_f64() {
     }
 }
 
-/// A narrow chain deeper than both wide stages together (a wide softmax denominator after a
-/// shallow exp) still gets enough levels: the planner sizes the ring for it.
+/// A narrow chain deeper than the ring's levels runs in steps joined by refreshes: the
+/// planner needs only its deepest step to fit, and the result is still the reference's.
 #[test]
-fn planner_leaves_room_for_a_deep_narrow_chain() {
+fn a_deep_narrow_chain_runs_in_refreshed_steps() {
     let shape = BlockShape::new(5, 8, 2, 16).unwrap();
     let a = BlockApprox {
-        exp: approx::exp_taylor(6, (-6.0, 6.0)).unwrap(),
-        reciprocal: approx::goldschmidt(18, (1.0, 5000.0)).unwrap(),
-        ..default_approx()
+        numerator: approx::exp_taylor(6, (-6.0, 6.0)).unwrap(),
+        denominator: Denominator::RowSum(approx::goldschmidt(18, (1.0, 5000.0)).unwrap()),
+        ..approx_of("reference", &shape)
     };
     let block = Block::new(shape, random_block(shape, 3), a).unwrap();
     let d = block.depth();
     assert!(d.reciprocal > d.attention + d.mlp, "{d:?}");
     let plan = plan_block(&block, 30, None).unwrap();
-    assert!(plan.spec.levels > d.reciprocal, "{} levels for {d:?}", plan.spec.levels);
+    assert!(plan.spec.levels < d.reciprocal, "{} levels for {d:?}", plan.spec.levels);
+    let mut r = Rng(17);
+    let x = r.vec(3 * 5 * 8, 1.0, 0.0);
+    let layout = TokenLayout::new(5, 8, 16).unwrap();
+    let b = Mirror::new(16, plan.spec.levels).with_refresh_level(plan.refresh_level);
+    let v = layout.pack(&x, 3).unwrap().remove(0).into_iter().map(|c| b.value(c).unwrap()).collect();
+    let y = block.evaluate(&b, &layout, 3, v).unwrap();
+    let got = layout.unpack(&[y.into_iter().map(|v| v.data).collect()], 3).unwrap();
+    let want: Vec<f64> = x.chunks(40).flat_map(|s| block.forward(s).unwrap()).collect();
+    assert!(max_abs_diff(&got, &want) < 1e-9);
+    // Each head's 1/sum took several round trips.
+    assert!(b.cost().refresh_rounds >= 2 * 3, "{:?}", b.cost());
+}
+
+const FAMILIES: [&str; 8] = [
+    "reference",
+    "paper",
+    "softmax=quad",
+    "softmax=power:4",
+    "softmax=quad denominator=constant",
+    "norm=affine",
+    "softmax=quad denominator=constant norm=affine",
+    "gelu=chebyshev:7 norm=layernorm:newton:15:3",
+];
+
+/// Every family, through the mirror (several groups, a partial one), computes the reference;
+/// so does the owner-normalised path.
+#[test]
+fn every_family_mirrors_its_reference() {
+    let batch = 7;
+    let mut r = Rng(23);
+    let x = r.vec(batch * 5 * 8, 1.0, 0.0);
+    let layout = TokenLayout::new(5, 8, 16).unwrap();
+    for spec in FAMILIES {
+        let block = block_with(spec, 4, &x);
+        for normalised in [false, true] {
+            let b = Mirror::new(16, 40).with_refresh_level(2);
+            let want = block.forward_batch(&x, normalised).unwrap();
+            let hat: Vec<f64> = x.chunks(8).flat_map(|row| owner_normalise(row, block.approx.eps)).collect();
+            let groups = layout.pack(&x, batch).unwrap();
+            let hats = layout.pack(&hat, batch).unwrap();
+            let out: Vec<Vec<Vec<f64>>> = groups
+                .into_iter()
+                .zip(hats)
+                .enumerate()
+                .map(|(g, (cts, hs))| {
+                    let v: Vec<_> = cts.into_iter().map(|c| b.value(c).unwrap()).collect();
+                    let h: Vec<_> = hs.into_iter().map(|c| b.value(c).unwrap()).collect();
+                    let n = layout.samples_in_group(batch, g);
+                    let y = if normalised {
+                        block.evaluate_normalised(&b, &layout, n, v, h).unwrap()
+                    } else {
+                        block.evaluate(&b, &layout, n, v).unwrap()
+                    };
+                    y.into_iter().map(|v| v.data).collect()
+                })
+                .collect();
+            let got = layout.unpack(&out, batch).unwrap();
+            let err = max_abs_diff(&got, &want);
+            assert!(err < 1e-9, "{spec} (owner-normalised {normalised}): mirror differs by {err}");
+        }
+    }
+}
+
+/// What the owner sends for an owner-normalised block: (x - mean) / sqrt(var + eps) per token.
+fn owner_normalise(row: &[f64], eps: f64) -> Vec<f64> {
+    let d = row.len() as f64;
+    let mean = row.iter().sum::<f64>() / d;
+    let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d;
+    row.iter().map(|v| (v - mean) / (var + eps).sqrt()).collect()
+}
+
+/// The new families on ciphertexts against their mirror, with the owner-normalised path.
+#[test]
+fn new_families_encrypted_match_their_mirror() {
+    let batch = 3;
+    let mut r = Rng(29);
+    let x = r.vec(batch * 5 * 8, 1.0, 0.0);
+    for spec in &FAMILIES[2..] {
+        let block = block_with(spec, 6, &x);
+        let layout = TokenLayout::new(5, 8, 1 << 9).unwrap();
+        let d = block.depth();
+        let levels = d.attention.max(d.mlp).max(d.narrow_step) + 3;
+        let plan = DiagonalPlan::new(&layout, batch, None).unwrap();
+        let o = owner(10, levels, &plan.rotation_steps());
+        let refresher: Arc<dyn Refresher> = o.sk.clone();
+        let packed = PackedBatch::encrypt(&o.sk, 5, 8, &x, batch, true).unwrap();
+        let hat: Vec<f64> = x.chunks(8).flat_map(|row| owner_normalise(row, block.approx.eps)).collect();
+        let hat = PackedBatch::encrypt(&o.sk, 5, 8, &hat, batch, true).unwrap();
+        for normalised in [false, true] {
+            let (out, cost) = block
+                .evaluate_batch(&o.keys, refresher.clone(), &packed, normalised.then_some(&hat))
+                .unwrap();
+            let got = out.decrypt(&o.sk).unwrap();
+            let want = block.forward_batch(&x, normalised).unwrap();
+            let (err, span) = (max_abs_diff(&got, &want), range(&want));
+            eprintln!(
+                "{spec} (owner-normalised {normalised}): error {err:.2e} on a range of {span:.2}, {cost:?}"
+            );
+            assert!(err < 1e-3 * span, "{spec}: error {err} on a range of {span}");
+        }
+    }
+}
+
+/// With the cheap families a ViT-Tiny block plans at N = 2^14 with 128-bit parameters.
+#[test]
+fn cheap_families_plan_vit_tiny_at_n_2_14() {
+    let shape = BlockShape::new(197, 192, 3, 768).unwrap();
+    let weights = random_block(shape, 8);
+    for (spec, log_n) in [("softmax=quad denominator=constant norm=affine", 14), ("reference", 15)] {
+        let block = Block::new(shape, weights.clone(), approx_of(spec, &shape)).unwrap();
+        let plan = plan_block(&block, 30, None).unwrap();
+        assert_eq!(plan.spec.log_n, log_n, "{spec}: {:?}", plan.depth);
+        assert!(plan.params.is_128_bit_secure() && !plan.params.insecure);
+    }
 }

@@ -8,7 +8,7 @@
 //!
 //! Level rules, identical in every backend: products (`mul*`, `dot`, `linear`) consume one
 //! level; additions bring both operands to the lower level; rotations and integer products
-//! are free; a refresh returns values at `max_level() - 1`.
+//! are free; a refresh returns values at `max_level()`.
 
 use crate::error::Result;
 
@@ -54,7 +54,7 @@ pub trait Backend: Sync {
     fn rotate_many(&self, a: &Self::Value, steps: &[i64]) -> Result<Vec<Self::Value>>;
     /// Lowest level a value may be at and still be refreshed.
     fn refresh_level(&self) -> usize;
-    /// Masked refresh round trip: the values come back at `max_level() - 1`.
+    /// Masked refresh round trip: the values come back at `max_level()`.
     fn refresh(&self, values: Vec<Self::Value>) -> Result<Vec<Self::Value>>;
     /// Operations counted so far.
     fn cost(&self) -> Cost;

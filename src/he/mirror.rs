@@ -242,7 +242,7 @@ impl Backend for Mirror {
             c.refresh_rounds += 1;
             c.refreshed_ciphertexts += values.len() as u64;
         });
-        Ok(values.into_iter().map(|v| MirrorValue { data: v.data, level: self.max_level - 1 }).collect())
+        Ok(values.into_iter().map(|v| MirrorValue { data: v.data, level: self.max_level }).collect())
     }
 
     fn cost(&self) -> Cost {

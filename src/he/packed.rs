@@ -189,12 +189,12 @@ impl PackedBatch {
     }
 
     /// A masked refresh of every ciphertext through `owner` (who sees only masked values): the
-    /// same batch at the level below the top. Ciphertexts must be at the refresh level or above.
-    /// A complex batch lands at half the canonical scale, as the owner encrypts one, so the
+    /// same batch at the top level. Ciphertexts must be at the refresh level or above. A
+    /// complex batch lands at half the canonical scale, as the owner encrypts one, so the
     /// provider's separation yields canonical real ciphertexts.
     pub fn refreshed(&self, owner: &dyn super::refresh::Refresher) -> Result<Self> {
         let ctx = self.context();
-        let scale = ctx.scale_at(ctx.max_level() - 1) / if self.complex { 2.0 } else { 1.0 };
+        let scale = ctx.scale_at(ctx.max_level()) / if self.complex { 2.0 } else { 1.0 };
         let per_group = self.groups.first().map_or(0, |g| g.len());
         let fresh =
             super::refresh::refresh_all_at(self.groups.iter().flatten().cloned().collect(), owner, scale)?;

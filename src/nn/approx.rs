@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::he::backend::Backend;
-use crate::he::polynomial::{self, Basis, Polynomial};
+use crate::he::polynomial::{self, mul_aligned, Basis, Polynomial};
 use crate::math::dual::{Dual, Real};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +25,10 @@ pub enum Approximation {
     Goldschmidt { iterations: u32, range: (f64, f64) },
     /// 1/sqrt(x) on [lo, hi]: a Chebyshev guess, then Newton steps y <- 1.5 y - 0.5 x y^3.
     InvSqrt { guess: Polynomial, newton_steps: u32, range: (f64, f64) },
+    /// (x + shift)^p, p even: a softmax numerator that replaces exp instead of approximating
+    /// it (MPCFormer's 2Quad is p = 2; "power softmax" any even p). `shift` is learned in
+    /// distillation; `range` is what calibration saw, for the out-of-range detector only.
+    Power { p: u32, shift: f64, range: (f64, f64) },
 }
 
 fn check_range(range: (f64, f64), positive: bool) -> Result<()> {
@@ -89,6 +93,21 @@ pub fn exp_taylor(degree: usize, range: (f64, f64)) -> Result<Approximation> {
         return Err(Error::InvalidInput(format!("degree must be 1..=31, got {degree}")));
     }
     Ok(Approximation::ExpTaylor { degree, range })
+}
+
+/// Largest exponent [`power`] accepts.
+pub const MAX_POWER: u32 = 16;
+
+/// (x + shift)^p for an even `p` in 2..=16: one level per doubling of p.
+pub fn power(p: u32, shift: f64, range: (f64, f64)) -> Result<Approximation> {
+    check_range(range, false)?;
+    if !(2..=MAX_POWER).contains(&p) || !p.is_multiple_of(2) {
+        return Err(Error::InvalidInput(format!("power must be even and in 2..={MAX_POWER}, got {p}")));
+    }
+    if !shift.is_finite() {
+        return Err(Error::InvalidInput(format!("power shift must be finite, got {shift}")));
+    }
+    Ok(Approximation::Power { p, shift, range })
 }
 
 pub fn goldschmidt(iterations: u32, range: (f64, f64)) -> Result<Approximation> {
@@ -189,10 +208,68 @@ fn erf(x: f64) -> f64 {
     v.copysign(x)
 }
 
+/// One step of an approximation, as other evaluators (the torch student's native path) run
+/// it: the state is the input `x` and a running value `y`, initially `x`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// `y <- p(y)`.
+    Polynomial(Polynomial),
+    /// `y <- y^(2^times)`.
+    Square(u32),
+    /// `y <- (y + shift)^p`, by squarings and a balanced product tree.
+    Power { p: u32, shift: f64 },
+    /// `y <- 1/y` by Goldschmidt's iterations for inputs up to `hi`.
+    Goldschmidt { hi: f64, iterations: u32 },
+    /// `y <- 1/sqrt(x)`: `guess(x)`, then Newton's steps.
+    Newton { guess: Polynomial, steps: u32 },
+}
+
+/// `y^p` at depth `ceil(log2 p)`: `y^(2^k)` by squarings, then the factors of p's set bits
+/// multiplied pairwise in a balanced tree. `mul` is the product (of values or of reals), so
+/// the f64 reference and every backend take exactly the same steps.
+fn power_tree<V: Clone, E>(
+    y: V,
+    p: u32,
+    mul: &mut impl FnMut(V, V) -> std::result::Result<V, E>,
+) -> std::result::Result<V, E> {
+    let mut factors = Vec::new();
+    let mut square = y;
+    let mut bits = p;
+    loop {
+        if bits & 1 == 1 {
+            factors.push(square.clone());
+        }
+        bits >>= 1;
+        if bits == 0 {
+            break;
+        }
+        square = mul(square.clone(), square)?;
+    }
+    while factors.len() > 1 {
+        let mut next = Vec::with_capacity(factors.len().div_ceil(2));
+        let mut it = factors.into_iter();
+        while let Some(a) = it.next() {
+            next.push(match it.next() {
+                Some(b) => mul(a, b)?,
+                None => a,
+            });
+        }
+        factors = next;
+    }
+    Ok(factors.pop().expect("p >= 1 has a set bit"))
+}
+
+/// `ceil(log2(n))` for `n >= 1`.
+fn ceil_log2(n: u32) -> usize {
+    (u32::BITS - n.saturating_sub(1).leading_zeros()) as usize
+}
+
 impl Approximation {
-    /// The function approximated: "exp", "reciprocal", "inv_sqrt" or "gelu".
+    /// The function approximated: "exp", "reciprocal", "inv_sqrt", "gelu", or "power" (a
+    /// softmax numerator that is its own exact function).
     pub fn function(&self) -> &'static str {
         match self {
+            Approximation::Power { .. } => "power",
             Approximation::Polynomial { .. } => "gelu",
             Approximation::ExpChebyshev { .. }
             | Approximation::ExpSquaring { .. }
@@ -214,6 +291,7 @@ impl Approximation {
             Approximation::InvSqrt { guess, newton_steps, .. } => {
                 format!("inv_sqrt(guess_degree={}, newton_steps={newton_steps})", guess.degree())
             }
+            Approximation::Power { p, shift, .. } => format!("power(p={p}, shift={shift})"),
         }
     }
 
@@ -224,7 +302,8 @@ impl Approximation {
             | Approximation::ExpSquaring { range, .. }
             | Approximation::ExpTaylor { range, .. }
             | Approximation::Goldschmidt { range, .. }
-            | Approximation::InvSqrt { range, .. } => *range,
+            | Approximation::InvSqrt { range, .. }
+            | Approximation::Power { range, .. } => *range,
         }
     }
 
@@ -243,6 +322,30 @@ impl Approximation {
             | Approximation::ExpTaylor { .. } => x.exp(),
             Approximation::Goldschmidt { .. } => 1.0 / x,
             Approximation::InvSqrt { .. } => 1.0 / x.sqrt(),
+            Approximation::Power { .. } => self.eval(x),
+        }
+    }
+
+    /// The evaluation as [`Step`]s with their coefficients: what another evaluator needs to
+    /// compute exactly this function.
+    pub fn steps(&self) -> Vec<Step> {
+        match self {
+            Approximation::Polynomial { poly, .. } => vec![Step::Polynomial(poly.clone())],
+            Approximation::ExpChebyshev { poly, squarings, .. } => {
+                vec![Step::Polynomial(poly.clone()), Step::Square(*squarings)]
+            }
+            Approximation::ExpSquaring { r, .. } => vec![
+                Step::Polynomial(Polynomial::power(vec![1.0, 1.0 / 2f64.powi(*r as i32)])),
+                Step::Square(*r),
+            ],
+            Approximation::ExpTaylor { degree, .. } => vec![Step::Polynomial(taylor_exp(*degree))],
+            Approximation::Goldschmidt { iterations, range } => {
+                vec![Step::Goldschmidt { hi: range.1, iterations: *iterations }]
+            }
+            Approximation::InvSqrt { guess, newton_steps, .. } => {
+                vec![Step::Newton { guess: guess.clone(), steps: *newton_steps }]
+            }
+            Approximation::Power { p, shift, .. } => vec![Step::Power { p: *p, shift: *shift }],
         }
     }
 
@@ -263,6 +366,7 @@ impl Approximation {
             Approximation::InvSqrt { guess, newton_steps, .. } => {
                 guess.depth().max(1) + 2 * *newton_steps as usize
             }
+            Approximation::Power { p, .. } => ceil_log2(*p),
         }
     }
 
@@ -331,6 +435,12 @@ impl Approximation {
                 }
                 y
             }
+            Approximation::Power { p, shift, .. } => {
+                let Ok(y) = power_tree(x.offset(*shift), *p, &mut |a: R, b: R| {
+                    Ok::<R, std::convert::Infallible>(a * b)
+                });
+                y
+            }
         }
     }
 
@@ -371,6 +481,87 @@ impl Approximation {
                     y = b.add(&b.mul_scalar(&y, 1.5)?, &cube)?;
                 }
                 Ok(y)
+            }
+            Approximation::Power { p, shift, .. } => {
+                let y = b.add_scalar(x, *shift)?;
+                power_tree(y, *p, &mut |u: B::Value, v: B::Value| mul_aligned(b, &u, &v))
+            }
+        }
+    }
+
+    /// The deepest step of [`Approximation::evaluate_narrow`]: the levels a ring must
+    /// leave above the refresh level for this approximation to run on a narrow value.
+    pub fn narrow_step_depth(&self) -> usize {
+        match self {
+            Approximation::Goldschmidt { .. } => 2,
+            Approximation::InvSqrt { guess, .. } => guess.depth().max(2),
+            _ => self.depth(),
+        }
+    }
+
+    /// What [`Approximation::evaluate_narrow`] multiplies its result by: Goldschmidt returns
+    /// `hi / x` (values from 1 to `hi / lo`, where a fixed-point scale keeps its relative
+    /// precision; `1 / x` itself can be 10^-4 small), the others `f(x)` itself.
+    pub fn narrow_scale(&self) -> f64 {
+        match self {
+            Approximation::Goldschmidt { range, .. } => range.1,
+            _ => 1.0,
+        }
+    }
+
+    /// `f(x) * narrow_scale()` for a narrow value (one ciphertext per group), refreshing the
+    /// iteration's state before any step that would take it below the refresh level: a deep
+    /// chain then costs round trips of a few ciphertexts, not levels. The caller folds
+    /// `1 / narrow_scale()` into what the result multiplies next.
+    pub fn evaluate_narrow<B: Backend>(&self, b: &B, x: &B::Value) -> Result<B::Value> {
+        let floor = b.refresh_level();
+        let fit = |values: Vec<B::Value>, need: usize| -> Result<Vec<B::Value>> {
+            let refs: Vec<&B::Value> = values.iter().collect();
+            if b.lowest_level(&refs) >= need + floor {
+                Ok(values)
+            } else {
+                b.refresh(values)
+            }
+        };
+        let pair = |mut v: Vec<B::Value>| {
+            let second = v.pop().expect("two values");
+            (v.pop().expect("two values"), second)
+        };
+        match self {
+            Approximation::Goldschmidt { iterations, range } => {
+                let hi = range.1;
+                let x = fit(vec![x.clone()], 1)?.remove(0);
+                let mut e = b.add_scalar(&b.mul_scalar(&x, -1.0 / hi)?, 1.0)?;
+                // hi times Goldschmidt's first estimate 2 / hi - x / hi^2: 1 + e.
+                let mut y = b.add_scalar(&e, 1.0)?;
+                for _ in 1..*iterations {
+                    // e^2 costs a level, y (1 + e^2) one more below the lower of the two.
+                    (e, y) = pair(fit(vec![e, y], 2)?);
+                    e = b.square(&e)?;
+                    y = b.mul(&y, &b.add_scalar(&e, 1.0)?)?;
+                }
+                Ok(y)
+            }
+            Approximation::InvSqrt { guess, newton_steps, .. } => {
+                let x = fit(vec![x.clone()], guess.depth().max(1))?.remove(0);
+                let mut h = b.mul_scalar(&x, -0.5)?;
+                let mut y = polynomial::evaluate(b, &x, guess)?;
+                if guess.depth() == 0 {
+                    y = b.drop_to(&y, b.level(&x) - 1)?;
+                }
+                for _ in 0..*newton_steps {
+                    // y^2 and h y cost a level each, their product one more.
+                    (y, h) = pair(fit(vec![y, h], 2)?);
+                    let y2 = b.square(&y)?;
+                    let hy = b.mul(&h, &y)?;
+                    let cube = b.mul(&y2, &hy)?;
+                    y = b.add(&b.mul_scalar(&y, 1.5)?, &cube)?;
+                }
+                Ok(y)
+            }
+            _ => {
+                let x = fit(vec![x.clone()], self.depth())?.remove(0);
+                self.evaluate(b, &x)
             }
         }
     }
@@ -448,6 +639,15 @@ impl Approximation {
         xs.iter().filter(|&&x| !(lo..=hi).contains(&x)).count()
     }
 
+    /// The same kind and degree on exactly `range` (Goldschmidt keeps its iterations): what a
+    /// saved text says, as opposed to [`Approximation::with_range`]'s recalibration.
+    pub fn with_range_exact(&self, range: (f64, f64)) -> Result<Approximation> {
+        match self {
+            Approximation::Goldschmidt { iterations, .. } => goldschmidt(*iterations, range),
+            _ => self.with_range(range),
+        }
+    }
+
     /// The same kind of approximation on another range: polynomial fits are refitted, and
     /// Goldschmidt gets the iterations the new ratio needs.
     pub fn with_range(&self, range: (f64, f64)) -> Result<Approximation> {
@@ -471,6 +671,7 @@ impl Approximation {
             Approximation::InvSqrt { guess, newton_steps, .. } => {
                 inv_sqrt(range.0, range.1, guess.degree(), *newton_steps)
             }
+            Approximation::Power { p, shift, .. } => power(*p, *shift, range),
         }
     }
 }
@@ -495,6 +696,9 @@ mod tests {
             inv_sqrt(0.01, 10.0, 15, 3).unwrap(),
             inv_sqrt(0.05, 5.0, 31, 2).unwrap(),
             inv_sqrt(0.001, 1.7, 31, 2).unwrap(),
+            power(2, 1.5, (-3.0, 5.0)).unwrap(),
+            power(4, -0.5, (-2.0, 2.0)).unwrap(),
+            power(6, 0.3, (-1.5, 1.5)).unwrap(),
         ]
     }
 
@@ -531,6 +735,10 @@ mod tests {
             (1e-1, 5e-3),
             (1e-10, 1e-11),
             (0.2, 6e-3),
+            // Powers are their own exact function.
+            (0.0, 0.0),
+            (0.0, 0.0),
+            (0.0, 0.0),
         ];
         for (a, (abs_bound, rel_bound)) in all().iter().zip(bounds) {
             let (abs, rel) = a.max_error(20001);
@@ -571,7 +779,42 @@ mod tests {
     }
 
     #[test]
+    fn powers_match_their_formula_and_depth() {
+        for (p, shift) in [(2, 1.5), (4, -0.5), (6, 0.3), (16, 0.1)] {
+            let a = power(p, shift, (-1.0, 1.0)).unwrap();
+            assert_eq!(a.depth(), (p as f64).log2().ceil() as usize);
+            for x in [-1.0, -0.3, 0.0, 0.7] {
+                let want = (x + shift).powi(p as i32);
+                assert!((a.eval(x) - want).abs() <= 1e-12 * want.abs().max(1.0), "p={p} at {x}");
+            }
+        }
+    }
+
+    /// A narrow chain on too few levels refreshes its state between steps and still computes
+    /// `eval` (times its narrow scale); with enough levels it refreshes nothing.
+    #[test]
+    fn narrow_evaluation_splits_deep_chains() {
+        for a in [goldschmidt(12, (1.0, 4000.0)).unwrap(), inv_sqrt(0.01, 10.0, 7, 4).unwrap()] {
+            let (lo, hi) = a.range();
+            let xs: Vec<f64> = (0..16).map(|i| lo + (hi - lo) * i as f64 / 15.0).collect();
+            for (levels, refreshes) in [(40, false), (a.narrow_step_depth() + 2, true)] {
+                let b = Mirror::new(16, levels).with_refresh_level(2);
+                let y = a.evaluate_narrow(&b, &b.value(xs.clone()).unwrap()).unwrap();
+                for (&x, &v) in xs.iter().zip(&y.data) {
+                    let want = a.eval(x) * a.narrow_scale();
+                    assert!((v - want).abs() <= 1e-12 * want.abs().max(1.0), "{}", a.name());
+                }
+                assert!(y.level >= 2, "{}: ended below the refresh level", a.name());
+                assert_eq!(b.cost().refresh_rounds > 0, refreshes, "{} on {levels} levels", a.name());
+            }
+        }
+    }
+
+    #[test]
     fn parameters_are_checked() {
+        assert!(power(3, 0.0, (-1.0, 1.0)).is_err());
+        assert!(power(18, 0.0, (-1.0, 1.0)).is_err());
+        assert!(power(2, f64::NAN, (-1.0, 1.0)).is_err());
         assert!(exp_squaring(0, (-1.0, 1.0)).is_err());
         assert!(exp_squaring(6, (1.0, -1.0)).is_err());
         assert!(goldschmidt(5, (0.0, 1.0)).is_err());

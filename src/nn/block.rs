@@ -1,16 +1,20 @@
-//! The FHE-friendly pre-LayerNorm transformer block (ViT / BERT encoder layer).
+//! The FHE-friendly pre-norm transformer block (ViT / BERT encoder layer).
 //!
-//! y = x1 + W2 gelu(W1 LN2(x1) + b1) + b2,  x1 = x + Wo Attn(LN1(x)) + bo, with softmax's exp
-//! and 1/sum, LayerNorm's 1/sqrt and GELU all replaced by the [`Approximation`]s in
-//! [`BlockApprox`]. [`Block::forward`] is the reference in f64 for one sample;
-//! [`Block::evaluate`] runs the same function on any [`Backend`] in the token layout: on
-//! ciphertexts (the LSP), on the f64 mirror, or on the tracer for the cost.
+//! y = x1 + W2 gelu(W1 N2(x1) + b1) + b2,  x1 = x + Wo Attn(N1(x)) + bo, where the softmax,
+//! the normalisations N1, N2 and GELU are the families of [`BlockApprox`] (polynomials,
+//! learned constants, folded statistics). [`Block::forward`] is the reference in f64 for one
+//! sample; [`Block::evaluate`] runs the same function on any [`Backend`] in the token
+//! layout: on ciphertexts (the LSP), on the f64 mirror, or on the tracer for the cost.
 //!
 //! Levels are spent only where the wide activations need them. Each layer norm's variance and
-//! each softmax denominator is one ciphertext per group: their deep scalar functions run on a
-//! masked refresh when the levels are short, so 1/sqrt and 1/x cost round trips of a few
+//! each softmax denominator is one ciphertext per group: their deep scalar functions run on
+//! masked refreshes (as many as the chain needs), so 1/sqrt and 1/x cost round trips of a few
 //! ciphertexts instead of levels of the whole block. If a stage (attention, MLP) still does
 //! not fit, its input is refreshed the same way; nothing is ever decrypted in the clear.
+//!
+//! The owner may hand the first block of a request its input normalised in the clear
+//! ([`Block::evaluate_normalised`]): that block's N1 is then the exact LayerNorm and costs
+//! nothing.
 
 use crate::error::{Error, Result};
 use crate::he::attention::DiagonalPlan;
@@ -18,7 +22,8 @@ use crate::he::backend::Backend;
 use crate::he::layout::TokenLayout;
 use crate::he::polynomial::Basis;
 
-use super::approx::{self, calibrated_range, Approximation};
+use super::approx::{calibrated_range, Approximation};
+use super::families::{AffineStats, BlockApprox, Denominator, Norm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockShape {
@@ -90,23 +95,49 @@ impl BlockWeights {
     }
 }
 
-/// The approximations a block uses; `eps` is LayerNorm's epsilon.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BlockApprox {
-    pub exp: Approximation,
-    pub reciprocal: Approximation,
-    pub inv_sqrt: Approximation,
-    pub gelu: Approximation,
-    pub eps: f64,
-}
-
-/// Inputs seen by each approximation, for calibration and range checks.
+/// Inputs seen by each approximation and statistic, for calibration and range checks.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observations {
-    pub exp: Vec<f64>,
-    pub reciprocal: Vec<f64>,
+    /// Attention scores (the softmax numerator's inputs).
+    pub numerator: Vec<f64>,
+    /// Row sums of the numerators, per head (what 1/x inverts, or a constant replaces).
+    pub row_sums: Vec<Vec<f64>>,
+    /// LayerNorm variances plus eps (1/sqrt's inputs).
     pub inv_sqrt: Vec<f64>,
     pub gelu: Vec<f64>,
+    /// Rows entering N1 and N2 (tokens x width, row-major): affine statistics.
+    pub norm_inputs: [Vec<f64>; 2],
+}
+
+/// `[lo, hi]` of the finite inputs, and how many were not finite (an approximation upstream
+/// that left its range blows up what follows it).
+fn describe_inputs(seen: &[f64]) -> String {
+    let finite = seen.iter().copied().filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let bad = seen.iter().filter(|v| !v.is_finite()).count();
+    match (lo <= hi, bad) {
+        (true, 0) => format!("[{lo:.4}, {hi:.4}]"),
+        (true, _) => format!("[{lo:.4}, {hi:.4}] and {bad} non-finite values"),
+        (false, _) => format!("its {bad} inputs, none finite"),
+    }
+}
+
+impl Observations {
+    /// Appends `other`'s observations to these.
+    pub fn extend(&mut self, other: Observations) {
+        self.numerator.extend(other.numerator);
+        if self.row_sums.len() < other.row_sums.len() {
+            self.row_sums.resize(other.row_sums.len(), Vec::new());
+        }
+        for (mine, theirs) in self.row_sums.iter_mut().zip(other.row_sums) {
+            mine.extend(theirs);
+        }
+        self.inv_sqrt.extend(other.inv_sqrt);
+        self.gelu.extend(other.gelu);
+        for (mine, theirs) in self.norm_inputs.iter_mut().zip(other.norm_inputs) {
+            mine.extend(theirs);
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -116,17 +147,29 @@ pub struct Block {
     pub approx: BlockApprox,
 }
 
-/// Levels each part of the block consumes, from the approximations' specs.
+/// Levels each part of the block consumes, from the families' specs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockDepth {
-    /// From the block input at the top level to x1 (LN1, QKV, scores, exp, A V, 1/sum, output
-    /// projection).
+    /// From the block input at the top level to x1 (N1, QKV, scores, numerator, A V, the
+    /// division, output projection).
     pub attention: usize,
-    /// From x1 to the output (LN2, FC1, GELU, FC2), x1 being below the top.
+    /// From x1 to the output (N2, FC1, GELU, FC2).
     pub mlp: usize,
-    /// Narrow chains run on refreshed values: LN's 1/sqrt (with its input scaling) and 1/sum.
+    /// Narrow chains run on refreshed values (0 when the family has none): LayerNorm's
+    /// 1/sqrt with its input scaling, and 1/sum.
     pub inv_sqrt: usize,
     pub reciprocal: usize,
+    /// The deepest step a narrow chain cannot be split at (refreshes go between steps).
+    pub narrow_step: usize,
+}
+
+/// How a normalised input relates to the raw one, per feature: `x_hat = scale * z + offset`
+/// where `z` is what the backend computed. The next linear layer absorbs it with the norm's
+/// own gain and bias.
+struct Normalised<V> {
+    values: Vec<V>,
+    scale: Vec<f64>,
+    offset: Vec<f64>,
 }
 
 impl Block {
@@ -144,9 +187,7 @@ impl Block {
                 return Err(Error::InvalidInput(format!("{name} contains a non-finite value")));
             }
         }
-        if !(approx.eps.is_finite() && approx.eps >= 0.0) {
-            return Err(Error::InvalidInput(format!("eps must be finite and >= 0, got {}", approx.eps)));
-        }
+        approx.check(shape.width, shape.heads)?;
         Ok(Block { shape, weights, approx })
     }
 
@@ -165,14 +206,23 @@ impl Block {
     }
 
     pub fn depth(&self) -> BlockDepth {
-        let gelu = if self.quadratic_gelu().is_some() { 1 } else { self.approx.gelu.depth() };
+        let a = &self.approx;
+        let gelu = if self.quadratic_gelu().is_some() { 1 } else { a.gelu.depth() };
+        // LayerNorm multiplies the centred input by the refreshed 1/sqrt: one wide level.
+        let (norm, inv_sqrt, inv_sqrt_step) = match &a.norm {
+            Norm::LayerNorm(f) => (1, 2 + f.depth(), 2.max(f.narrow_step_depth())),
+            Norm::Affine { .. } => (0, 0, 0),
+        };
+        let (division, reciprocal, reciprocal_step) = match &a.denominator {
+            Denominator::RowSum(f) => (1, f.depth(), f.narrow_step_depth()),
+            Denominator::Constant(_) => (0, 0, 0),
+        };
         BlockDepth {
-            // LN's 1/sqrt comes back from its refresh one level below the top, so a stage that
-            // starts at the top spends two levels on the normalisation.
-            attention: 2 + 1 + 1 + self.approx.exp.depth_masked() + 1 + 1 + 1,
-            mlp: 1 + 1 + gelu + 1,
-            inv_sqrt: 1 + self.approx.inv_sqrt.depth(),
-            reciprocal: self.approx.reciprocal.depth(),
+            attention: norm + 1 + 1 + a.numerator.depth_masked() + 1 + division + 1,
+            mlp: norm + 1 + gelu + 1,
+            inv_sqrt,
+            reciprocal,
+            narrow_step: inv_sqrt_step.max(reciprocal_step),
         }
     }
 
@@ -180,13 +230,19 @@ impl Block {
 
     /// One sample (tokens x width, row-major) through the block in f64.
     pub fn forward(&self, x: &[f64]) -> Result<Vec<f64>> {
-        self.forward_observed(x, &mut None, false)
+        self.forward_observed(x, &mut None, false, false)
     }
 
-    /// The block with the exact functions (softmax, 1/sqrt, GELU) instead of the approximations:
+    /// [`Block::forward`] with N1 the exact LayerNorm: what the block computes when the owner
+    /// normalised its input.
+    pub fn forward_normalised(&self, x: &[f64]) -> Result<Vec<f64>> {
+        self.forward_observed(x, &mut None, false, true)
+    }
+
+    /// The block with the exact functions (softmax, LayerNorm, GELU) instead of the families:
     /// the teacher's arithmetic on the student's weights.
     pub fn forward_exact(&self, x: &[f64]) -> Result<Vec<f64>> {
-        self.forward_observed(x, &mut None, true)
+        self.forward_observed(x, &mut None, true, true)
     }
 
     /// Records the input of every approximation while running [`Block::forward`].
@@ -196,11 +252,17 @@ impl Block {
 
     fn observe_with(&self, x: &[f64], exact: bool) -> Result<Observations> {
         let mut obs = Some(Observations::default());
-        self.forward_observed(x, &mut obs, exact)?;
+        self.forward_observed(x, &mut obs, exact, exact)?;
         Ok(obs.unwrap_or_default())
     }
 
-    fn forward_observed(&self, x: &[f64], obs: &mut Option<Observations>, exact: bool) -> Result<Vec<f64>> {
+    fn forward_observed(
+        &self,
+        x: &[f64],
+        obs: &mut Option<Observations>,
+        exact: bool,
+        owner_norm1: bool,
+    ) -> Result<Vec<f64>> {
         let BlockShape { tokens: t, width: d, heads, mlp } = self.shape;
         if x.len() != t * d {
             return Err(Error::InvalidInput(format!(
@@ -213,12 +275,15 @@ impl Block {
         let a = &self.approx;
         let f = |g: &Approximation, v: f64| if exact { g.exact(v) } else { g.eval(v) };
         let dh = self.shape.head_dim();
-        let ln1 = self.layer_norm_ref(x, &w.ln1_gamma, &w.ln1_beta, obs, exact);
+        let ln1 = self.norm_ref(0, x, &w.ln1_gamma, &w.ln1_beta, obs, exact || owner_norm1);
         let q = dense(&ln1, t, d, &w.wq, &w.bq, d);
         let k = dense(&ln1, t, d, &w.wk, &w.bk, d);
         let v = dense(&ln1, t, d, &w.wv, &w.bv, d);
         let mut o = vec![0.0; t * d];
         let scale = 1.0 / (dh as f64).sqrt();
+        if let Some(o) = obs {
+            o.row_sums.resize(heads, Vec::new());
+        }
         for h in 0..heads {
             for i in 0..t {
                 let scores: Vec<f64> = (0..t)
@@ -226,12 +291,21 @@ impl Block {
                         (0..dh).map(|f| q[i * d + h * dh + f] * k[j * d + h * dh + f]).sum::<f64>() * scale
                     })
                     .collect();
-                let e: Vec<f64> = scores.iter().map(|&s| f(&a.exp, s)).collect();
+                // The teacher's softmax in exact mode, whatever replaces it in the student.
+                let e: Vec<f64> =
+                    scores.iter().map(|&s| if exact { s.exp() } else { a.numerator.eval(s) }).collect();
                 let den: f64 = e.iter().sum();
-                let inv = f(&a.reciprocal, den);
+                let inv = match (&a.denominator, exact) {
+                    (_, true) => 1.0 / den,
+                    (Denominator::RowSum(r), false) => r.eval(den),
+                    (Denominator::Constant(c), false) => 1.0 / c[h],
+                };
                 if let Some(o) = obs {
-                    o.exp.extend(&scores);
-                    o.reciprocal.push(den);
+                    o.numerator.extend(&scores);
+                    // What the student's denominator sees on these scores (in exact mode, on
+                    // the teacher's: a power's sums are of another scale than exp's).
+                    let sum = if exact { scores.iter().map(|&s| a.numerator.eval(s)).sum() } else { den };
+                    o.row_sums[h].push(sum);
                 }
                 for f in 0..dh {
                     let mixed: f64 = (0..t).map(|j| e[j] * v[j * d + h * dh + f]).sum();
@@ -241,7 +315,7 @@ impl Block {
         }
         let attn = dense(&o, t, d, &w.wo, &w.bo, d);
         let x1: Vec<f64> = x.iter().zip(&attn).map(|(a, b)| a + b).collect();
-        let ln2 = self.layer_norm_ref(&x1, &w.ln2_gamma, &w.ln2_beta, obs, exact);
+        let ln2 = self.norm_ref(1, &x1, &w.ln2_gamma, &w.ln2_beta, obs, exact);
         let z = dense(&ln2, t, d, &w.w1, &w.b1, mlp);
         if let Some(o) = obs {
             o.gelu.extend(&z);
@@ -251,8 +325,11 @@ impl Block {
         Ok(x1.iter().zip(&y).map(|(a, b)| a + b).collect())
     }
 
-    fn layer_norm_ref(
+    /// Normalisation `which` (0: N1, 1: N2) of the rows of `x`, then gamma and beta; `exact`
+    /// is the exact LayerNorm whatever the family (the teacher's, or the owner's).
+    fn norm_ref(
         &self,
+        which: usize,
         x: &[f64],
         gamma: &[f64],
         beta: &[f64],
@@ -260,14 +337,33 @@ impl Block {
         exact: bool,
     ) -> Vec<f64> {
         let d = self.shape.width;
+        if let Some(o) = obs {
+            o.norm_inputs[which].extend_from_slice(x);
+        }
         let mut out = vec![0.0; x.len()];
         for (row, dst) in x.chunks(d).zip(out.chunks_mut(d)) {
+            if let (Norm::Affine { norm1, norm2 }, false) = (&self.approx.norm, exact) {
+                let s = if which == 0 { norm1 } else { norm2 };
+                for (f, (o, v)) in dst.iter_mut().zip(row).enumerate() {
+                    *o = (v - s.mean[f]) * s.inv_std[f] * gamma[f] + beta[f];
+                }
+                continue;
+            }
             let mean = row.iter().sum::<f64>() / d as f64;
             let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64 + self.approx.eps;
-            if let Some(o) = obs {
-                o.inv_sqrt.push(var);
-            }
-            let r = if exact { self.approx.inv_sqrt.exact(var) } else { self.approx.inv_sqrt.eval(var) };
+            let r = match &self.approx.norm {
+                Norm::LayerNorm(f) => {
+                    if let Some(o) = obs {
+                        o.inv_sqrt.push(var);
+                    }
+                    if exact {
+                        f.exact(var)
+                    } else {
+                        f.eval(var)
+                    }
+                }
+                Norm::Affine { .. } => 1.0 / var.sqrt(),
+            };
             for (f, (o, v)) in dst.iter_mut().zip(row).enumerate() {
                 *o = (v - mean) * r * gamma[f] + beta[f];
             }
@@ -286,6 +382,30 @@ impl Block {
         samples: usize,
         x: Vec<B::Value>,
     ) -> Result<Vec<B::Value>> {
+        self.run(b, layout, samples, x, None)
+    }
+
+    /// [`Block::evaluate`] with N1 replaced by `x_hat`, the input normalised by its owner
+    /// (`(x - mean) / sqrt(var + eps)` per token, no affine part).
+    pub fn evaluate_normalised<B: Backend>(
+        &self,
+        b: &B,
+        layout: &TokenLayout,
+        samples: usize,
+        x: Vec<B::Value>,
+        x_hat: Vec<B::Value>,
+    ) -> Result<Vec<B::Value>> {
+        self.run(b, layout, samples, x, Some(x_hat))
+    }
+
+    fn run<B: Backend>(
+        &self,
+        b: &B,
+        layout: &TokenLayout,
+        samples: usize,
+        x: Vec<B::Value>,
+        x_hat: Option<Vec<B::Value>>,
+    ) -> Result<Vec<B::Value>> {
         let s = self.shape;
         if layout.tokens != s.tokens || layout.features != s.width || layout.slots != b.slots() {
             return Err(Error::InvalidInput(format!(
@@ -299,16 +419,43 @@ impl Block {
                 b.slots()
             )));
         }
-        if x.len() != s.width {
-            return Err(Error::InvalidInput(format!("expected {} input values, got {}", s.width, x.len())));
+        for v in std::iter::once(&x).chain(x_hat.as_ref()) {
+            if v.len() != s.width {
+                return Err(Error::InvalidInput(format!(
+                    "expected {} input values, got {}",
+                    s.width,
+                    v.len()
+                )));
+            }
         }
         let valid = layout.valid(samples);
         let depth = self.depth();
+        self.check_narrow_fits(b, &depth)?;
         let x = self.fit_stage(b, x, depth.attention, "attention")?;
-        let x1 = self.attention(b, layout, samples, &valid, &x)?;
+        let norm1 = match x_hat {
+            Some(v) => {
+                let v = self.fit_stage(b, v, depth.attention, "attention")?;
+                Normalised { values: v, scale: vec![1.0; s.width], offset: vec![0.0; s.width] }
+            }
+            None => self.normalise(b, 0, &valid, &x)?,
+        };
+        let x1 = self.attention(b, layout, samples, &valid, &x, norm1)?;
         drop(x);
         let x1 = self.fit_stage(b, x1, depth.mlp, "MLP")?;
         self.mlp(b, &valid, &x1)
+    }
+
+    /// Refuses parameters whose levels cannot carry a narrow chain's deepest step.
+    fn check_narrow_fits<B: Backend>(&self, b: &B, depth: &BlockDepth) -> Result<()> {
+        let room = b.max_level().saturating_sub(b.refresh_level());
+        if depth.narrow_step > room {
+            return Err(Error::OutOfLevels(format!(
+                "a narrow chain has a step of {} levels, the parameters leave {room} above the \
+                 refresh level; use a larger ring or cheaper approximations",
+                depth.narrow_step
+            )));
+        }
+        Ok(())
     }
 
     /// Refreshes a stage's input if the levels left cannot carry it to the refresh floor.
@@ -320,7 +467,7 @@ impl Block {
         stage: &str,
     ) -> Result<Vec<B::Value>> {
         let floor = b.refresh_level();
-        if b.max_level() < need + floor + 1 {
+        if b.max_level() < need + floor {
             return Err(Error::OutOfLevels(format!(
                 "the {stage} stage needs {need} levels above the refresh level {floor}, the \
                  parameters have {} in all; use a larger ring or cheaper approximations",
@@ -335,10 +482,29 @@ impl Block {
         }
     }
 
-    /// d (x - mean) / sqrt(var + eps): the layer norm without its affine part, which the next
-    /// linear layer absorbs (its weights are scaled by gamma / d).
-    fn normalise<B: Backend>(&self, b: &B, valid: &[f64], x: &[B::Value]) -> Result<Vec<B::Value>> {
-        let d = self.shape.width as i64;
+    /// Normalisation `which` (0: N1, 1: N2) of the wide values `x`, with the per-feature map
+    /// that relates it to the exact normalised input. LayerNorm gives `d (x - mean) /
+    /// sqrt(var + eps)` (scale 1/d); the affine family gives `x` itself with its statistics.
+    fn normalise<B: Backend>(
+        &self,
+        b: &B,
+        which: usize,
+        valid: &[f64],
+        x: &[B::Value],
+    ) -> Result<Normalised<B::Value>> {
+        let width = self.shape.width;
+        let inv_sqrt = match &self.approx.norm {
+            Norm::Affine { norm1, norm2 } => {
+                let AffineStats { mean, inv_std } = if which == 0 { norm1 } else { norm2 };
+                return Ok(Normalised {
+                    values: x.to_vec(),
+                    scale: inv_std.clone(),
+                    offset: mean.iter().zip(inv_std).map(|(m, i)| -m * i).collect(),
+                });
+            }
+            Norm::LayerNorm(f) => f,
+        };
+        let d = width as i64;
         let mut iter = x.iter();
         let first = iter.next().expect("width >= 1").clone();
         let sum = iter.try_fold(first, |acc, v| b.add(&acc, v))?;
@@ -347,18 +513,23 @@ impl Block {
         // sum_f (d x_f - sum)^2 = d^3 var.
         let v = b.dot(&refs, &refs)?;
         let var = b.add_scalar(&b.mul_scalar(&v, 1.0 / (d as f64).powi(3))?, self.approx.eps)?;
-        let (lo, hi) = self.approx.inv_sqrt.range();
+        let (lo, hi) = inv_sqrt.range();
         // Empty slots (no sample) would be far outside the range: give them a harmless value.
         let pad: Vec<f64> = valid.iter().map(|&m| (1.0 - m) * 0.5 * (lo + hi)).collect();
         let var = b.add_plain(&var, &pad)?;
-        let r = self.narrow(b, var, &self.approx.inv_sqrt, b.level(&centred[0]))?;
-        centred.iter().map(|c| b.mul(c, &r)).collect()
+        let r = self.narrow(b, var, inv_sqrt, b.level(&centred[0]))?;
+        Ok(Normalised {
+            values: centred.iter().map(|c| b.mul(c, &r)).collect::<Result<Vec<_>>>()?,
+            scale: vec![1.0 / width as f64; width],
+            offset: vec![0.0; width],
+        })
     }
 
-    /// f(value) for a one-ciphertext-per-group value, refreshing before and after f as needed
-    /// so the result never sits below `partner_level` (the wide values it multiplies next):
-    /// the narrow chain's depth then costs the wide path nothing. Refreshing one ciphertext
-    /// per group is cheap; a level of the wide path is not.
+    /// f(value) times `f.narrow_scale()` for a one-ciphertext-per-group value, refreshing
+    /// before, between and after f's steps as needed so the result never sits below
+    /// `partner_level` (the wide values it multiplies next): the narrow chain's depth then
+    /// costs the wide path nothing. Refreshing one ciphertext per group is cheap; a level of
+    /// the wide path is not.
     fn narrow<B: Backend>(
         &self,
         b: &B,
@@ -366,13 +537,12 @@ impl Block {
         f: &Approximation,
         partner_level: usize,
     ) -> Result<B::Value> {
-        let floor = b.refresh_level();
-        let target = partner_level.min(b.max_level() - 1);
+        let target = partner_level.min(b.max_level());
         let mut value = value;
-        if b.level(&value) < f.depth() + floor || b.level(&value) - f.depth() < target {
+        if b.level(&value) < f.depth() + b.refresh_level() || b.level(&value) - f.depth() < target {
             value = b.refresh(vec![value])?.remove(0);
         }
-        let mut out = f.evaluate(b, &value)?;
+        let mut out = f.evaluate_narrow(b, &value)?;
         if b.level(&out) < target {
             out = b.refresh(vec![out])?.remove(0);
         }
@@ -386,72 +556,85 @@ impl Block {
         samples: usize,
         valid: &[f64],
         x: &[B::Value],
+        xhat: Normalised<B::Value>,
     ) -> Result<Vec<B::Value>> {
         let BlockShape { width: d, heads, .. } = self.shape;
         let dh = self.shape.head_dim();
         let w = &self.weights;
-        let xhat = self.normalise(b, valid, x)?;
-        let xr: Vec<&B::Value> = xhat.iter().collect();
+        let xr: Vec<&B::Value> = xhat.values.iter().collect();
         let plan = DiagonalPlan::new(layout, samples, None)?;
         let masks = plan.masks();
-        let (lo, hi) = self.approx.reciprocal.range();
-        let pad: Vec<f64> = valid.iter().map(|&m| (1.0 - m) * 0.5 * (lo + hi)).collect();
         let inv_sqrt_dh = 1.0 / (dh as f64).sqrt();
+        let fold = |weight: &[f64], bias: &[f64], rows: std::ops::Range<usize>, scale: f64| {
+            fold_norm(weight, bias, &w.ln1_gamma, &w.ln1_beta, &xhat.scale, &xhat.offset, rows, scale)
+        };
         let mut heads_out = Vec::with_capacity(d);
         for h in 0..heads {
             let rows = h * dh..(h + 1) * dh;
-            let q =
-                self.projection(b, &xr, &w.wq, &w.bq, &w.ln1_gamma, &w.ln1_beta, rows.clone(), inv_sqrt_dh)?;
-            let k = self.projection(b, &xr, &w.wk, &w.bk, &w.ln1_gamma, &w.ln1_beta, rows.clone(), 1.0)?;
+            let q = linear(b, &xr, fold(&w.wq, &w.bq, rows.clone(), inv_sqrt_dh))?;
+            let k = linear(b, &xr, fold(&w.wk, &w.bk, rows.clone(), 1.0))?;
             let scores = plan.scores(b, &q.iter().collect::<Vec<_>>(), &k.iter().collect::<Vec<_>>())?;
             drop((q, k));
-            // Each score is freed as soon as its exponential exists: 2T - 1 ciphertexts per head
+            // Each score is freed as soon as its numerator exists: 2T - 1 ciphertexts per head
             // are the block's largest live set.
             let e = scores
                 .into_iter()
                 .zip(&masks)
-                .map(|(s, m)| Ok(self.approx.exp.evaluate_masked(b, &s, &[m])?.remove(0)))
+                .map(|(s, m)| Ok(self.approx.numerator.evaluate_masked(b, &s, &[m])?.remove(0)))
                 .collect::<Result<Vec<_>>>()?;
-            let den = b.add_plain(&plan.row_sums(b, &e)?, &pad)?;
+            let den = match &self.approx.denominator {
+                Denominator::RowSum(f) => {
+                    let (lo, hi) = f.range();
+                    let pad: Vec<f64> = valid.iter().map(|&m| (1.0 - m) * 0.5 * (lo + hi)).collect();
+                    Some((b.add_plain(&plan.row_sums(b, &e)?, &pad)?, f))
+                }
+                Denominator::Constant(_) => None,
+            };
             // V is made only now, so it is not alive alongside the scores.
-            let v = self.projection(b, &xr, &w.wv, &w.bv, &w.ln1_gamma, &w.ln1_beta, rows, 1.0)?;
+            let v = linear(b, &xr, fold(&w.wv, &w.bv, rows, 1.0))?;
             let mixed = plan.mix(b, &e, &v.iter().collect::<Vec<_>>())?;
             drop(e);
-            let inv = self.narrow(b, den, &self.approx.reciprocal, b.level(&mixed[0]))?;
-            for m in mixed {
-                heads_out.push(b.mul(&m, &inv)?);
+            match den {
+                Some((den, f)) => {
+                    let inv = self.narrow(b, den, f, b.level(&mixed[0]))?;
+                    for m in mixed {
+                        heads_out.push(b.mul(&m, &inv)?);
+                    }
+                }
+                None => heads_out.extend(mixed),
             }
         }
         let refs: Vec<&B::Value> = heads_out.iter().collect();
-        let attn = b.linear(&refs, &w.wo, d)?;
+        let attn = b.linear(&refs, &self.output_projection(), d)?;
         x.iter().zip(attn).zip(&w.bo).map(|((xi, a), &c)| b.add(xi, &b.add_scalar(&a, c)?)).collect()
     }
 
-    /// Rows `rows` of W (LN_gamma x_hat / d + LN_beta) + bias, times `scale`, as one linear layer.
-    #[allow(clippy::too_many_arguments)]
-    fn projection<B: Backend>(
-        &self,
-        b: &B,
-        xhat: &[&B::Value],
-        weight: &[f64],
-        bias: &[f64],
-        gamma: &[f64],
-        beta: &[f64],
-        rows: std::ops::Range<usize>,
-        scale: f64,
-    ) -> Result<Vec<B::Value>> {
-        let d = self.shape.width;
-        let (folded, folded_bias) = fold_layer_norm(weight, bias, gamma, beta, d, rows, scale);
-        let out = b.linear(xhat, &folded, folded_bias.len())?;
-        out.iter().zip(&folded_bias).map(|(o, &c)| b.add_scalar(o, c)).collect()
+    /// W_o, with each head's columns divided by a constant denominator, or by the narrow
+    /// scale of the row sum's reciprocal.
+    fn output_projection(&self) -> Vec<f64> {
+        let heads = self.shape.heads;
+        let divisors = match &self.approx.denominator {
+            Denominator::RowSum(f) => vec![f.narrow_scale(); heads],
+            Denominator::Constant(c) => c.clone(),
+        };
+        let dh = self.shape.head_dim();
+        self.weights
+            .wo
+            .chunks(self.shape.width)
+            .flat_map(|row| row.iter().enumerate().map(|(f, x)| x / divisors[f / dh]).collect::<Vec<_>>())
+            .collect()
     }
 
     fn mlp<B: Backend>(&self, b: &B, valid: &[f64], x1: &[B::Value]) -> Result<Vec<B::Value>> {
         let BlockShape { width: d, mlp: m, .. } = self.shape;
         let w = &self.weights;
-        let xhat = self.normalise(b, valid, x1)?;
-        let xr: Vec<&B::Value> = xhat.iter().collect();
-        let z = self.projection(b, &xr, &w.w1, &w.b1, &w.ln2_gamma, &w.ln2_beta, 0..m, 1.0)?;
+        let xhat = self.normalise(b, 1, valid, x1)?;
+        let xr: Vec<&B::Value> = xhat.values.iter().collect();
+        let z = linear(
+            b,
+            &xr,
+            fold_norm(&w.w1, &w.b1, &w.ln2_gamma, &w.ln2_beta, &xhat.scale, &xhat.offset, 0..m, 1.0),
+        )?;
         drop(xhat);
         let y = match self.quadratic_gelu() {
             Some([c0, c1, c2]) => {
@@ -480,25 +663,64 @@ impl Block {
     }
 }
 
-/// W' = scale * W diag(gamma) / d and b' = scale * (W beta + b), rows `rows` only: the layer
-/// norm's affine part and the normaliser's factor d folded into the next linear layer.
-fn fold_layer_norm(
+/// A folded linear layer: `weights` row-major (out, in) and one bias per output.
+struct Folded {
+    weights: Vec<f64>,
+    bias: Vec<f64>,
+}
+
+fn linear<B: Backend>(b: &B, x: &[&B::Value], layer: Folded) -> Result<Vec<B::Value>> {
+    let out = b.linear(x, &layer.weights, layer.bias.len())?;
+    out.iter().zip(&layer.bias).map(|(o, &c)| b.add_scalar(o, c)).collect()
+}
+
+/// Rows `rows` of `scale * (W (gamma * x_hat + beta) + b)` as a layer on `z`, where
+/// `x_hat = norm_scale * z + norm_offset` per feature: the normalisation's affine part, its
+/// statistics (or LayerNorm's factor d) and the attention scale folded into the weights.
+#[allow(clippy::too_many_arguments)]
+fn fold_norm(
     weight: &[f64],
     bias: &[f64],
     gamma: &[f64],
     beta: &[f64],
-    d: usize,
+    norm_scale: &[f64],
+    norm_offset: &[f64],
     rows: std::ops::Range<usize>,
     scale: f64,
-) -> (Vec<f64>, Vec<f64>) {
+) -> Folded {
+    let d = gamma.len();
     let mut w = Vec::with_capacity(rows.len() * d);
     let mut c = Vec::with_capacity(rows.len());
     for r in rows {
         let row = &weight[r * d..(r + 1) * d];
-        w.extend(row.iter().zip(gamma).map(|(x, g)| scale * x * g / d as f64));
-        c.push(scale * (bias[r] + row.iter().zip(beta).map(|(x, b)| x * b).sum::<f64>()));
+        w.extend(row.iter().zip(gamma).zip(norm_scale).map(|((x, g), s)| scale * x * g * s));
+        let shift: f64 = row
+            .iter()
+            .zip(gamma.iter().zip(norm_offset).zip(beta))
+            .map(|(x, ((g, o), b))| x * (g * o + b))
+            .sum();
+        c.push(scale * (bias[r] + shift));
     }
-    (w, c)
+    Folded { weights: w, bias: c }
+}
+
+/// `(x - mean) / sqrt(var + eps)` of every row of `width` values: what an owner sends when
+/// it normalises a block's input in the clear (the block's N1 is then exact).
+pub fn owner_normalise(rows: &[f64], width: usize, eps: f64) -> Result<Vec<f64>> {
+    if width == 0 || !rows.len().is_multiple_of(width) || !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::InvalidInput(format!(
+            "normalising needs whole rows of {width} values and eps >= 0, got {} values, eps {eps}",
+            rows.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows.chunks(width) {
+        let mean = row.iter().sum::<f64>() / width as f64;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / width as f64;
+        let r = 1.0 / (var + eps).sqrt();
+        out.extend(row.iter().map(|v| (v - mean) * r));
+    }
+    Ok(out)
 }
 
 /// x (rows x n_in) W^T + b, W row-major (n_out, n_in).
@@ -514,33 +736,11 @@ fn dense(x: &[f64], rows: usize, n_in: usize, w: &[f64], b: &[f64], n_out: usize
     out
 }
 
-/// The default approximations, before calibration: the paper's GELU (Quad), exp by a
-/// degree-15 Chebyshev fit (5 levels), Goldschmidt 1/x, Chebyshev-plus-Newton 1/sqrt. Ranges are placeholders until
-/// [`Block::calibrated`] sets them from data.
-pub fn default_approx() -> BlockApprox {
-    BlockApprox {
-        exp: approx::exp_chebyshev(-8.0, 4.0, 15).expect("valid constants"),
-        reciprocal: approx::goldschmidt(9, (1.0, 256.0)).expect("valid constants"),
-        inv_sqrt: approx::inv_sqrt(0.05, 5.0, 31, 2).expect("valid constants"),
-        gelu: approx::gelu_quad(),
-        eps: 1e-6,
-    }
-}
-
-/// The paper's choices: exp by Taylor degree 6, 1/x by 7 Goldschmidt iterations, Quad GELU
-/// (its 1/sqrt is unspecified; ours). Ranges are placeholders until calibration.
-pub fn paper_approx() -> BlockApprox {
-    BlockApprox {
-        exp: approx::exp_taylor(6, (-2.0, 2.0)).expect("valid constants"),
-        reciprocal: approx::goldschmidt(7, (1.0, 256.0)).expect("valid constants"),
-        ..default_approx()
-    }
-}
-
 impl Block {
-    /// A copy whose approximation ranges cover what `x` (samples of tokens x width, row-major)
-    /// feeds them, widened by `margin` of each range's width. Later approximations see inputs
-    /// that depend on earlier ones, so this repeats until every input is inside its range.
+    /// A copy whose approximation ranges, constants and statistics come from what `x`
+    /// (samples of tokens x width, row-major) feeds them, ranges widened by `margin` of their
+    /// width on each side. Later approximations see inputs that depend on earlier ones, so
+    /// this repeats until every input is inside its range.
     pub fn calibrated(&self, x: &[f64], margin: f64) -> Result<Block> {
         let per = self.shape.tokens * self.shape.width;
         if x.is_empty() || !x.len().is_multiple_of(per) {
@@ -555,48 +755,100 @@ impl Block {
             for s in x.chunks(per) {
                 // The first pass sees what the exact functions feed each other, so ranges that
                 // start far off cannot blow the later passes up.
-                let o = block.observe_with(s, pass == 0)?;
-                obs.exp.extend(o.exp);
-                obs.reciprocal.extend(o.reciprocal);
-                obs.inv_sqrt.extend(o.inv_sqrt);
-                obs.gelu.extend(o.gelu);
+                obs.extend(block.observe_with(s, pass == 0)?);
             }
-            let a = &block.approx;
-            let inside = a.exp.out_of_range(&obs.exp) == 0
-                && a.reciprocal.out_of_range(&obs.reciprocal) == 0
-                && a.inv_sqrt.out_of_range(&obs.inv_sqrt) == 0
-                && a.gelu.out_of_range(&obs.gelu) == 0;
-            if inside && pass > 0 {
+            let inside =
+                block.approx.approximations().iter().all(|(slot, f)| f.out_of_range(&obs.inputs(slot)) == 0);
+            // Learned constants and statistics need a pass that sees the student's own values.
+            if inside && pass > 1 {
                 return Ok(block);
             }
-            let widen = |f: &Approximation, xs: &[f64]| -> Result<Approximation> {
-                let (lo, hi) = match f {
-                    // Positive domains: widen multiplicatively so the range stays positive.
-                    Approximation::Goldschmidt { .. } | Approximation::InvSqrt { .. } => {
-                        let (lo, hi) = calibrated_range(xs, 0.0)?;
-                        if lo <= 0.0 {
-                            return Err(Error::InvalidInput(format!(
-                                "{} sees a non-positive input {lo} on the calibration data",
-                                f.name()
-                            )));
-                        }
-                        (lo / (1.0 + margin), hi * (1.0 + margin))
-                    }
-                    _ => calibrated_range(xs, margin)?,
-                };
-                let (old_lo, old_hi) = f.range();
-                // Only ever widen after the first pass, so the iteration settles.
-                let range = if pass == 0 { (lo, hi) } else { (lo.min(old_lo), hi.max(old_hi)) };
-                f.with_range(range)
-            };
-            block.approx = BlockApprox {
-                exp: widen(&a.exp, &obs.exp)?,
-                reciprocal: widen(&a.reciprocal, &obs.reciprocal)?,
-                inv_sqrt: widen(&a.inv_sqrt, &obs.inv_sqrt)?,
-                gelu: widen(&a.gelu, &obs.gelu)?,
-                eps: a.eps,
-            };
+            block.approx = block.recalibrated(&obs, margin, pass)?;
         }
         Err(Error::InvalidInput("calibration did not settle: the approximations diverge on this data".into()))
+    }
+
+    fn recalibrated(&self, obs: &Observations, margin: f64, pass: usize) -> Result<BlockApprox> {
+        let widen = |f: &Approximation, xs: &[f64]| -> Result<Approximation> {
+            let (lo, hi) = match f {
+                // Positive domains: widen multiplicatively so the range stays positive.
+                Approximation::Goldschmidt { .. } | Approximation::InvSqrt { .. } => {
+                    let (lo, hi) = calibrated_range(xs, 0.0)?;
+                    if lo <= 0.0 {
+                        return Err(Error::InvalidInput(format!(
+                            "{} sees a non-positive input {lo} on the calibration data",
+                            f.name()
+                        )));
+                    }
+                    (lo / (1.0 + margin), hi * (1.0 + margin))
+                }
+                _ => calibrated_range(xs, margin)?,
+            };
+            let (old_lo, old_hi) = f.range();
+            // Only ever widen after the first pass, so the iteration settles.
+            let range = if pass == 0 { (lo, hi) } else { (lo.min(old_lo), hi.max(old_hi)) };
+            f.with_range(range)
+        };
+        let a = &self.approx;
+        let width = self.shape.width;
+        Ok(BlockApprox {
+            numerator: widen(&a.numerator, &obs.numerator)?,
+            denominator: match &a.denominator {
+                Denominator::RowSum(f) => Denominator::RowSum(widen(f, &obs.inputs("reciprocal"))?),
+                // The mean row sum per head (the exact softmax's sums on the first pass).
+                Denominator::Constant(_) => Denominator::Constant(
+                    obs.row_sums.iter().map(|s| s.iter().sum::<f64>() / s.len().max(1) as f64).collect(),
+                ),
+            },
+            norm: match &a.norm {
+                Norm::LayerNorm(f) => Norm::LayerNorm(widen(f, &obs.inv_sqrt)?),
+                Norm::Affine { .. } => Norm::Affine {
+                    norm1: AffineStats::from_rows(&obs.norm_inputs[0], width, a.eps)?,
+                    norm2: AffineStats::from_rows(&obs.norm_inputs[1], width, a.eps)?,
+                },
+            },
+            gelu: widen(&a.gelu, &obs.gelu)?,
+            eps: a.eps,
+        })
+    }
+}
+
+impl Block {
+    /// Refuses ranges that do not contain what `x` (whole samples) feeds the approximations:
+    /// outside its range an approximation computes garbage, silently.
+    pub fn check_ranges(&self, x: &[f64]) -> Result<()> {
+        let obs = self.observe_batch(x)?;
+        let mut outside = Vec::new();
+        for (slot, f) in self.approx.approximations() {
+            let seen = obs.inputs(slot);
+            if f.out_of_range(&seen) > 0 {
+                let (a, b) = f.range();
+                outside.push(format!(
+                    "the {slot}'s range [{a:.4}, {b:.4}] does not contain {}",
+                    describe_inputs(&seen)
+                ));
+            }
+        }
+        if outside.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "{} of this data; calibrate the block on it (Block.calibrated)",
+                outside.join(", and ")
+            )))
+        }
+    }
+}
+
+impl Observations {
+    /// What the approximation in `slot` saw.
+    pub fn inputs(&self, slot: &str) -> std::borrow::Cow<'_, [f64]> {
+        match slot {
+            "numerator" => (&self.numerator[..]).into(),
+            "reciprocal" => self.row_sums.concat().into(),
+            "inv_sqrt" => (&self.inv_sqrt[..]).into(),
+            "gelu" => (&self.gelu[..]).into(),
+            _ => (&[][..]).into(),
+        }
     }
 }

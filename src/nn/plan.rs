@@ -24,6 +24,9 @@ pub struct BlockPlan {
     pub rotation_steps: Vec<i64>,
     /// One full group (`layout.samples_per_group()` samples) through the block.
     pub cost: Cost,
+    /// The same for a group whose input its owner normalised (the first block of a request
+    /// with owner normalisation): its first normalisation costs nothing.
+    pub normalised_cost: Cost,
 }
 
 /// The largest number of levels a secure set of this ring and scale can have.
@@ -42,10 +45,15 @@ fn max_levels(log_n: u32, scale_bits: u32) -> Option<usize> {
 }
 
 /// Plans `block` at `scale_bits` bits of scale; `levels` overrides the level count.
+///
+/// A ring fits when its levels above the refresh floor carry the deeper wide stage and the
+/// deepest step of a narrow chain (chains refresh between steps). Within the smallest ring
+/// that fits, the levels are trimmed to what the block uses: both stages in one segment if
+/// the ring allows; else the fewest that carry each stage alone, since the wide values are
+/// refreshed between the stages anyway and every level costs every key switch more.
 pub fn plan_block(block: &Block, scale_bits: u32, levels: Option<usize>) -> Result<BlockPlan> {
     let depth = block.depth();
-    let widest = depth.attention.max(depth.mlp);
-    let narrow = depth.inv_sqrt.max(depth.reciprocal);
+    let widest = depth.attention.max(depth.mlp).max(depth.narrow_step);
     let mut tried = Vec::new();
     for log_n in 13..=16u32 {
         let slots = 1usize << (log_n - 1);
@@ -54,33 +62,40 @@ pub fn plan_block(block: &Block, scale_bits: u32, levels: Option<usize>) -> Resu
         }
         let Some(max) = max_levels(log_n, scale_bits) else { continue };
         let chosen = levels.unwrap_or(max).min(max);
-        let spec = ParameterSpec::new(log_n, chosen, scale_bits);
-        let params = Parameters::new(&spec)?;
-        let ctx = Context::from_parameters(params.clone())?;
-        let floor = crate::he::refresh::refresh_level(&ctx);
-        tried.push(format!("2^{log_n}: {chosen} levels"));
-        // A stage starts at max - 1 after a refresh and must end at the refresh floor; narrow
-        // chains likewise.
-        if chosen < widest.max(narrow) + floor + 1 {
+        let floor = crate::he::refresh::refresh_level(&Context::from_parameters(Parameters::new(
+            &ParameterSpec::new(log_n, chosen, scale_bits),
+        )?)?);
+        tried.push(format!("2^{log_n}: {chosen} levels, refresh floor {floor}"));
+        if chosen < widest + floor {
             continue;
         }
-        // Trim levels the whole block does not use (fewer primes, faster operations).
-        // Trimmed to what the block uses: both wide stages in one go, or the deepest narrow
-        // chain, which restarts from the top level after its refresh.
-        let needed = (depth.attention + depth.mlp).max(narrow) + floor + 1;
-        let chosen = if levels.is_some() { chosen } else { chosen.min(needed) };
+        let one_segment = depth.attention + depth.mlp + floor;
+        let chosen = match levels {
+            Some(_) => chosen,
+            None if one_segment <= chosen => one_segment.max(widest + floor),
+            None => widest + floor,
+        };
         let spec = ParameterSpec::new(log_n, chosen, scale_bits);
         let params = Parameters::new(&spec)?;
         let ctx = Context::from_parameters(params.clone())?;
+        let refresh_level = crate::he::refresh::refresh_level(&ctx);
         let layout = TokenLayout::new(block.shape.tokens, block.shape.width, slots)?;
-        let tracer =
-            Mirror::tracer(slots, chosen).with_refresh_level(crate::he::refresh::refresh_level(&ctx));
         let samples = layout.samples_per_group();
-        let inputs = (0..block.shape.width).map(|_| tracer.value(Vec::new())).collect::<Result<Vec<_>>>()?;
-        block.evaluate(&tracer, &layout, samples, inputs)?;
-        let mut cost = tracer.cost();
-        // Separating a complex-packed input: one conjugation per two features.
-        cost.rotations += block.shape.width.div_ceil(2) as u64;
+        let trace = |normalised: bool| -> Result<Cost> {
+            let tracer = Mirror::tracer(slots, chosen).with_refresh_level(refresh_level);
+            let inputs =
+                || (0..block.shape.width).map(|_| tracer.value(Vec::new())).collect::<Result<Vec<_>>>();
+            if normalised {
+                block.evaluate_normalised(&tracer, &layout, samples, inputs()?, inputs()?)?;
+            } else {
+                block.evaluate(&tracer, &layout, samples, inputs()?)?;
+            }
+            let mut cost = tracer.cost();
+            // Separating a complex-packed input: one conjugation per two features (each).
+            cost.rotations += (1 + normalised as u64) * block.shape.width.div_ceil(2) as u64;
+            Ok(cost)
+        };
+        let (cost, normalised_cost) = (trace(false)?, trace(true)?);
         let mut rotation_steps = DiagonalPlan::new(&layout, samples, None)?.rotation_steps();
         rotation_steps.retain(|s| cost.rotation_steps.contains(&s.rem_euclid(slots as i64)));
         return Ok(BlockPlan {
@@ -88,16 +103,18 @@ pub fn plan_block(block: &Block, scale_bits: u32, levels: Option<usize>) -> Resu
             params,
             depth,
             layout,
-            refresh_level: crate::he::refresh::refresh_level(&ctx),
+            refresh_level,
             rotation_steps,
             cost,
+            normalised_cost,
         });
     }
     Err(Error::OutOfLevels(format!(
-        "no 128-bit parameter set carries this block (stages need {} and {} levels, narrow \
-         chains {narrow}); tried {}",
+        "no 128-bit parameter set carries this block (stages need {} and {} levels, the deepest \
+         narrow step {}); tried {}",
         depth.attention,
         depth.mlp,
+        depth.narrow_step,
         tried.join(", ")
     )))
 }

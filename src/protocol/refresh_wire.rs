@@ -94,7 +94,7 @@ mod tests {
         let ct = sk.encrypt_symmetric(&Plaintext::encode(&ctx, &values, Some(level), None).unwrap()).unwrap();
         let owner = RemoteOwner::new(ctx.clone(), |req: Vec<u8>| answer(&sk, &req));
         let fresh = refresh_all(vec![ct], &owner).unwrap();
-        assert_eq!(fresh[0].level(), ctx.max_level() - 1);
+        assert_eq!(fresh[0].level(), ctx.max_level());
         let out = sk.decrypt(&fresh[0]).unwrap().decode();
         for (a, b) in out.iter().zip(&values) {
             assert!((a.re - b.re).abs() < 1e-4, "{a:?} vs {b:?}");

@@ -1,4 +1,4 @@
-//! Bindings for the FHE-friendly block: approximations, the block itself, packed batches.
+//! Bindings for the FHE-friendly block and packed batches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,22 +8,19 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::he::backend::Backend;
 use crate::he::cost::Cost;
-use crate::he::encrypted::Encrypted;
-use crate::he::mirror::Mirror;
 use crate::he::packed::PackedBatch;
-use crate::he::polynomial::{affine_coefficients, Basis};
-use crate::nn::approx::{self, Approximation};
-use crate::nn::block::{Block, BlockApprox, BlockShape, BlockWeights};
+use crate::nn::approx::Approximation;
+use crate::nn::block::{Block, BlockShape, BlockWeights};
+use crate::nn::families::{AffineStats, BlockApprox, Denominator, Norm};
 use crate::nn::plan::{plan_block, BlockPlan};
+use crate::nn::spec::StudentSpec;
 
-use super::array::RealArray;
+use super::approx::{PyApproximation, PyStudentSpec};
 use super::ckks::{PyEvaluationKeys, PyParameters, PySecretKey};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(approximation_preset, m)?)?;
-    m.add_class::<PyApproximation>()?;
+    m.add_function(wrap_pyfunction!(owner_normalise, m)?)?;
     m.add_class::<PyBlock>()?;
     m.add_class::<PyPackedBatch>()?;
     Ok(())
@@ -33,216 +30,20 @@ fn flat(a: &PyReadonlyArrayDyn<'_, f64>) -> Vec<f64> {
     a.as_array().iter().copied().collect()
 }
 
-/// The block's approximations by preset: "default" (ours) or "paper", keyed exp, reciprocal,
-/// inv_sqrt, gelu (and eps).
+/// `(x - mean) / sqrt(var + eps)` along the last axis of a float64 array: what an owner sends
+/// for a block it normalises in the clear.
 #[pyfunction]
-#[pyo3(signature = (name="default"))]
-fn approximation_preset<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
-    let a = match name {
-        "default" => crate::nn::block::default_approx(),
-        "paper" => crate::nn::block::paper_approx(),
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "unknown preset {name:?}; expected 'default' or 'paper'"
-            )))
-        }
-    };
-    let d = PyDict::new(py);
-    d.set_item("exp", PyApproximation { inner: a.exp })?;
-    d.set_item("reciprocal", PyApproximation { inner: a.reciprocal })?;
-    d.set_item("inv_sqrt", PyApproximation { inner: a.inv_sqrt })?;
-    d.set_item("gelu", PyApproximation { inner: a.gelu })?;
-    d.set_item("eps", a.eps)?;
-    Ok(d)
-}
-
-/// One approximation of a non-polynomial function: the single source of its coefficients.
-#[pyclass(name = "Approximation", module = "blindfed.approx", frozen)]
-#[derive(Clone)]
-pub struct PyApproximation {
-    pub(crate) inner: Approximation,
-}
-
-#[pymethods]
-impl PyApproximation {
-    /// exp(x) ~ (1 + x / 2^r)^(2^r) on [lo, hi].
-    #[staticmethod]
-    fn exp_squaring(r: u32, lo: f64, hi: f64) -> PyResult<Self> {
-        Ok(PyApproximation { inner: approx::exp_squaring(r, (lo, hi))? })
-    }
-
-    /// exp(x) by Chebyshev interpolation of `degree` on [lo, hi] (the default of the block).
-    #[staticmethod]
-    #[pyo3(signature = (lo, hi, degree=15))]
-    fn exp_chebyshev(lo: f64, hi: f64, degree: usize) -> PyResult<Self> {
-        Ok(PyApproximation { inner: approx::exp_chebyshev(lo, hi, degree)? })
-    }
-
-    /// exp(x) by its Taylor polynomial of `degree` on [lo, hi] (the paper: degree 6).
-    #[staticmethod]
-    #[pyo3(signature = (lo, hi, degree=6))]
-    fn exp_taylor(lo: f64, hi: f64, degree: usize) -> PyResult<Self> {
-        Ok(PyApproximation { inner: approx::exp_taylor(degree, (lo, hi))? })
-    }
-
-    /// 1/x on [lo, hi] by Goldschmidt iterations.
-    #[staticmethod]
-    fn goldschmidt(iterations: u32, lo: f64, hi: f64) -> PyResult<Self> {
-        Ok(PyApproximation { inner: approx::goldschmidt(iterations, (lo, hi))? })
-    }
-
-    /// 1/sqrt(x) on [lo, hi]: Chebyshev initial guess, then Newton steps.
-    #[staticmethod]
-    #[pyo3(signature = (lo, hi, guess_degree=31, newton_steps=2))]
-    fn inv_sqrt(lo: f64, hi: f64, guess_degree: usize, newton_steps: u32) -> PyResult<Self> {
-        Ok(PyApproximation { inner: approx::inv_sqrt(lo, hi, guess_degree, newton_steps)? })
-    }
-
-    /// The paper's GELU: Quad(x) = 0.125 x^2 + 0.25 x + 0.5.
-    #[staticmethod]
-    fn gelu_quad() -> Self {
-        PyApproximation { inner: approx::gelu_quad() }
-    }
-
-    /// GELU by a Chebyshev interpolant of `degree` on [lo, hi].
-    #[staticmethod]
-    fn gelu_chebyshev(lo: f64, hi: f64, degree: usize) -> PyResult<Self> {
-        Ok(PyApproximation { inner: approx::gelu_chebyshev(lo, hi, degree)? })
-    }
-
-    /// The approximation evaluated element-wise (same steps as the encrypted evaluation).
-    fn __call__<'py>(
-        &self,
-        py: Python<'py>,
-        x: PyReadonlyArrayDyn<'py, f64>,
-    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
-        let out = x.as_array().mapv(|v| self.inner.eval(v));
-        Ok(PyArrayDyn::from_owned_array(py, out))
-    }
-
-    /// (f(x), f'(x)) element-wise for a float32 or float64 array, in its precision: the
-    /// forward and backward of the torch modules on CPU tensors.
-    fn value_and_derivative<'py>(
-        &self,
-        py: Python<'py>,
-        x: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let x = RealArray::extract(x, "x")?;
-        let (y, dy) = py.detach(|| self.inner.eval_many_with_derivative(&x.values));
-        Ok((x.like(py, y)?, x.like(py, dy)?))
-    }
-
-    /// The same kind of approximation refitted to the range [lo, hi].
-    fn with_range(&self, lo: f64, hi: f64) -> PyResult<Self> {
-        Ok(PyApproximation { inner: self.inner.with_range((lo, hi))? })
-    }
-
-    /// The exact function it approximates.
-    fn exact<'py>(
-        &self,
-        py: Python<'py>,
-        x: PyReadonlyArrayDyn<'py, f64>,
-    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
-        let out = x.as_array().mapv(|v| self.inner.exact(v));
-        Ok(PyArrayDyn::from_owned_array(py, out))
-    }
-
-    #[getter]
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-
-    /// The input range it is accurate on (calibrated or chosen).
-    #[getter]
-    fn range(&self) -> (f64, f64) {
-        self.inner.range()
-    }
-
-    /// Levels one evaluation consumes.
-    #[getter]
-    fn depth(&self) -> usize {
-        self.inner.depth()
-    }
-
-    /// (max absolute error, max relative error) against the exact function on the range.
-    #[pyo3(signature = (samples=10001))]
-    fn max_error(&self, samples: usize) -> (f64, f64) {
-        self.inner.max_error(samples)
-    }
-
-    /// How many inputs fall outside the range (the mirror's out-of-range detector).
-    fn out_of_range(&self, x: PyReadonlyArrayDyn<'_, f64>) -> usize {
-        self.inner.out_of_range(&flat(&x))
-    }
-
-    /// The same kind of approximation with its range set from observed inputs.
-    #[pyo3(signature = (x, margin=0.1))]
-    fn calibrated(&self, x: PyReadonlyArrayDyn<'_, f64>, margin: f64) -> PyResult<Self> {
-        let range = approx::calibrated_range(&flat(&x), margin)?;
-        Ok(PyApproximation { inner: self.inner.with_range(range)? })
-    }
-
-    /// Everything needed to rebuild it elsewhere (torch modules read this).
-    fn spec<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("name", self.inner.name())?;
-        d.set_item("range", self.inner.range())?;
-        d.set_item("depth", self.inner.depth())?;
-        d.set_item("function", self.inner.function())?;
-        match &self.inner {
-            Approximation::Polynomial { poly, .. } => {
-                d.set_item("kind", "polynomial")?;
-                set_poly(&d, poly)?;
-            }
-            Approximation::ExpChebyshev { poly, squarings, .. } => {
-                d.set_item("kind", "exp_chebyshev")?;
-                d.set_item("squarings", squarings)?;
-                set_poly(&d, poly)?;
-            }
-            Approximation::ExpSquaring { r, .. } => {
-                d.set_item("kind", "exp_squaring")?;
-                d.set_item("r", r)?;
-            }
-            Approximation::ExpTaylor { degree, .. } => {
-                d.set_item("kind", "exp_taylor")?;
-                d.set_item("degree", degree)?;
-                set_poly(&d, &approx::taylor_exp(*degree))?;
-            }
-            Approximation::Goldschmidt { iterations, .. } => {
-                d.set_item("kind", "goldschmidt")?;
-                d.set_item("iterations", iterations)?;
-            }
-            Approximation::InvSqrt { guess, newton_steps, .. } => {
-                d.set_item("kind", "inv_sqrt")?;
-                d.set_item("newton_steps", newton_steps)?;
-                let g = PyDict::new(py);
-                set_poly(&g, guess)?;
-                d.set_item("guess", g)?;
-            }
-        }
-        Ok(d)
-    }
-
-    fn __repr__(&self) -> String {
-        let (lo, hi) = self.inner.range();
-        format!(
-            "Approximation({}, range=({lo:.4}, {hi:.4}), depth={})",
-            self.inner.name(),
-            self.inner.depth()
-        )
-    }
-}
-
-fn set_poly(d: &Bound<'_, PyDict>, poly: &crate::he::polynomial::Polynomial) -> PyResult<()> {
-    match poly.basis {
-        Basis::Power => d.set_item("basis", "power")?,
-        Basis::Chebyshev { lo, hi } => {
-            d.set_item("basis", "chebyshev")?;
-            d.set_item("basis_range", (lo, hi))?;
-            d.set_item("affine", affine_coefficients(lo, hi))?;
-        }
-    }
-    d.set_item("coefficients", poly.coeffs.clone())
+#[pyo3(signature = (x, eps=1e-6))]
+fn owner_normalise<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f64>,
+    eps: f64,
+) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+    let shape = x.shape().to_vec();
+    let width = shape.last().copied().unwrap_or(0);
+    let values = flat(&x);
+    let out = py.detach(|| crate::nn::block::owner_normalise(&values, width, eps))?;
+    PyArray1::from_vec(py, out).reshape(shape)
 }
 
 fn cost_dict<'py>(py: Python<'py>, c: &Cost) -> PyResult<Bound<'py, PyDict>> {
@@ -386,28 +187,100 @@ const WEIGHT_NAMES: [&str; 16] = [
     "b2",
 ];
 
-/// The FHE-friendly pre-LayerNorm transformer block.
+/// The FHE-friendly pre-norm transformer block.
 #[pyclass(name = "Block", module = "blindfed.block", frozen)]
 pub struct PyBlock {
     inner: Arc<Block>,
 }
 
-fn approx_arg(d: Option<&Bound<'_, PyDict>>, key: &str, default: Approximation) -> PyResult<Approximation> {
-    match d.and_then(|d| d.get_item(key).ok().flatten()) {
-        None => Ok(default),
-        Some(v) => Ok(v
-            .cast::<PyApproximation>()
-            .map_err(|_| {
-                PyTypeError::new_err(format!("approx['{key}'] must be a blindfed.approx.Approximation"))
-            })?
-            .get()
-            .inner
-            .clone()),
+fn approximation(v: &Bound<'_, PyAny>, key: &str) -> PyResult<Approximation> {
+    Ok(v.cast::<PyApproximation>()
+        .map_err(|_| {
+            PyTypeError::new_err(format!("approx['{key}'] must be a blindfed.approx.Approximation"))
+        })?
+        .get()
+        .inner
+        .clone())
+}
+
+fn floats(v: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
+    v.extract::<Vec<f64>>().map_err(|_| PyTypeError::new_err(format!("{what} must be a sequence of floats")))
+}
+
+fn affine_stats(v: &Bound<'_, PyAny>, key: &str) -> PyResult<AffineStats> {
+    let (mean, inv_std): (Bound<'_, PyAny>, Bound<'_, PyAny>) = v.extract().map_err(|_| {
+        PyTypeError::new_err(format!("approx['norm']['{key}'] must be a (mean, inv_std) pair"))
+    })?;
+    Ok(AffineStats { mean: floats(&mean, "a mean")?, inv_std: floats(&inv_std, "an inverse deviation")? })
+}
+
+/// The block's families from `approx` (keys numerator, denominator, norm, gelu, eps; older
+/// names exp, reciprocal, inv_sqrt are read as the first three) over `base`.
+fn block_approx(d: Option<&Bound<'_, PyDict>>, mut a: BlockApprox) -> PyResult<BlockApprox> {
+    let Some(d) = d else { return Ok(a) };
+    for (k, v) in d.iter() {
+        let key: String = k.extract()?;
+        match key.as_str() {
+            "numerator" | "exp" => a.numerator = approximation(&v, &key)?,
+            "gelu" => a.gelu = approximation(&v, &key)?,
+            "eps" => a.eps = v.extract()?,
+            "denominator" | "reciprocal" => {
+                a.denominator = match v.cast::<PyApproximation>() {
+                    Ok(r) => Denominator::RowSum(r.get().inner.clone()),
+                    Err(_) => Denominator::Constant(floats(&v, "a constant denominator")?),
+                }
+            }
+            "norm" | "inv_sqrt" => {
+                a.norm = match v.cast::<PyApproximation>() {
+                    Ok(r) => Norm::LayerNorm(r.get().inner.clone()),
+                    Err(_) => {
+                        let stats = v.cast::<PyDict>().map_err(|_| {
+                            PyTypeError::new_err(
+                                "approx['norm'] is an inv_sqrt Approximation or {'norm1': (mean, inv_std), 'norm2': ...}",
+                            )
+                        })?;
+                        let get = |k: &str| {
+                            stats
+                                .get_item(k)?
+                                .ok_or_else(|| PyValueError::new_err(format!("approx['norm'] lacks '{k}'")))
+                        };
+                        Norm::Affine {
+                            norm1: affine_stats(&get("norm1")?, "norm1")?,
+                            norm2: affine_stats(&get("norm2")?, "norm2")?,
+                        }
+                    }
+                }
+            }
+            _ => return Err(PyValueError::new_err(format!("unknown approximation key '{key}'"))),
+        }
     }
+    Ok(a)
+}
+
+fn approx_dict<'py>(py: Python<'py>, a: &BlockApprox) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("numerator", PyApproximation::from(a.numerator.clone()))?;
+    match &a.denominator {
+        Denominator::RowSum(r) => d.set_item("denominator", PyApproximation::from(r.clone()))?,
+        Denominator::Constant(c) => d.set_item("denominator", c.clone())?,
+    }
+    match &a.norm {
+        Norm::LayerNorm(r) => d.set_item("norm", PyApproximation::from(r.clone()))?,
+        Norm::Affine { norm1, norm2 } => {
+            let stats = PyDict::new(py);
+            stats.set_item("norm1", (norm1.mean.clone(), norm1.inv_std.clone()))?;
+            stats.set_item("norm2", (norm2.mean.clone(), norm2.inv_std.clone()))?;
+            d.set_item("norm", stats)?;
+        }
+    }
+    d.set_item("gelu", PyApproximation::from(a.gelu.clone()))?;
+    d.set_item("eps", a.eps)?;
+    Ok(d)
 }
 
 impl PyBlock {
-    fn check_batch(&self, x: &PyReadonlyArrayDyn<'_, f64>) -> PyResult<(usize, Vec<f64>)> {
+    /// The batch's values, checked against the block's (tokens, width).
+    fn batch(&self, x: &PyReadonlyArrayDyn<'_, f64>) -> PyResult<(usize, Vec<f64>)> {
         let s = self.inner.shape;
         let shape = x.shape();
         if shape.len() != 3 || shape[1] != s.tokens || shape[2] != s.width {
@@ -419,29 +292,32 @@ impl PyBlock {
         Ok((shape[0], flat(x)))
     }
 
-    fn per_sample(&self, py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>) -> PyResult<(usize, Vec<Vec<f64>>)> {
-        let (batch, values) = self.check_batch(&x)?;
-        let per = self.inner.shape.tokens * self.inner.shape.width;
-        let block = self.inner.clone();
-        let out = py.detach(|| {
-            values.chunks(per).map(|s| block.forward(s)).collect::<crate::error::Result<Vec<_>>>()
-        })?;
-        Ok((batch, out))
+    fn shaped<'py>(
+        &self,
+        py: Python<'py>,
+        batch: usize,
+        values: Vec<f64>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+        let s = self.inner.shape;
+        PyArray1::from_vec(py, values).reshape(vec![batch, s.tokens, s.width])
     }
 }
 
 #[pymethods]
 impl PyBlock {
     /// `weights` maps ln1_gamma, ln1_beta, wq, bq, wk, bk, wv, bv, wo, bo, ln2_gamma, ln2_beta,
-    /// w1, b1, w2, b2 to float64 arrays (matrices shaped (out, in) as in torch). `approx` may
-    /// override any of exp, reciprocal, inv_sqrt, gelu (Approximation objects) and eps.
+    /// w1, b1, w2, b2 to float64 arrays (matrices shaped (out, in) as in torch). The families
+    /// come from `spec` (a `StudentSpec`; the default one if None) with any of them replaced
+    /// by `approx`: numerator, denominator (a reciprocal `Approximation` or one constant per
+    /// head), norm (an inv_sqrt `Approximation` or affine statistics), gelu, eps.
     #[new]
-    #[pyo3(signature = (weights, *, tokens, heads, approx=None))]
+    #[pyo3(signature = (weights, *, tokens, heads, approx=None, spec=None))]
     fn new(
         weights: &Bound<'_, PyDict>,
         tokens: usize,
         heads: usize,
         approx: Option<&Bound<'_, PyDict>>,
+        spec: Option<PyRef<'_, PyStudentSpec>>,
     ) -> PyResult<Self> {
         let mut t: HashMap<&str, (Vec<usize>, Vec<f64>)> = HashMap::new();
         for name in WEIGHT_NAMES {
@@ -484,18 +360,11 @@ impl PyBlock {
             w2: take("w2"),
             b2: take("b2"),
         };
-        let defaults = crate::nn::block::default_approx();
-        let eps = match approx.and_then(|d| d.get_item("eps").ok().flatten()) {
-            Some(v) => v.extract::<f64>()?,
-            None => defaults.eps,
+        let base = match spec {
+            Some(s) => s.inner.clone(),
+            None => StudentSpec::preset("default")?,
         };
-        let a = BlockApprox {
-            exp: approx_arg(approx, "exp", defaults.exp)?,
-            reciprocal: approx_arg(approx, "reciprocal", defaults.reciprocal)?,
-            inv_sqrt: approx_arg(approx, "inv_sqrt", defaults.inv_sqrt)?,
-            gelu: approx_arg(approx, "gelu", defaults.gelu)?,
-            eps,
-        };
+        let a = block_approx(approx, base.block_approx(&shape))?;
         Ok(PyBlock { inner: Arc::new(Block::new(shape, w, a)?) })
     }
 
@@ -510,105 +379,81 @@ impl PyBlock {
         Ok(d)
     }
 
-    /// The approximations in use: exp, reciprocal, inv_sqrt, gelu.
+    /// The families in use, keyed numerator, denominator, norm, gelu, eps (as `approx` takes
+    /// them).
     #[getter]
     fn approximations<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let a = &self.inner.approx;
-        let d = PyDict::new(py);
-        for (k, v) in
-            [("exp", &a.exp), ("reciprocal", &a.reciprocal), ("inv_sqrt", &a.inv_sqrt), ("gelu", &a.gelu)]
-        {
-            d.set_item(k, PyApproximation { inner: v.clone() })?;
-        }
-        d.set_item("eps", a.eps)?;
-        Ok(d)
+        approx_dict(py, &self.inner.approx)
     }
 
-    /// The block in f64 on a (batch, tokens, width) array, one sample at a time: the reference.
+    /// The block in f64 on a (batch, tokens, width) array, one sample at a time: the
+    /// reference. `normalised`: N1 is the exact LayerNorm (the owner normalised the input).
+    #[pyo3(signature = (x, *, normalised=false))]
     fn forward<'py>(
         &self,
         py: Python<'py>,
         x: PyReadonlyArrayDyn<'py, f64>,
+        normalised: bool,
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
-        let (batch, out) = self.per_sample(py, x)?;
-        let s = self.inner.shape;
-        PyArray1::from_vec(py, out.concat()).reshape(vec![batch, s.tokens, s.width])
+        let (batch, values) = self.batch(&x)?;
+        let block = self.inner.clone();
+        let out = py.detach(|| block.forward_batch(&values, normalised))?;
+        self.shaped(py, batch, out)
     }
 
     /// The plaintext mirror: the encrypted evaluation's exact arithmetic and level rules on
-    /// f64 vectors in the token layout with `slots` slots (`simulate` mode).
-    #[pyo3(signature = (x, *, params))]
+    /// f64 vectors in the token layout of `params` (`simulate` mode). `x_hat`: the input
+    /// normalised by its owner, if it sent one.
+    #[pyo3(signature = (x, *, params, x_hat=None))]
     fn mirror<'py>(
         &self,
         py: Python<'py>,
         x: PyReadonlyArrayDyn<'py, f64>,
         params: &PyParameters,
+        x_hat: Option<PyReadonlyArrayDyn<'py, f64>>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
-        let (batch, values) = self.check_batch(&x)?;
-        let s = self.inner.shape;
+        let (batch, values) = self.batch(&x)?;
+        let hat = x_hat.map(|h| self.batch(&h)).transpose()?.map(|(_, v)| v);
         let block = self.inner.clone();
         let ctx = params.ctx.clone();
-        let out = py.detach(|| -> crate::error::Result<Vec<f64>> {
-            let backend = Mirror::like(&ctx);
-            let layout = crate::he::layout::TokenLayout::new(s.tokens, s.width, ctx.params.slots())?;
-            let groups = layout
-                .pack(&values, batch)?
-                .into_iter()
-                .enumerate()
-                .map(|(g, cts)| {
-                    let x = cts
-                        .into_iter()
-                        .map(|c| backend.value(c))
-                        .collect::<crate::error::Result<Vec<_>>>()?;
-                    let y = block.evaluate(&backend, &layout, layout.samples_in_group(batch, g), x)?;
-                    Ok(y.into_iter().map(|v| v.data).collect())
-                })
-                .collect::<crate::error::Result<Vec<_>>>()?;
-            layout.unpack(&groups, batch)
-        })?;
-        PyArray1::from_vec(py, out).reshape(vec![batch, s.tokens, s.width])
+        let out = py.detach(|| block.mirror_batch(&ctx, &values, hat.as_deref()))?;
+        self.shaped(py, batch, out)
     }
 
-    /// Inputs seen by each approximation on this data (arrays keyed exp, reciprocal, inv_sqrt, gelu).
+    /// Inputs seen by each approximation on this data: arrays keyed numerator, reciprocal
+    /// (the row sums, all heads), inv_sqrt, gelu.
     fn observe<'py>(&self, py: Python<'py>, x: PyReadonlyArrayDyn<'py, f64>) -> PyResult<Bound<'py, PyDict>> {
-        let (_, values) = self.check_batch(&x)?;
-        let per = self.inner.shape.tokens * self.inner.shape.width;
+        let (_, values) = self.batch(&x)?;
         let block = self.inner.clone();
-        let obs = py.detach(|| {
-            let mut all = crate::nn::block::Observations::default();
-            for s in values.chunks(per) {
-                let o = block.observe(s)?;
-                all.exp.extend(o.exp);
-                all.reciprocal.extend(o.reciprocal);
-                all.inv_sqrt.extend(o.inv_sqrt);
-                all.gelu.extend(o.gelu);
-            }
-            Ok::<_, crate::error::Error>(all)
-        })?;
+        let obs = py.detach(|| block.observe_batch(&values))?;
         let d = PyDict::new(py);
-        d.set_item("exp", PyArray1::from_vec(py, obs.exp))?;
-        d.set_item("reciprocal", PyArray1::from_vec(py, obs.reciprocal))?;
-        d.set_item("inv_sqrt", PyArray1::from_vec(py, obs.inv_sqrt))?;
-        d.set_item("gelu", PyArray1::from_vec(py, obs.gelu))?;
+        for slot in ["numerator", "reciprocal", "inv_sqrt", "gelu"] {
+            d.set_item(slot, PyArray1::from_vec(py, obs.inputs(slot).into_owned()))?;
+        }
         Ok(d)
     }
 
-    /// A copy whose approximation ranges come from this data, widened by `margin`; repeated
-    /// until the ranges hold (each approximation's inputs depend on the ones before it).
+    /// A copy whose ranges, constants and statistics come from this data, ranges widened by
+    /// `margin`; repeated until the ranges hold (each approximation's inputs depend on the
+    /// ones before it).
     #[pyo3(signature = (x, margin=0.2))]
     fn calibrated(&self, py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>, margin: f64) -> PyResult<Self> {
-        let (_, values) = self.check_batch(&x)?;
+        let (_, values) = self.batch(&x)?;
         let block = self.inner.clone();
         let out = py.detach(|| block.calibrated(&values, margin))?;
         Ok(PyBlock { inner: Arc::new(out) })
     }
 
+    /// Raises if an approximation's range does not contain what this data feeds it.
+    fn check_ranges(&self, py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>) -> PyResult<()> {
+        let (_, values) = self.batch(&x)?;
+        let block = self.inner.clone();
+        Ok(py.detach(|| block.check_ranges(&values))?)
+    }
+
     /// Left-rotation steps an evaluation with `params` needs Galois keys for.
     fn rotation_steps(&self, params: &PyParameters) -> PyResult<Vec<i64>> {
-        let s = self.inner.shape;
-        let layout = crate::he::layout::TokenLayout::new(s.tokens, s.width, params.ctx.params.slots())?;
-        let plan = crate::he::attention::DiagonalPlan::new(&layout, layout.samples_per_group(), None)?;
-        Ok(plan.rotation_steps())
+        Ok(self.inner.rotation_steps(params.ctx.params.slots())?)
     }
 
     /// The smallest secure parameters for this block and the predicted cost of one full group.
@@ -637,42 +482,33 @@ impl PyBlock {
         depth.set_item("mlp", plan.depth.mlp)?;
         depth.set_item("inv_sqrt", plan.depth.inv_sqrt)?;
         depth.set_item("reciprocal", plan.depth.reciprocal)?;
+        depth.set_item("narrow_step", plan.depth.narrow_step)?;
         d.set_item("depth", depth)?;
         d.set_item("cost", cost_dict(py, &plan.cost)?)?;
+        d.set_item("normalised_cost", cost_dict(py, &plan.normalised_cost)?)?;
         Ok(d)
     }
 
     /// Evaluates the block on an encrypted batch. `owner` answers the masked refreshes: the
     /// owner's `SecretKey` (in process), or a callable taking a refresh request (bytes) and
-    /// returning the owner's reply (bytes), typically a network round trip. Returns the
-    /// encrypted output and the operations counted.
+    /// returning the owner's reply (bytes), typically a network round trip. `x_hat`: the
+    /// input normalised by its owner, if it sent one. Returns the encrypted output and the
+    /// operations counted.
+    #[pyo3(signature = (batch, keys, owner, *, x_hat=None))]
     fn evaluate<'py>(
         &self,
         py: Python<'py>,
         batch: &PyPackedBatch,
         keys: &PyEvaluationKeys,
         owner: &Bound<'py, PyAny>,
+        x_hat: Option<PyRef<'py, PyPackedBatch>>,
     ) -> PyResult<(PyPackedBatch, Bound<'py, PyDict>)> {
         let block = self.inner.clone();
         let keys = keys.keys.clone();
         let owner = super::protocol::refresher(keys.context(), owner)?;
         let input = batch.inner.clone();
-        let (out, cost) = py.detach(|| -> crate::error::Result<_> {
-            let backend = Encrypted::new(&keys)?.with_refresher(owner);
-            let real = input.real_groups(keys.galois.as_deref())?;
-            let separations = if input.complex { real.len() * input.layout.features.div_ceil(2) } else { 0 };
-            let groups = real
-                .into_iter()
-                .enumerate()
-                .map(|(g, x)| {
-                    block.evaluate(&backend, &input.layout, input.layout.samples_in_group(input.batch, g), x)
-                })
-                .collect::<crate::error::Result<Vec<_>>>()?;
-            let mut cost = backend.cost();
-            // The conjugations that separate a complex-packed input are key switches too.
-            cost.rotations += separations as u64;
-            Ok((PackedBatch::from_real(input.layout, input.batch, groups, input.complex)?, cost))
-        })?;
+        let hat = x_hat.map(|h| h.inner.clone());
+        let (out, cost) = py.detach(|| block.evaluate_batch(&keys, owner, &input, hat.as_ref()))?;
         Ok((PyPackedBatch { inner: out }, cost_dict(py, &cost)?))
     }
 

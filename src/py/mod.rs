@@ -1,6 +1,7 @@
 //! PyO3 bindings: conversion only. Every heavy call releases the GIL; every engine error
 //! becomes a `ValueError` subclass with the engine's message.
 
+mod approx;
 mod array;
 mod block;
 mod ckks;
@@ -63,6 +64,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     ckks::register(m)?;
+    approx::register(m)?;
     block::register(m)?;
     distill::register(m)?;
     protocol::register(m)?;
