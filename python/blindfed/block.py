@@ -3,21 +3,27 @@
 Activations of shape (batch, tokens, width) are packed token-wise: ciphertext f of a group
 holds feature f of every token of ``samples_per_group`` samples, so linear layers need no
 rotations and only attention mixes slots. :class:`PackedBatch` keeps that layout with the
-ciphertexts. The block's non-polynomial functions are :class:`blindfed.approx.Approximation`
-objects calibrated on data; :meth:`Block.forward` is the f64 reference, :meth:`Block.mirror`
-the same arithmetic as the encrypted run on f64 vectors (``simulate`` mode), and
-:meth:`Block.evaluate` the encrypted run.
+ciphertexts. The block's softmax, normalisations and GELU are the families of a
+:class:`blindfed.approx.StudentSpec` (the default student's unless given), calibrated on data;
+:meth:`Block.forward` is the f64 reference, :meth:`Block.mirror` the same arithmetic as the
+encrypted run on f64 vectors (``simulate`` mode), and :meth:`Block.evaluate` the encrypted
+run. A block whose input its owner normalised in the clear (:func:`owner_normalise`) takes
+it as ``x_hat`` and skips its first normalisation.
 
 >>> import numpy as np
 >>> from blindfed import ckks
->>> from blindfed.block import Block, PackedBatch, random_weights
+>>> from blindfed.block import Block, PackedBatch, owner_normalise, random_weights
 >>> rng = np.random.default_rng(0)
 >>> x = rng.normal(size=(2, 4, 8))
 >>> block = Block(random_weights(8, 16, seed=1), tokens=4, heads=2).calibrated(x)
 >>> plan = block.plan()
 >>> plan["log_n"], plan["depth"]["attention"] > 0
-(15, True)
+(14, True)
 >>> np.allclose(block.mirror(x, params=plan["parameters"]), block.forward(x))
+True
+>>> x_hat = owner_normalise(x)
+>>> np.allclose(block.mirror(x, params=plan["parameters"], x_hat=x_hat),
+...             block.forward(x, normalised=True))
 True
 """
 
@@ -25,9 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from blindfed._core import Block, PackedBatch
+from blindfed._core import Block, PackedBatch, owner_normalise
 
-__all__ = ["SHAPES", "Block", "PackedBatch", "random_weights"]
+__all__ = ["SHAPES", "Block", "PackedBatch", "owner_normalise", "random_weights"]
 
 #: Block shapes used in benchmarks: tokens, width, heads, mlp.
 SHAPES: dict[str, dict[str, int]] = {

@@ -100,34 +100,59 @@ def bench(args: argparse.Namespace) -> int:
     raise AssertionError(args.what)
 
 
+def _spec_text(args: argparse.Namespace) -> str:
+    """``--spec`` with the per-slot options appended (later keys win; parsed in the core)."""
+    parts = [args.spec]
+    for key in ("softmax", "denominator", "norm", "gelu", "owner_norm"):
+        value = getattr(args, key)
+        if value is not None:
+            parts.append(f"{key.replace('_', '-')}={value}")
+    return " ".join(parts)
+
+
 def distill_cmd(args: argparse.Namespace) -> int:
-    """Distils the zoo teacher into its FHE-friendly student on MNIST and reports accuracy."""
+    """Distils the zoo teacher into its FHE-friendly student on MNIST and reports accuracy;
+    with ``--study``, every candidate family (see :mod:`blindfed.bench.students`)."""
     import torch
 
+    from blindfed.approx import StudentSpec
     from blindfed.distill import DistillConfig
-    from blindfed.recipes import approximation_choice, distill_mnist
 
     if args.threads:
         torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
     try:
-        approximations = {
-            "exp": approximation_choice("exp", args.exp),
-            "gelu": approximation_choice("gelu", args.gelu),
-            "inv_sqrt": approximation_choice("inv_sqrt", args.inv_sqrt),
-        }
+        spec = StudentSpec(_spec_text(args))
         config = DistillConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, tau=args.tau
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            tau=args.tau,
+            seed=args.seed,
+            warm_start_epochs=args.warm_start,
+            range_ratio=args.range_ratio or None,
         )
     except ValueError as err:
         print(f"blindfed: {err}", file=sys.stderr)
         return 2
-    report = distill_mnist(args.out, approximations=approximations, config=config)
+    if args.study:
+        from blindfed.bench.students import format_table, run_study
+
+        names = [n for n in (args.candidates or "").split(",") if n] or None
+        report = run_study(args.out, candidates=names, seeds=args.seeds, config=config)
+        print(format_table(report))
+        print(f"default by the rule ({report['selection']}): {report['default']}")
+        _write_json(args.json, report)
+        return 0
+    from blindfed.recipes import distill_mnist
+
+    report = distill_mnist(args.out, spec=spec, config=config)
+    print(f"student: {report['spec']}")
     print(
-        f"teacher {report['teacher_test_accuracy']:.2f}%  student "
-        f"{report['student_test_accuracy']:.2f}%  (drop {report['accuracy_drop_points']:.2f} "
-        f"points)  distillation {report['epoch_seconds']:.0f} s on "
-        f"{report['threads']} threads"
+        f"validation: teacher {report['teacher_validation_accuracy']:.2f}%  student "
+        f"{report['student_validation_accuracy']:.2f}%;  test: teacher "
+        f"{report['teacher_test_accuracy']:.2f}%  student {report['student_test_accuracy']:.2f}%"
+        f"  (distillation {report['epoch_seconds']:.0f} s on {report['threads']} threads)"
     )
     for i, b in enumerate(report["blocks"]):
         print(
@@ -272,9 +297,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--tau", type=float, default=5.0, help="stage II temperature (default 5)")
-    p.add_argument("--exp", default="chebyshev:15", help="chebyshev:D, taylor:D or squaring:R")
-    p.add_argument("--gelu", default="quad", help="quad (the paper's) or chebyshev:D")
-    p.add_argument("--inv-sqrt", default="31:2", help="GUESS_DEGREE:NEWTON_STEPS for 1/sqrt")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and batch order seed")
+    p.add_argument(
+        "--spec",
+        default="default",
+        help="the student's families: a preset (default, reference, paper) or key=value pairs "
+        "over the default, e.g. 'softmax=quad denominator=constant norm=affine'",
+    )
+    p.add_argument("--softmax", help="numerator: quad, power:P, exp:chebyshev:D, exp:taylor:D")
+    p.add_argument("--denominator", help="sum, sum:goldschmidt:N or constant")
+    p.add_argument("--norm", help="layernorm, layernorm:newton:G:S or affine")
+    p.add_argument("--gelu", help="quad (the paper's) or chebyshev:D")
+    p.add_argument("--owner-norm", choices=["on", "off"], help="the owner normalises requests")
+    p.add_argument(
+        "--warm-start", type=int, default=1, help="epochs that train only the families' constants"
+    )
+    p.add_argument(
+        "--range-ratio",
+        type=float,
+        default=64.0,
+        help="keep narrow chains' inputs within this ratio (0: no range penalty)",
+    )
+    p.add_argument("--study", action="store_true", help="distil and measure every candidate")
+    p.add_argument("--candidates", help="study: comma-separated names (default: all)")
+    p.add_argument("--seeds", type=int, default=3, help="study: seeds per candidate (default 3)")
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
     p.add_argument("--json", help="also write the report here")
     p.set_defaults(func=distill_cmd)

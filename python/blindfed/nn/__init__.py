@@ -3,15 +3,25 @@
 Needs ``torch`` (``pip install blindfed[torch]``); the rest of blindfed does not.
 """
 
-from blindfed.nn.approx import PolyApprox, PolyGELU, PolyLayerNorm, PolySoftmax, native_eval
+from blindfed.nn.approx import (
+    AffineNorm,
+    PolyApprox,
+    PolyGELU,
+    PolyLayerNorm,
+    PolySoftmax,
+    PowerApprox,
+    native_eval,
+)
 from blindfed.nn.student import Student
 from blindfed.nn.vit import ViT, ViTConfig
 
 __all__ = [
+    "AffineNorm",
     "PolyApprox",
     "PolyGELU",
     "PolyLayerNorm",
     "PolySoftmax",
+    "PowerApprox",
     "Student",
     "ViT",
     "ViTConfig",

@@ -1,10 +1,15 @@
-"""Torch modules for the polynomial approximations, built on :class:`blindfed.approx.Approximation`.
+"""Torch modules for the student's families, built on :class:`blindfed.approx.Approximation`.
 
 A :class:`PolyApprox` wraps one approximation. On CPU tensors its forward and backward run in
 the Rust core (the same steps as the encrypted evaluator, differentiated exactly); on other
-devices, or with ``native=True``, it runs a torch-native path built from the same exported
-coefficients (:meth:`Approximation.spec`). Its input range is a buffer, so it is saved with the
-model and can be calibrated; :meth:`PolyApprox.start_observing` records what the inputs really span.
+devices, or with ``native=True``, it runs a torch-native interpreter of the same exported steps
+(:meth:`Approximation.steps`). Its input range is a buffer, so it is saved with the model and
+can be calibrated; :meth:`PolyApprox.start_observing` records what the inputs really span.
+:class:`PowerApprox` is a power numerator ``(x + c)^p`` whose shift ``c`` is learned.
+
+The block's families: :class:`PolySoftmax` (a numerator over the row sum through 1/x, or over a
+constant learned per head), :class:`PolyLayerNorm` and :class:`AffineNorm` (either can take its
+input already normalised by the owner), :class:`PolyGELU`.
 
 >>> import torch
 >>> from blindfed.approx import Approximation
@@ -19,6 +24,7 @@ model and can be calibrated; :meth:`PolyApprox.start_observing` records what the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -26,7 +32,15 @@ from torch import nn
 
 from blindfed.approx import Approximation
 
-__all__ = ["PolyApprox", "PolyGELU", "PolyLayerNorm", "PolySoftmax", "native_eval"]
+__all__ = [
+    "AffineNorm",
+    "PolyApprox",
+    "PolyGELU",
+    "PolyLayerNorm",
+    "PolySoftmax",
+    "PowerApprox",
+    "native_eval",
+]
 
 
 class _CoreFunction(torch.autograd.Function):
@@ -59,41 +73,54 @@ def _polynomial(p: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
     return t * b1 - b2 + c[0]
 
 
-def _square(y: torch.Tensor, times: int) -> torch.Tensor:
-    for _ in range(times):
-        y = y * y
-    return y
+def _power(y: torch.Tensor, p: int) -> torch.Tensor:
+    """``y^p`` by squarings and a balanced product tree, as the core computes it."""
+    factors, square = [], y
+    while True:
+        if p & 1:
+            factors.append(square)
+        p >>= 1
+        if not p:
+            break
+        square = square * square
+    while len(factors) > 1:
+        pairs = [factors[i] * factors[i + 1] for i in range(0, len(factors) - 1, 2)]
+        factors = pairs + ([factors[-1]] if len(factors) % 2 else [])
+    return factors[0]
 
 
-def native_eval(spec: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
-    """The approximation described by ``spec`` in torch ops (any device, autograd-able).
+def native_eval(steps: list[dict[str, Any]], x: torch.Tensor) -> torch.Tensor:
+    """The approximation whose :meth:`Approximation.steps` are ``steps``, in torch ops (any
+    device, autograd-able).
 
-    It takes the same steps as the Rust core with the same coefficients; only the floating
-    point rounding of the device differs.
+    It takes the core's steps with the core's coefficients; only the floating point rounding
+    of the device differs.
     """
-    kind = spec["kind"]
-    if kind in ("polynomial", "exp_taylor"):
-        return _polynomial(spec, x)
-    if kind == "exp_chebyshev":
-        return _square(_polynomial(spec, x), spec["squarings"])
-    if kind == "exp_squaring":
-        r = spec["r"]
-        return _square(x * (1.0 / 2.0**r) + 1.0, r)
-    if kind == "goldschmidt":
-        hi = spec["range"][1]
-        e = x * (-1.0 / hi) + 1.0
-        y = x * (-1.0 / (hi * hi)) + 2.0 / hi
-        for _ in range(1, spec["iterations"]):
-            e = e * e
-            y = y * (e + 1.0)
-        return y
-    if kind == "inv_sqrt":
-        h = x * -0.5
-        y = _polynomial(spec["guess"], x)
-        for _ in range(spec["newton_steps"]):
-            y = y * 1.5 + (y * y) * (h * y)
-        return y
-    raise ValueError(f"unknown approximation kind {kind!r}")
+    y = x
+    for step in steps:
+        op = step["op"]
+        if op == "polynomial":
+            y = _polynomial(step, y)
+        elif op == "square":
+            for _ in range(step["times"]):
+                y = y * y
+        elif op == "power":
+            y = _power(y + step["shift"], step["p"])
+        elif op == "goldschmidt":
+            hi = step["hi"]
+            e = y * (-1.0 / hi) + 1.0
+            y = y * (-1.0 / (hi * hi)) + 2.0 / hi
+            for _ in range(1, step["iterations"]):
+                e = e * e
+                y = y * (e + 1.0)
+        elif op == "newton":
+            h = x * -0.5
+            y = _polynomial(step["guess"], x)
+            for _ in range(step["steps"]):
+                y = y * 1.5 + (y * y) * (h * y)
+        else:
+            raise ValueError(f"unknown approximation step {op!r}")
+    return y
 
 
 def _exact(function: str, x: torch.Tensor) -> torch.Tensor:
@@ -105,14 +132,16 @@ def _exact(function: str, x: torch.Tensor) -> torch.Tensor:
         return x.rsqrt()
     if function == "gelu":
         return nn.functional.gelu(x)
-    raise ValueError(f"unknown function {function!r}")
+    raise ValueError(f"{function} has no exact counterpart")
 
 
 class PolyApprox(nn.Module):
     """One :class:`Approximation` as a module; its range is a saved, calibratable buffer.
 
     In training mode inputs are clamped to the range (see :meth:`forward`); in eval mode they
-    are not, so the module computes exactly what the encrypted evaluator computes.
+    are not, so the module computes exactly what the encrypted evaluator computes. With
+    :meth:`keep_in` set (during distillation), each forward also leaves in :attr:`penalty`
+    how far its inputs stray from a target interval, on a log scale.
 
     Args:
         approximation: the approximation (its kind and degree stay; its range may change).
@@ -126,17 +155,19 @@ class PolyApprox(nn.Module):
         if not isinstance(approximation, Approximation):
             raise TypeError(f"expected an Approximation, got {type(approximation).__name__}")
         self._approximation = approximation
-        self._spec = approximation.spec()
+        self._steps = approximation.steps()
         self.native = native
         self.exact = False
         self.register_buffer("range", torch.tensor(approximation.range, dtype=torch.float64))
         self._seen: list[float] | None = None
         self.out_of_range = 0
+        self._target: tuple[float, float] | None = None
+        self.penalty: torch.Tensor | None = None
 
     @property
     def function(self) -> str:
-        """What it approximates: ``exp``, ``reciprocal``, ``inv_sqrt`` or ``gelu``."""
-        return self._spec["function"]
+        """What it computes: ``exp``, ``power``, ``reciprocal``, ``inv_sqrt`` or ``gelu``."""
+        return self._approximation.function
 
     @property
     def approximation(self) -> Approximation:
@@ -152,19 +183,18 @@ class PolyApprox(nn.Module):
 
     def set_approximation(self, approximation: Approximation) -> None:
         """Replaces the approximation (same function) and its range buffer."""
-        spec = approximation.spec()
-        if spec["function"] != self.function:
+        if approximation.function != self.function:
             raise ValueError(
-                f"cannot replace a {self.function} approximation by {spec['function']}"
+                f"cannot replace a {self.function} approximation by {approximation.function}"
             )
-        self._approximation, self._spec = approximation, spec
+        self._approximation, self._steps = approximation, approximation.steps()
         with torch.no_grad():
             self.range.copy_(torch.tensor(approximation.range, dtype=torch.float64))
 
-    def spec(self) -> dict[str, Any]:
-        """The exported coefficients of the current approximation."""
-        _ = self.approximation
-        return self._spec
+    def keep_in(self, target: tuple[float, float] | None) -> None:
+        """Sets (or clears) the interval the range penalty pulls the inputs into."""
+        self._target = target
+        self.penalty = None
 
     def start_observing(self) -> None:
         """Records the min and max input, and counts inputs outside the range, from now on."""
@@ -178,13 +208,24 @@ class PolyApprox(nn.Module):
             return None
         return seen[0], seen[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _observe(self, x: torch.Tensor) -> None:
         if self._seen is not None:
             with torch.no_grad():
                 lo, hi = self.range.tolist()
                 self._seen[0] = min(self._seen[0], float(x.min()))
                 self._seen[1] = max(self._seen[1], float(x.max()))
                 self.out_of_range += int(((x < lo) | (x > hi)).sum())
+        if self._target is not None and self.training:
+            lo, hi = self._target
+            logs = x.clamp_min(1e-12).log()
+            penalty = (
+                torch.relu(logs - math.log(hi)).square() + torch.relu(math.log(lo) - logs).square()
+            ).mean()
+            # Shared modules (a block's two LayerNorms) add up until the caller resets it.
+            self.penalty = penalty if self.penalty is None else self.penalty + penalty
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._observe(x)
         if self.exact:
             return _exact(self.function, x)
         approximation = self.approximation
@@ -193,11 +234,11 @@ class PolyApprox(nn.Module):
             # one wild step of training would end the run with an inf. Clamping is the identity
             # on the range, so the trained function is the evaluated one wherever calibration
             # holds; in eval mode inputs pass unclamped, exactly as under encryption.
-            lo, hi = self._approximation.range
+            lo, hi = approximation.range
             x = x.clamp(lo, hi)
         if x.device.type == "cpu" and not self.native and x.dtype in (torch.float32, torch.float64):
             return _CoreFunction.apply(x, approximation)
-        return native_eval(self._spec, x)
+        return native_eval(self._steps, x)
 
     def extra_repr(self) -> str:
         lo, hi = self.range.tolist()
@@ -205,27 +246,169 @@ class PolyApprox(nn.Module):
         return f"{self._approximation.name}, range=({lo:.4g}, {hi:.4g}), {mode}"
 
 
-def _module(a: Approximation | PolyApprox) -> PolyApprox:
-    return a if isinstance(a, PolyApprox) else PolyApprox(a)
+class PowerApprox(PolyApprox):
+    """The softmax numerator ``(x + shift)^p`` with a learned ``shift`` (2Quad for p = 2).
+
+    It is its own exact function, so it is computed in torch ops (the core's squaring steps)
+    on every device; :attr:`approximation` hands the current shift to the encrypted side. In
+    exact mode (calibration against the teacher) it is the teacher's ``exp``.
+    """
+
+    def __init__(self, approximation: Approximation) -> None:
+        if approximation.function != "power":
+            raise ValueError(f"PowerApprox needs a power, got {approximation.name}")
+        super().__init__(approximation, native=True)
+        self.p = int(approximation.kind.split(":")[1])
+        self.shift = nn.Parameter(torch.tensor(float(approximation.shift), dtype=torch.float64))
+
+    def _sync_shift(self) -> None:
+        """Carries the learned shift into the core's approximation."""
+        shift = float(self.shift.detach())
+        if self._approximation.shift != shift:
+            self._approximation = self._approximation.with_shift(shift)
+            self._steps = self._approximation.steps()
+
+    @property
+    def approximation(self) -> Approximation:
+        self._sync_shift()
+        return super().approximation
+
+    def set_range(self, lo: float, hi: float) -> None:
+        self._sync_shift()
+        super().set_range(lo, hi)
+
+    def set_approximation(self, approximation: Approximation) -> None:
+        """Replaces the approximation, its range and the learned shift."""
+        super().set_approximation(approximation)
+        with torch.no_grad():
+            self.shift.fill_(float(approximation.shift))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._observe(x)
+        if self.exact:
+            return x.exp()
+        if self.training:
+            # As for every approximation: trained on its range, evaluated unclamped.
+            lo, hi = self.range.tolist()
+            x = x.clamp(lo, hi)
+        return _power(x + self.shift.to(x.dtype), self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, shift={float(self.shift):.4g}, " + super().extra_repr()
+
+
+def poly_module(a: Approximation | PolyApprox) -> PolyApprox:
+    """``a`` as a module: the right :class:`PolyApprox` for its kind."""
+    if isinstance(a, PolyApprox):
+        return a
+    return PowerApprox(a) if a.function == "power" else PolyApprox(a)
 
 
 class PolySoftmax(nn.Module):
-    """softmax over the last axis as ``exp(x) * reciprocal(sum exp(x))``, without the max shift.
+    """The softmax over the last axis as ``numerator(x) / denominator``, without the max shift.
 
-    There is no max subtraction because the encrypted evaluator cannot compute a max; the exp
-    approximation's calibrated range covers the raw scores instead.
+    The denominator is the row sum through ``reciprocal`` (an approximation of 1/x), or, with
+    ``heads`` instead, a positive constant per head learned in distillation (no reciprocal at
+    all; it folds into the output projection). There is no max subtraction because the
+    encrypted evaluator cannot compute a max; the numerator's calibrated range covers the raw
+    scores instead. In exact mode it is the teacher's softmax.
     """
 
     def __init__(
-        self, exp: Approximation | PolyApprox, reciprocal: Approximation | PolyApprox
+        self,
+        numerator: Approximation | PolyApprox,
+        reciprocal: Approximation | PolyApprox | None = None,
+        *,
+        heads: int | None = None,
     ) -> None:
         super().__init__()
-        self.exp = _module(exp)
-        self.reciprocal = _module(reciprocal)
+        if (reciprocal is None) == (heads is None):
+            raise ValueError("give either a reciprocal (row-sum denominator) or heads (constant)")
+        self.numerator = poly_module(numerator)
+        self.reciprocal = None if reciprocal is None else poly_module(reciprocal)
+        self.log_denominator = (
+            None if heads is None else nn.Parameter(torch.zeros(heads, dtype=torch.float64))
+        )
+        self.exact = False
+        self._row_sums: list[torch.Tensor] | None = None
+        self._score_rows: list[torch.Tensor] | None = None
+
+    @property
+    def constants(self) -> torch.Tensor | None:
+        """The constant denominator per head (None for the row sum)."""
+        ld = self.log_denominator
+        return None if ld is None else ld.detach().exp()
+
+    def start_observing_sums(self) -> None:
+        """Records the mean row sum per head from now on (to calibrate a constant)."""
+        self._row_sums = []
+
+    def stop_observing_sums(self) -> torch.Tensor | None:
+        """The mean row sum of the numerators per head seen since :meth:`start_observing_sums`."""
+        sums, self._row_sums = self._row_sums, None
+        if not sums:
+            return None
+        return torch.stack(sums).mean(dim=0)
+
+    @torch.no_grad()
+    def fit_shift(self, rows: torch.Tensor, candidates: int = 41) -> float:
+        """Sets a power numerator's shift to the one whose row-normalised maps are nearest
+        (MSE) the exact softmax's on these score rows; returns it."""
+        rows = rows.to(torch.float64)
+        lo, hi = float(rows.min()), float(rows.max())
+        want = torch.softmax(rows, dim=-1)
+        best = (math.inf, -lo)
+        for c in torch.linspace(-lo - 0.5 * (hi - lo), -lo + 2.0 * (hi - lo), candidates).tolist():
+            e = _power(rows + c, self.numerator.p)
+            err = float(((e / e.sum(dim=-1, keepdim=True).clamp_min(1e-300) - want) ** 2).mean())
+            best = min(best, (err, c))
+        self.numerator.shift.fill_(best[1])
+        return best[1]
+
+    def start_sampling_scores(self) -> None:
+        """Keeps some rows of the exact scores from now on (for :meth:`fit_shift`)."""
+        self._score_rows = []
+
+    def stop_sampling_scores(self) -> torch.Tensor | None:
+        rows, self._score_rows = self._score_rows, None
+        return torch.cat(rows) if rows else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.exp(x)
-        return e * self.reciprocal(e.sum(dim=-1, keepdim=True))
+        if self._score_rows is not None:
+            with torch.no_grad():
+                self._score_rows.append(x.detach().reshape(-1, x.shape[-1])[::7][:64].cpu())
+        if self.exact and self._row_sums is not None:
+            # Teacher-forced calibration of a constant: the student's numerators' sums on the
+            # teacher's scores, while the teacher's softmax carries on downstream.
+            with torch.no_grad():
+                exact, self.numerator.exact = self.numerator.exact, False
+                self._row_sums.append(self.numerator(x).sum(dim=-1).mean(dim=(0, 2)).double())
+                self.numerator.exact = exact
+        if self.exact:
+            # The teacher's softmax; an exp numerator's 1/x sees the teacher's sums (a power's
+            # sums are of another scale: its 1/x is calibrated on the student's own).
+            self.numerator._observe(x)
+            if self.reciprocal is not None and self.numerator.function == "exp":
+                e = x.exp()
+                den = e.sum(dim=-1, keepdim=True)
+                self.reciprocal._observe(den)
+                return e / den
+            return torch.softmax(x, dim=-1)
+        e = self.numerator(x)
+        if self._row_sums is not None:
+            with torch.no_grad():
+                self._row_sums.append(e.sum(dim=-1).mean(dim=(0, 2)).to(torch.float64))
+        if self.reciprocal is not None:
+            return e * self.reciprocal(e.sum(dim=-1, keepdim=True))
+        scale = (-self.log_denominator).exp().to(e.dtype)
+        return e * scale.view(1, -1, 1, 1)
+
+
+def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) per row: what an owner computes in the clear."""
+    mean = x.mean(dim=-1, keepdim=True)
+    centred = x - mean
+    return centred * ((centred * centred).mean(dim=-1, keepdim=True) + eps).rsqrt()
 
 
 class PolyLayerNorm(nn.Module):
@@ -233,7 +416,8 @@ class PolyLayerNorm(nn.Module):
 
     ``var`` is the population variance, as in :class:`torch.nn.LayerNorm`. Passing one
     :class:`PolyApprox` to two norms shares it (and its calibrated range) between them, as the
-    encrypted block does for its two LayerNorms.
+    encrypted block does for its two LayerNorms. With :attr:`owner_normalised` set, the input
+    is normalised exactly (the owner did it in the clear) and only the affine part is applied.
     """
 
     def __init__(self, width: int, inv_sqrt: Approximation | PolyApprox, eps: float = 1e-6) -> None:
@@ -241,13 +425,73 @@ class PolyLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
         self.bias = nn.Parameter(torch.zeros(width))
         self.eps = eps
-        self.inv_sqrt = _module(inv_sqrt)
+        self.inv_sqrt = poly_module(inv_sqrt)
+        self.owner_normalised = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.owner_normalised:
+            return _layer_norm(x, self.eps) * self.weight + self.bias
         mean = x.mean(dim=-1, keepdim=True)
         centred = x - mean
         var = (centred * centred).mean(dim=-1, keepdim=True) + self.eps
         return centred * self.inv_sqrt(var) * self.weight + self.bias
+
+
+class AffineNorm(nn.Module):
+    """A per-feature affine map in place of LayerNorm (BatchNorm-like, distilled):
+    ``(x - mean) * inv_std * weight + bias``.
+
+    ``mean`` and ``inv_std`` are buffers calibrated once on the auxiliary data; ``weight`` and
+    ``bias`` (LayerNorm's names, so a teacher's state dict loads) are learned. The whole map
+    folds into the next linear layer: it costs the encrypted block nothing. In exact mode, or
+    with :attr:`owner_normalised` set, it is the exact LayerNorm with the same weight and bias.
+    """
+
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
+    def __init__(self, width: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(width, dtype=torch.float64))
+        self.register_buffer("inv_std", torch.ones(width, dtype=torch.float64))
+        self.exact = False
+        self.owner_normalised = False
+        self._moments: list[torch.Tensor] | None = None
+
+    def start_observing(self) -> None:
+        """Accumulates the per-feature mean and variance of the inputs from now on."""
+        self._moments = [torch.zeros(3, self.mean.numel(), dtype=torch.float64)]
+
+    def stop_observing(self, *, calibrate: bool) -> None:
+        """Stops accumulating; with ``calibrate``, sets ``mean`` and ``inv_std`` from it."""
+        moments, self._moments = self._moments, None
+        if not calibrate or moments is None or float(moments[0][0, 0]) == 0:
+            return
+        n, s, s2 = moments[0]
+        mean = s / n
+        var = (s2 / n - mean * mean).clamp_min(0.0)
+        with torch.no_grad():
+            self.mean.copy_(mean)
+            self.inv_std.copy_((var + self.eps).rsqrt())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._moments is not None:
+            with torch.no_grad():
+                rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+                self._moments[0] += torch.stack(
+                    [torch.full_like(rows[0], len(rows)), rows.sum(0), (rows * rows).sum(0)]
+                )
+        if self.exact or self.owner_normalised:
+            return _layer_norm(x, self.eps) * self.weight + self.bias
+        scale = self.inv_std.to(x.dtype) * self.weight
+        return (x - self.mean.to(x.dtype)) * scale + self.bias
+
+    def stats(self) -> tuple[list[float], list[float]]:
+        """(mean, inv_std) as the encrypted block takes them."""
+        return self.mean.tolist(), self.inv_std.tolist()
 
 
 class PolyGELU(nn.Module):
@@ -255,7 +499,7 @@ class PolyGELU(nn.Module):
 
     def __init__(self, gelu: Approximation | PolyApprox) -> None:
         super().__init__()
-        self.gelu = _module(gelu)
+        self.gelu = poly_module(gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gelu(x)

@@ -1,25 +1,29 @@
-"""The FHE-friendly student: the teacher's ViT with every non-polynomial function approximated.
+"""The FHE-friendly student: the teacher's ViT with its softmax, normalisations and GELU replaced
+by the families of a :class:`blindfed.approx.StudentSpec`.
 
-Each block gets its own approximations (one exp and one reciprocal for the softmax, one 1/sqrt
-shared by its two LayerNorms, one GELU), whose ranges are calibrated on data
-(:meth:`Student.calibrate`) and stored in the state dict. :meth:`Student.export_blocks` hands the
-blocks to the encrypted evaluator with exactly those approximations.
+Each block gets its own modules (a softmax numerator and denominator, one 1/sqrt shared by its
+two LayerNorms or two affine norms, one GELU), whose ranges, constants and statistics are
+calibrated on data (:meth:`Student.calibrate`) and stored in the state dict; distillation then
+learns the constants (a power's shift, constant denominators) with the weights.
+:meth:`Student.export_blocks` hands the blocks to the encrypted evaluator with exactly those
+families.
 
 >>> import torch
 >>> from blindfed.nn.vit import ViT, ViTConfig
 >>> from blindfed.nn.student import Student
 >>> teacher = ViT(ViTConfig(width=32, depth=2, heads=2, mlp=64))
->>> student = Student.from_teacher(teacher)
+>>> student = Student.from_teacher(teacher, "softmax=quad denominator=constant norm=affine")
 >>> report = student.calibrate([torch.randn(8, 1, 28, 28)])
 >>> sum(r["out_of_range"] for r in report.values())
 0
 >>> blocks = student.export_blocks()
->>> len(blocks), blocks[0].shape["tokens"]
-(2, 17)
+>>> len(blocks), blocks[0].shape["tokens"], blocks[0].approximations["numerator"].kind
+(2, 17, 'power:2')
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,29 +31,49 @@ from typing import Any
 import numpy as np
 import torch
 
-from blindfed.approx import Approximation, from_spec, preset
+from blindfed.approx import Approximation, StudentSpec, student_spec
 from blindfed.block import Block as EncryptedBlock
-from blindfed.nn.approx import PolyApprox, PolyGELU, PolyLayerNorm, PolySoftmax
+from blindfed.nn.approx import AffineNorm, PolyApprox, PolyGELU, PolyLayerNorm, PolySoftmax
 from blindfed.nn.vit import Functions, ViT, ViTConfig
+from blindfed.protocol.privacy import block_pattern, request_starts
 
 __all__ = ["Student"]
 
-_FUNCTIONS = ("exp", "reciprocal", "inv_sqrt", "gelu")
 
-
-def _student_functions(templates: dict[str, Approximation]) -> Functions:
+def _student_functions(spec: StudentSpec, heads: int) -> Functions:
     shared_inv_sqrt: dict[int, PolyApprox] = {}
 
-    def inv_sqrt(block: int) -> PolyApprox:
+    def norm(block: int, width: int, eps: float) -> torch.nn.Module:
+        if spec.inv_sqrt is None:
+            return AffineNorm(width, eps)
         if block not in shared_inv_sqrt:
-            shared_inv_sqrt[block] = PolyApprox(templates["inv_sqrt"])
-        return shared_inv_sqrt[block]
+            shared_inv_sqrt[block] = PolyApprox(spec.inv_sqrt)
+        return PolyLayerNorm(width, shared_inv_sqrt[block], eps)
 
-    return Functions(
-        norm=lambda block, width, eps: PolyLayerNorm(width, inv_sqrt(block), eps),
-        softmax=lambda block: PolySoftmax(templates["exp"], templates["reciprocal"]),
-        act=lambda block: PolyGELU(templates["gelu"]),
-    )
+    def softmax(block: int) -> PolySoftmax:
+        if spec.reciprocal is None:
+            return PolySoftmax(spec.numerator, heads=heads)
+        return PolySoftmax(spec.numerator, spec.reciprocal)
+
+    return Functions(norm=norm, softmax=softmax, act=lambda block: PolyGELU(spec.gelu))
+
+
+def _far(seen: tuple[float, float] | None, exact: tuple[float, float] | None) -> bool:
+    """Whether ``seen`` reaches a hundred widths of ``exact`` beyond it."""
+    if seen is None or exact is None:
+        return False
+    width = max(exact[1] - exact[0], 1e-6 * max(abs(exact[0]), abs(exact[1]), 1.0))
+    return seen[0] < exact[0] - 100 * width or seen[1] > exact[1] + 100 * width
+
+
+def _within_bound(
+    seen: tuple[float, float] | None, exact: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    """``seen`` cut to the hundred widths around ``exact`` that :func:`_far` allows."""
+    if seen is None or exact is None:
+        return seen
+    width = max(exact[1] - exact[0], 1e-6 * max(abs(exact[0]), abs(exact[1]), 1.0))
+    return max(seen[0], exact[0] - 100 * width), min(seen[1], exact[1] + 100 * width)
 
 
 def _check_not_diverging(
@@ -63,10 +87,7 @@ def _check_not_diverging(
     The student legitimately differs from the exact model (Quad is not GELU), so only inputs
     a hundred widths beyond the exact model's are taken for a blow-up.
     """
-    if seen is None or exact is None:
-        return
-    width = max(exact[1] - exact[0], 1e-6 * max(abs(exact[0]), abs(exact[1]), 1.0))
-    if seen[0] >= exact[0] - 100 * width and seen[1] <= exact[1] + 100 * width:
+    if not _far(seen, exact):
         return
     # Quad stands in for GELU without approximating it: not a suspect.
     suspects = {k: m for k, m in modules.items() if m.approximation.name != "gelu_quad"} or modules
@@ -81,48 +102,68 @@ def _check_not_diverging(
     )
 
 
+def _block_of(name: str) -> str:
+    """The block a module name belongs to (``blocks.3``), or ``""`` for the final norm."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "blocks" else ""
+
+
 class Student(ViT):
-    """A ViT whose softmax, GELU and LayerNorms are the polynomial approximations.
+    """A ViT whose softmax, normalisations and GELU are the families of a :class:`StudentSpec`.
 
     Args:
         config: the architecture (usually the teacher's).
-        approximations: templates keyed ``exp``, ``reciprocal``, ``inv_sqrt``, ``gelu``: their
-            kinds and degrees are used, their ranges replaced by calibration. A preset name
-            (``"default"`` or ``"paper"``) or a dict; missing keys come from the default.
+        spec: a :class:`StudentSpec`, its text over the default (e.g. ``"softmax=quad
+            denominator=constant norm=affine"``) or a preset name (``"default"``,
+            ``"reference"``, ``"paper"``); kinds and degrees are used, ranges and constants come
+            from calibration and distillation.
+
+    With ``spec.owner_norm`` the first block of each request (block 0 and every block after a
+    revealed one) gets its input normalised exactly, as the owner does in the clear: set
+    :attr:`owner_blocks` to the blocks that are, or leave it None to draw them per forward
+    pass from the provider's block sampling (seeded by :attr:`pattern_rng`), as distillation
+    must see both paths.
     """
 
-    def __init__(
-        self, config: ViTConfig, approximations: str | dict[str, Approximation] = "default"
-    ) -> None:
-        templates = dict(preset("default"))
-        templates.update(
-            preset(approximations) if isinstance(approximations, str) else approximations
-        )
-        unknown = set(templates) - {*_FUNCTIONS, "eps"}
-        if unknown:
-            raise ValueError(f"unknown approximation keys {sorted(unknown)}; expected {_FUNCTIONS}")
-        for name in _FUNCTIONS:
-            a = templates[name]
-            if not isinstance(a, Approximation):
-                raise TypeError(f"approximation {name!r} must be an Approximation, got {a!r}")
-            if a.spec()["function"] != name:
-                raise ValueError(f"approximation {name!r} approximates {a.spec()['function']}")
-        super().__init__(config, _student_functions(templates))
+    def __init__(self, config: ViTConfig, spec: str | StudentSpec | None = None) -> None:
+        self.spec = student_spec(spec)
+        super().__init__(config, _student_functions(self.spec, config.heads))
+        self.owner_blocks: set[int] | None = None
+        self.pattern_rng = random.Random(0)
 
     @classmethod
-    def from_teacher(
-        cls, teacher: ViT, approximations: str | dict[str, Approximation] = "default"
-    ) -> Student:
+    def from_teacher(cls, teacher: ViT, spec: str | StudentSpec | None = None) -> Student:
         """A student with the teacher's architecture and a copy of its weights."""
-        student = cls(teacher.config, approximations)
+        student = cls(teacher.config, spec)
         missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-        # Only the approximations' range buffers are the student's own.
-        missing = [k for k in missing if not k.endswith(".range")]
+        # Only the families' ranges, constants and statistics are the student's own.
+        own = (".range", ".shift", ".log_denominator", ".mean", ".inv_std")
+        missing = [k for k in missing if not k.endswith(own)]
         if missing or unexpected:
             raise ValueError(f"teacher does not match: missing {missing}, unexpected {unexpected}")
         return student.to(next(teacher.parameters()).device)
 
-    # ---- the approximations --------------------------------------------------------------
+    # ---- the owner-normalised path -------------------------------------------------------
+
+    def start_pass(self) -> None:
+        """Draws (or applies) which blocks are owner-normalised for the next pass."""
+        if not self.spec.owner_norm:
+            return
+        starts = self.owner_blocks
+        if starts is None:
+            starts = request_starts(block_pattern(self.config.depth, self.pattern_rng))
+        for i, block in enumerate(self.blocks):
+            block.norm1.owner_normalised = i in starts
+
+    def features(self, images: torch.Tensor) -> Any:
+        self.start_pass()
+        return super().features(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.start_pass()
+        return super().forward(images)
+
+    # ---- the families ------------------------------------------------------------------------
 
     def approximations(self) -> Iterator[tuple[str, PolyApprox]]:
         """(name, module) for every distinct approximation, blocks first, then the final norm."""
@@ -132,10 +173,44 @@ class Student(ViT):
                 seen.add(id(module))
                 yield name, module
 
+    def _family_modules(self) -> Iterator[torch.nn.Module]:
+        yield from (m for _, m in self.approximations())
+        yield from (m for m in self.modules() if isinstance(m, (PolySoftmax, AffineNorm)))
+
     def set_exact(self, exact: bool) -> None:
-        """Uses the exact functions instead of the approximations (calibration, comparisons)."""
-        for _, m in self.approximations():
+        """Uses the exact functions instead of the families (calibration, comparisons)."""
+        for m in self._family_modules():
             m.exact = exact
+
+    def family_parameters(self) -> Iterator[torch.nn.Parameter]:
+        """The families' learned constants: powers' shifts, constant denominators, and the
+        affine norms' weights and biases."""
+        for m in self.modules():
+            if isinstance(m, PolySoftmax):
+                if m.log_denominator is not None:
+                    yield m.log_denominator
+                if hasattr(m.numerator, "shift"):
+                    yield m.numerator.shift
+            elif isinstance(m, AffineNorm):
+                yield m.weight
+                yield m.bias
+
+    def _passes(self, batches: Iterable[torch.Tensor]) -> Iterator[None]:
+        """Runs every batch through the student, with both paths of the owner-normalised
+        blocks if the spec has them (only the first block, then every block normalised by its
+        owner), so calibration covers whatever pattern a request draws."""
+        starts: list[set[int] | None] = [None]
+        if self.spec.owner_norm:
+            starts = [{0}, set(range(self.config.depth))]
+        kept = self.owner_blocks
+        try:
+            for images in batches:
+                for s in starts:
+                    self.owner_blocks = s if s is not None else kept
+                    self(images)
+                    yield
+        finally:
+            self.owner_blocks = kept
 
     @torch.no_grad()
     def _observe(self, batches: Iterable[torch.Tensor]) -> dict[str, dict[str, Any]]:
@@ -143,8 +218,8 @@ class Student(ViT):
         for m in modules.values():
             m.start_observing()
         try:
-            for images in batches:
-                self(images)
+            for _ in self._passes(batches):
+                pass
         finally:
             seen = {name: m.stop_observing() for name, m in modules.items()}
         return {
@@ -152,20 +227,66 @@ class Student(ViT):
             for name, m in modules.items()
         }
 
+    @torch.no_grad()
+    def _calibrate_constants(self, batches: Iterable[torch.Tensor]) -> None:
+        """Initial learned constants: affine statistics from what the exact norms see, power
+        shifts whose maps are nearest the exact softmax's, and constant denominators at the
+        mean row sum of the numerators."""
+        norms = [m for m in self.modules() if isinstance(m, AffineNorm)]
+        softmaxes = [m for m in self.modules() if isinstance(m, PolySoftmax)]
+        powers = [m for m in softmaxes if hasattr(m.numerator, "shift")]
+        self.set_exact(True)
+        for m in norms:
+            m.start_observing()
+        for m in powers:
+            m.start_sampling_scores()
+        try:
+            for _ in self._passes(batches):
+                pass
+        finally:
+            for m in norms:
+                m.stop_observing(calibrate=True)
+            for m in powers:
+                rows = m.stop_sampling_scores()
+                if rows is not None:
+                    m.fit_shift(rows)
+        for m in softmaxes:
+            m.start_observing_sums()
+        try:
+            for _ in self._passes(batches):
+                pass
+        finally:
+            self.set_exact(False)
+            for m in softmaxes:
+                sums = m.stop_observing_sums()
+                if m.log_denominator is not None and sums is not None:
+                    m.log_denominator.copy_(sums.clamp_min(1e-6).log())
+
     def calibrate(
-        self, batches: Iterable[torch.Tensor], *, margin: float = 0.2, rounds: int = 4
+        self,
+        batches: Iterable[torch.Tensor],
+        *,
+        margin: float = 0.2,
+        rounds: int = 4,
+        constants: bool = False,
+        strict: bool = True,
     ) -> dict[str, dict[str, Any]]:
         """Sets every approximation's range from what the data feeds it.
 
         A first pass with the exact functions gives each range, widened by ``margin`` of its
         width on both sides; then passes with the approximations widen any range an input
         still falls outside of (later layers see the approximated earlier ones), up to
-        ``rounds`` times. ``batches`` must be re-iterable (a list or a DataLoader).
+        ``rounds`` times. With ``constants``, the learned constants start from the data too
+        (affine statistics, power shifts, constant denominators: what distillation starts
+        from). ``batches`` must be re-iterable (a list or a DataLoader). ``strict`` refuses
+        to chase inputs that blow up (an inaccurate approximation upstream); distillation
+        starts non-strict, since a cheap family's student may be far off before training.
 
         Returns, per approximation, its range, the inputs it saw, how many fell outside the
-        range in the last pass (0 everywhere unless ``rounds`` ran out) and its (absolute,
-        relative) error against the exact function on the range: a 1/sqrt over a range wider
-        than about 1:1000 is inaccurate, and that shows there.
+        range in the last pass (0 everywhere: a strict calibration whose ranges still miss
+        data after ``rounds`` raises, naming them) and its (absolute, relative) error against
+        the exact function on the range: a 1/sqrt over a range wider than about 1:1000 is
+        inaccurate, and that shows there.
         """
         was_training = self.training
         self.eval()
@@ -175,19 +296,56 @@ class Student(ViT):
             report = self._observe(batches)
             exact = {name: r["observed"] for name, r in report.items()}
             self.set_exact(False)
+            if constants:
+                self._calibrate_constants(batches)
             for name, m in modules.items():
                 self._fit(m, exact[name], margin, widen=False)
-            for _ in range(rounds):
+            # What the exact pass cannot show (the 1/x of a power's row sums) is observed with
+            # the families everywhere else, that function still exact, then fitted.
+            unset = {name: modules[name] for name, seen in exact.items() if seen is None}
+            if unset:
+                for m in unset.values():
+                    m.exact = True
                 report = self._observe(batches)
-                if all(r["out_of_range"] == 0 for r in report.values()):
+                for name, m in unset.items():
+                    m.exact = False
+                    self._fit(m, report[name]["observed"], margin, widen=False)
+            # Downstream inputs are only trusted once everything upstream is in range: each
+            # pass widens the out-of-range ranges of the first block that has any.
+            for _ in range(rounds * (self.config.depth + 1)):
+                report = self._observe(batches)
+                outside = [name for name in modules if report[name]["out_of_range"]]
+                if not outside:
                     break
-                for name, m in modules.items():
-                    if report[name]["out_of_range"]:
-                        _check_not_diverging(name, report[name]["observed"], exact[name], modules)
-                        self._fit(m, report[name]["observed"], margin, widen=True)
+                # A later module's blow-up may be an earlier one's doing: only the first one
+                # out of range is held to the divergence check, the rest wait a pass.
+                if strict:
+                    _check_not_diverging(
+                        outside[0], report[outside[0]]["observed"], exact[outside[0]], modules
+                    )
+                block = _block_of(outside[0])
+                for name in outside:
+                    seen = report[name]["observed"]
+                    if _block_of(name) != block or (name != outside[0] and _far(seen, exact[name])):
+                        break
+                    if not strict:
+                        # Not past the divergence bound: training clamps to the range.
+                        seen = _within_bound(seen, exact[name])
+                    self._fit(modules[name], seen, margin, widen=True)
         finally:
             self.set_exact(False)
             self.train(was_training)
+        outside = {n: r["observed"] for n, r in report.items() if r["out_of_range"]}
+        if strict and outside:
+            raise ValueError(
+                "calibration did not settle: "
+                + ", ".join(
+                    f"{n}'s range {tuple(round(v, 4) for v in modules[n].range.tolist())} does "
+                    f"not contain the data's {tuple(round(v, 4) for v in seen)}"
+                    for n, seen in outside.items()
+                )
+                + f" after {rounds} rounds; give more rounds or a larger margin"
+            )
         for name, m in modules.items():
             report[name]["range"] = tuple(m.range.tolist())
             report[name]["approximation"] = repr(m.approximation)
@@ -245,12 +403,21 @@ class Student(ViT):
         }
 
     def block_approximations(self, index: int) -> dict[str, Any]:
-        """Block ``index``'s approximations, keyed as :class:`blindfed.block.Block` takes them."""
+        """Block ``index``'s families, keyed as :class:`blindfed.block.Block` takes them."""
         b = self.blocks[index]
+        softmax = b.attn.softmax
+        if softmax.reciprocal is not None:
+            denominator: Any = softmax.reciprocal.approximation
+        else:
+            denominator = softmax.constants.tolist()
+        if isinstance(b.norm1, AffineNorm):
+            norm: Any = {"norm1": b.norm1.stats(), "norm2": b.norm2.stats()}
+        else:
+            norm = b.norm1.inv_sqrt.approximation
         return {
-            "exp": b.attn.softmax.exp.approximation,
-            "reciprocal": b.attn.softmax.reciprocal.approximation,
-            "inv_sqrt": b.norm1.inv_sqrt.approximation,
+            "numerator": softmax.numerator.approximation,
+            "denominator": denominator,
+            "norm": norm,
             "gelu": b.mlp.act.gelu.approximation,
             "eps": float(b.norm1.eps),
         }
@@ -263,6 +430,7 @@ class Student(ViT):
                 tokens=self.config.tokens,
                 heads=self.config.heads,
                 approx=self.block_approximations(i),
+                spec=self.spec,
             )
             for i in range(self.config.depth)
         ]
@@ -270,10 +438,12 @@ class Student(ViT):
     # ---- saving -------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        """Config and approximation specs: with the state dict, everything to rebuild it."""
+        """Config, spec and every approximation's text: with the state dict (which holds the
+        learned constants and statistics), everything to rebuild it."""
         return {
             "config": self.config.to_dict(),
-            "approximations": {name: m.spec() for name, m in self.approximations()},
+            "spec": self.spec.text,
+            "approximations": {name: m.approximation.text for name, m in self.approximations()},
         }
 
     @classmethod
@@ -281,24 +451,22 @@ class Student(ViT):
         """The student :meth:`describe` and ``state_dict`` describe."""
         try:
             config = ViTConfig.from_dict(description["config"])
-            specs = description["approximations"]
+            spec = StudentSpec(description["spec"])
+            texts = description["approximations"]
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed student description: {e!r}") from e
-        first = {m: None for m in _FUNCTIONS}
-        for spec in specs.values():
-            fn = spec.get("function")
-            if fn in first and first[fn] is None:
-                first[fn] = from_spec(spec)
-        student = cls(config, {k: v for k, v in first.items() if v is not None})
+        student = cls(config, spec)
         student.load_state_dict(state)
         for name, m in student.approximations():
-            if name not in specs:
+            if not isinstance(texts.get(name), str):
                 raise ValueError(f"description lacks approximation {name!r}")
-            m.set_approximation(from_spec(specs[name]))
+            m.set_approximation(Approximation.from_text(texts[name]))
+        # The state dict's learned shifts win over the texts' (they are the same when saved).
+        student.load_state_dict(state)
         return student
 
     def save(self, path: str | Path) -> None:
-        """Writes the student (weights, ranges and approximation specs) to one file."""
+        """Writes the student (weights, ranges, constants and families) to one file."""
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save({"description": self.describe(), "state": self.state_dict()}, tmp)

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 MAGIC = b"BFMG"
-VERSION = 1
+VERSION = 2
 MAX_HEADER = 64 * 1024
 #: Largest blob accepted (keys for a 2^16 ring with many rotations stay well below).
 MAX_BLOB = 4 * 1024**3
@@ -73,13 +73,15 @@ class Message:
             want = {
                 "str": str,
                 "int": int,
+                "float": (int, float),
                 "bool": bool,
                 "list[int]": list,
                 "list[int] | None": (list, type(None)),
             }.get(str(f.type))
             value = header[f.name]
             if want is not None and (
-                not isinstance(value, want) or (want is int and isinstance(value, bool))
+                not isinstance(value, want)
+                or (want in (int, (int, float)) and isinstance(value, bool))
             ):
                 raise MessageError(
                     f"{cls.__name__}: field {f.name!r} has type {type(value).__name__}"
@@ -98,7 +100,9 @@ class Offer(Message):
     """Provider -> owner: what to generate keys for and how to encode inputs.
 
     ``embedding`` is the student's patch embedding (``.npz`` bytes), shared so the owner can
-    encrypt token embeddings; it is the only part of the model an owner receives.
+    encrypt token embeddings; it is the only part of the model an owner receives. With
+    ``owner_norm`` the owner also sends the first block input of each request normalised in
+    the clear, ``(x - mean) / sqrt(var + eps)`` per token.
     """
 
     KIND: ClassVar[int] = 1
@@ -111,6 +115,8 @@ class Offer(Message):
     window: int
     flood_bits: int
     rotation_steps: list[int]
+    owner_norm: bool = False
+    eps: float = 1e-6
     parameters: bytes = b""
     embedding: bytes = b""
 
@@ -122,6 +128,8 @@ class Offer(Message):
         for name in ("blocks", "tokens", "width", "window"):
             if not 1 <= header[name] <= 1 << 20:
                 raise MessageError(f"Offer: {name} = {header[name]} is out of range")
+        if not 0 <= header["eps"] <= 1:
+            raise MessageError(f"Offer: eps = {header['eps']} is out of range")
 
 
 @dataclass
@@ -140,15 +148,17 @@ class ForwardRequest(Message):
     """Owner -> provider: inputs of ``block`` for a batch (a packed encrypted batch in
     ``execute`` mode, a float64 ``.npy`` array in ``simulate`` mode). ``windows`` splits the
     batch into runs of consecutive samples the provider may permute among themselves
-    (lengths summing to the batch size)."""
+    (lengths summing to the batch size). ``normalized``, when the offer asked for it, holds the
+    same inputs normalised by the owner, encoded the same way (empty otherwise)."""
 
     KIND: ClassVar[int] = 3
-    BLOBS: ClassVar[tuple[str, ...]] = ("payload",)
+    BLOBS: ClassVar[tuple[str, ...]] = ("payload", "normalized")
     session: str
     batch: str
     block: int
     windows: list[int] = field(default_factory=list)
     payload: bytes = b""
+    normalized: bytes = b""
 
     @classmethod
     def _check(cls, header: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from blindfed import ckks
 from blindfed._core import answer_refresh
-from blindfed.block import PackedBatch
+from blindfed.block import PackedBatch, owner_normalise
 from blindfed.protocol.messages import BlockOutput, ForwardRequest, Offer, OwnerHello, decode
 from blindfed.protocol.privacy import label_windows
 
@@ -311,6 +311,8 @@ class Pass:
             block=self._next_block,
             windows=self.windows,
             payload=owner._encode(x),
+            # The owner holds this input in the clear: normalising it reveals nothing new.
+            normalized=owner._encode(owner_normalise(x, offer.eps)) if offer.owner_norm else b"",
         ).to_bytes()
         owner.sent_bytes += len(request)
         return request

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-__all__ = ["Random", "block_pattern", "label_windows", "window_permutation"]
+__all__ = ["Random", "block_pattern", "label_windows", "request_starts", "window_permutation"]
 
 
 class Random(Protocol):
@@ -49,6 +49,16 @@ def block_pattern(blocks: int, rng: Random, *, enabled: bool = True) -> list[boo
     for i in range(blocks - 2, -1, -1):
         revealed[i] = (not revealed[i + 1]) and bool(rng.random() < 0.5)
     return revealed
+
+
+def request_starts(pattern: Sequence[bool]) -> set[int]:
+    """The blocks a request starts at under ``pattern``: block 0 and every block after a
+    revealed one (the owner holds those blocks' inputs in the clear).
+
+    >>> sorted(request_starts([False, True, False, True]))
+    [0, 2]
+    """
+    return {0} | {i + 1 for i, revealed in enumerate(pattern[:-1]) if revealed}
 
 
 def window_permutation(windows: Sequence[int], rng: Random) -> list[int]:

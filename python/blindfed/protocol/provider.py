@@ -151,6 +151,10 @@ class Provider:
         self.blocks = student.export_blocks()
         self.tokens = student.config.tokens
         self.width = student.config.width
+        # The owner normalises the first block input of each request when the student was
+        # distilled for it (its first norm is then exact there).
+        self.owner_norm = bool(student.spec.owner_norm)
+        self.eps = float(student.config.eps)
         self.parameters = parameters or _plan_parameters(self.blocks)
         steps = {s for b in self.blocks for s in b.rotation_steps(self.parameters)}
         steps.update(permutation_rotation_steps(self.tokens, window) if self.permute else [])
@@ -181,6 +185,8 @@ class Provider:
             window=self.window,
             flood_bits=self.flood_bits,
             rotation_steps=self.rotation_steps,
+            owner_norm=self.owner_norm,
+            eps=self.eps,
             parameters=self.parameters.to_bytes(),
             embedding=self._embedding,
         ).to_bytes()
@@ -215,6 +221,13 @@ class Provider:
         if msg.block > last:
             raise MessageError(f"block {msg.block} does not exist (the model has {last + 1})")
         x = self._load(msg.payload)
+        x_hat = None
+        if msg.normalized:
+            if not self.owner_norm:
+                raise MessageError("ForwardRequest: normalised inputs were not asked for")
+            x_hat = self._load(msg.normalized)
+            if x_hat.shape != x.shape:
+                raise MessageError("ForwardRequest: normalised inputs of another shape")
         batch = x.shape[0]
         self._check_windows(msg.windows, batch)
         state = session.patterns.get(msg.batch)
@@ -241,7 +254,8 @@ class Provider:
         for index in range(msg.block, last + 1):
             meter = _MeteredRefresh(refresh)
             started = time.perf_counter()
-            x = self._evaluate(index, x, session, meter)
+            # Only a request's first block has an input its owner saw (and normalised).
+            x = self._evaluate(index, x, session, meter, x_hat if index == msg.block else None)
             if not pattern[index]:
                 hidden.append(index)
                 x = self._hide(x, meter)
@@ -316,12 +330,14 @@ class Provider:
             )
         return x
 
-    def _evaluate(self, index: int, x: Any, session: _Session, refresh: Refresh) -> Any:
+    def _evaluate(
+        self, index: int, x: Any, session: _Session, refresh: Refresh, x_hat: Any = None
+    ) -> Any:
         block = self.blocks[index]
         if self.mode == "execute":
-            out, _ = block.evaluate(x, session.keys, refresh)
+            out, _ = block.evaluate(x, session.keys, refresh, x_hat=x_hat)
             return out
-        return block.mirror(x, params=self.parameters)
+        return block.mirror(x, params=self.parameters, x_hat=x_hat)
 
     def _hide(self, x: Any, refresh: Refresh) -> Any:
         """A hidden block's output goes on to the next block without reaching the owner."""

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from blindfed import teacher
-from blindfed.nn.student import Student
-from blindfed.nn.vit import ViT
+if TYPE_CHECKING:  # the models need torch; the cards do not
+    from blindfed.nn.student import Student
+    from blindfed.nn.vit import ViT
 
 __all__ = ["NAMES", "card", "load", "load_student", "path"]
 
@@ -48,6 +48,8 @@ def card(name: str = "mnist_vit") -> dict[str, Any]:
 
 def load(name: str = "mnist_vit") -> ViT:
     """The pretrained model, in eval mode."""
+    from blindfed import teacher
+
     if name.endswith("_student"):
         return load_student(name.removesuffix("_student"))
     return teacher.load(path(name)).eval()
@@ -55,4 +57,6 @@ def load(name: str = "mnist_vit") -> ViT:
 
 def load_student(name: str = "mnist_vit") -> Student:
     """The distilled FHE-friendly student of zoo model ``name``, in eval mode."""
+    from blindfed.nn.student import Student
+
     return Student.load(path(f"{name}_student")).eval()
