@@ -319,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         help="keep narrow chains' inputs within this ratio (0: no range penalty)",
     )
     p.add_argument("--study", action="store_true", help="distil and measure every candidate")
-    p.add_argument("--candidates", help="study: comma-separated names (default: all)")
+    p.add_argument(
+        "--candidates",
+        help="study: comma-separated candidate names or spec texts (default: all candidates)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="study: seeds per candidate (default 3)")
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
     p.add_argument("--json", help="also write the report here")

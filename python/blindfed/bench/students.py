@@ -47,6 +47,7 @@ CANDIDATES: dict[str, str] = {
     "2quad/const+affine": "softmax=quad denominator=constant norm=affine",
     "2quad+owner": "softmax=quad owner-norm=on",
     "2quad/const+affine+owner": "softmax=quad denominator=constant norm=affine owner-norm=on",
+    "2quad+cheb4": "softmax=quad gelu=chebyshev:4",
 }
 
 #: Shapes whose cost the tracer predicts for every candidate.
