@@ -123,15 +123,18 @@ def distill_cmd(args: argparse.Namespace) -> int:
     set_num_threads(args.threads)
     try:
         spec = StudentSpec(_spec_text(args))
-        config = DistillConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            tau=args.tau,
-            seed=args.seed,
-            warm_start_epochs=args.warm_start,
-            range_ratio=args.range_ratio or None,
-        )
+        # Options left out keep DistillConfig's defaults (their one source).
+        given = {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "tau": args.tau,
+            "seed": args.seed,
+            "warm_start_epochs": args.warm_start,
+        }
+        if args.range_ratio is not None:
+            given["range_ratio"] = args.range_ratio or None
+        config = DistillConfig(**{k: v for k, v in given.items() if v is not None})
     except ValueError as err:
         print(f"blindfed: {err}", file=sys.stderr)
         return 2
@@ -293,11 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         "distill", help="distil the zoo teacher into its FHE-friendly student (MNIST)"
     )
     p.add_argument("--out", default="distill-out", help="checkpoints, student and report here")
-    p.add_argument("--epochs", type=int, default=30, help="epochs, half layer-wise (default 30)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--tau", type=float, default=5.0, help="stage II temperature (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation and batch order seed")
+    # Defaults: blindfed.distill.DistillConfig's (not restated here; it needs torch).
+    p.add_argument("--epochs", type=int, help="epochs, half of them layer-wise")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--tau", type=float, help="stage II temperature")
+    p.add_argument("--seed", type=int, help="initialisation and batch order seed")
     p.add_argument(
         "--spec",
         default="default",
@@ -309,13 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--norm", help="layernorm, layernorm:newton:G:S or affine")
     p.add_argument("--gelu", help="quad (the paper's) or chebyshev:D")
     p.add_argument("--owner-norm", choices=["on", "off"], help="the owner normalises requests")
-    p.add_argument(
-        "--warm-start", type=int, default=1, help="epochs that train only the families' constants"
-    )
+    p.add_argument("--warm-start", type=int, help="epochs that train only the families' constants")
     p.add_argument(
         "--range-ratio",
         type=float,
-        default=64.0,
         help="keep narrow chains' inputs within this ratio (0: no range penalty)",
     )
     p.add_argument("--study", action="store_true", help="distil and measure every candidate")

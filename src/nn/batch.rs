@@ -86,20 +86,16 @@ impl Block {
             groups.into_iter().map(|g| g.into_iter().map(|c| backend.value(c)).collect()).collect()
         };
         let inputs = values(layout.pack(x, batch)?)?;
-        let mut hats = match x_hat {
+        let hats: Vec<Option<_>> = match x_hat {
             Some(h) => values(layout.pack(h, batch)?)?.into_iter().map(Some).collect(),
             None => vec![None; inputs.len()],
         };
         let out = inputs
             .into_iter()
-            .zip(hats.drain(..))
+            .zip(hats)
             .enumerate()
             .map(|(g, (x, hat))| {
-                let samples = layout.samples_in_group(batch, g);
-                let y = match hat {
-                    Some(h) => self.evaluate_normalised(&backend, &layout, samples, x, h)?,
-                    None => self.evaluate(&backend, &layout, samples, x)?,
-                };
+                let y = self.run(&backend, &layout, layout.samples_in_group(batch, g), x, hat)?;
                 Ok(y.into_iter().map(|v| v.data).collect())
             })
             .collect::<Result<Vec<_>>>()?;
@@ -128,7 +124,7 @@ impl Block {
         };
         let mut conjugations = separations(input);
         let real = input.real_groups(galois)?;
-        let mut hats = match x_hat {
+        let hats: Vec<Option<_>> = match x_hat {
             Some(h) => {
                 if h.layout != input.layout || h.batch != input.batch {
                     return Err(Error::InvalidInput(
@@ -142,14 +138,10 @@ impl Block {
         };
         let groups = real
             .into_iter()
-            .zip(hats.drain(..))
+            .zip(hats)
             .enumerate()
             .map(|(g, (x, hat))| {
-                let samples = input.layout.samples_in_group(input.batch, g);
-                match hat {
-                    Some(h) => self.evaluate_normalised(&backend, &input.layout, samples, x, h),
-                    None => self.evaluate(&backend, &input.layout, samples, x),
-                }
+                self.run(&backend, &input.layout, input.layout.samples_in_group(input.batch, g), x, hat)
             })
             .collect::<Result<Vec<_>>>()?;
         let mut cost = backend.cost();

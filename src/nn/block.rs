@@ -398,7 +398,8 @@ impl Block {
         self.run(b, layout, samples, x, Some(x_hat))
     }
 
-    fn run<B: Backend>(
+    /// [`Block::evaluate`], or [`Block::evaluate_normalised`] when the owner sent `x_hat`.
+    pub(super) fn run<B: Backend>(
         &self,
         b: &B,
         layout: &TokenLayout,

@@ -50,21 +50,15 @@ def student_block(
     shape = SHAPES[name]
     if spec is None:
         spec, shift = default_student_constants()
+    numerator = spec.numerator
+    learned = shift is not None and numerator.shift is not None
     block = Block(
         random_weights(shape["width"], shape["mlp"], seed=seed),
         tokens=shape["tokens"],
         heads=shape["heads"],
         spec=spec,
+        approx={"numerator": numerator.with_shift(shift)} if learned else None,
     )
-    numerator = block.approximations["numerator"]
-    if shift is not None and numerator.shift is not None:
-        block = Block(
-            random_weights(shape["width"], shape["mlp"], seed=seed),
-            tokens=shape["tokens"],
-            heads=shape["heads"],
-            spec=spec,
-            approx={"numerator": numerator.with_shift(shift)},
-        )
     return block.calibrated(_activations(shape, 8, seed))
 
 
@@ -145,7 +139,8 @@ def traffic(plan: dict, shape: dict[str, int]) -> dict[str, float]:
 
 def run_shape(name: str, *, execute: bool, seed: int = 0) -> dict:
     shape = SHAPES[name]
-    block = student_block(name, seed=seed)
+    spec, shift = default_student_constants()
+    block = student_block(name, spec, seed=seed, shift=shift)
     t = time.perf_counter()
     plan = block.plan()
     params = plan["parameters"]
@@ -167,7 +162,7 @@ def run_shape(name: str, *, execute: bool, seed: int = 0) -> dict:
         "refreshed_ciphertexts_per_group": plan["cost"]["refreshed_ciphertexts"],
         **traffic(plan, shape),
         "approximations": {k: repr(v) for k, v in block.approximations.items()},
-        "spec": default_student_constants()[0].text,
+        "spec": spec.text,
     }
     units = unit_costs(params)
     report["unit_seconds"] = units

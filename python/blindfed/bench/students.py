@@ -80,6 +80,7 @@ def shape_costs(
         cache[key] = unit_costs(plan["parameters"])
     per = plan["samples_per_group"]
     cost = plan["cost"]
+    bytes_per_sample = traffic(plan, block.shape)
     out = {
         "log_n": plan["log_n"],
         "levels": plan["levels"],
@@ -90,7 +91,7 @@ def shape_costs(
         "refresh_rounds": cost["refresh_rounds"],
         "refreshed_ciphertexts_per_sample": cost["refreshed_ciphertexts"] / per,
         "predicted_seconds_per_sample": estimate_seconds(cost, cache[key]) / per,
-        "upload_bytes_per_sample": traffic(plan, block.shape)["upload_bytes_per_sample"],
+        "upload_bytes_per_sample": bytes_per_sample["upload_bytes_per_sample"],
     }
     if spec.owner_norm:
         # A request's first block with its input normalised by the owner: what it saves at
@@ -100,7 +101,7 @@ def shape_costs(
             "key_switches_per_sample": normalised["key_switches"] / per,
             "refresh_rounds": normalised["refresh_rounds"],
             "predicted_seconds_per_sample": estimate_seconds(normalised, cache[key]) / per,
-            "extra_upload_bytes_per_sample": traffic(plan, block.shape)["input_bytes_per_sample"],
+            "extra_upload_bytes_per_sample": bytes_per_sample["input_bytes_per_sample"],
         }
     return out
 
