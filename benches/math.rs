@@ -1,6 +1,7 @@
 //! Criterion benches of the arithmetic kernels (NTT, basis conversion) at the ring degrees the
 //! benchmark sets use.
 
+use blindfed::math::lincomb;
 use blindfed::math::modulus::Modulus;
 use blindfed::math::ntt::NttTable;
 use blindfed::math::primes::{ntt_primes, Side};
@@ -31,5 +32,30 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// One limb of a 192 -> 192 linear layer at N = 2^14 (ViT-Tiny's Q, K, V or W_o on one prime):
+/// the inner loop of every encrypted linear layer.
+fn bench_lincomb(c: &mut Criterion) {
+    let (n, d) = (1usize << 14, 192usize);
+    for bits in [30u32, 60] {
+        let q = ntt_primes(bits, 1, n, Side::Below, &[])[0];
+        let m = Modulus::new(q);
+        let inputs: Vec<Vec<u64>> =
+            (0..d).map(|i| (0..n as u64).map(|k| (k * 0x9e37_79b9 + i as u64 * 77) % q).collect()).collect();
+        let refs: Vec<&[u64]> = inputs.iter().map(|v| v.as_slice()).collect();
+        // Small signed weights (a 30-bit scale times weights below 1).
+        let weights: Vec<i128> = (0..d * d).map(|i| ((i as i128 * 7919) % (1 << 28)) - (1 << 27)).collect();
+        let mut outs = vec![vec![0u64; n]; d];
+        let mut g = c.benchmark_group(format!("lincomb/{d}x{d},N=2^14,{bits}-bit"));
+        g.sample_size(10);
+        g.bench_function("combine", |b| {
+            b.iter(|| {
+                let mut targets: Vec<&mut [u64]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+                lincomb::combine(&mut targets, &refs, &weights, &m);
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, bench_lincomb);
 criterion_main!(benches);

@@ -170,6 +170,11 @@ fn encrypted_stack_of_four_blocks_matches_mirror() {
     blocks[0].evaluate(&tracer, &layout, batch, inputs).unwrap();
     let (t, e) = (tracer.cost(), backend.cost());
     assert_eq!(4 * t.key_switches(), e.key_switches());
+    // The encrypted backend timed every kind of operation it ran; the tracer timed nothing.
+    for kind in ["rotations", "relinearizations", "tensor_products", "linear_layers", "refreshes"] {
+        assert!(e.nanos.get(kind).is_some_and(|&ns| ns > 0), "no time measured for {kind}: {:?}", e.nanos);
+    }
+    assert!(t.nanos.is_empty());
     // (The 4 conjugations per block that separate the complex packing happen outside the backend.)
     assert_eq!(4 * t.refresh_rounds, e.refresh_rounds);
 }

@@ -4,11 +4,14 @@
 //! a clear error instead of guessing. [`adjust_level`] brings a ciphertext down to a lower level
 //! at that level's canonical scale, so mixed-depth operands can be combined.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::math::automorphism::{conjugation_element, rotation_element};
 use crate::math::poly::RnsPoly;
+use crate::math::tensor;
 use crate::parallel;
 
 use super::ciphertext::Ciphertext;
@@ -207,39 +210,8 @@ pub fn multiply(a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
     if a.level != b.level {
         return Err(Error::LevelMismatch(a.level, b.level));
     }
-    if a.size() != 2 || b.size() != 2 {
-        return Err(Error::InvalidInput(
-            "relinearise before multiplying again (operand has 3 polynomials)".into(),
-        ));
-    }
-    let ctx = &a.ctx;
-    let moduli = ctx.q_moduli(a.level);
-    let polys = parallel::install(|| {
-        let (a0, a1, b0, b1) = (&a.polys[0], &a.polys[1], &b.polys[0], &b.polys[1]);
-        let mut d0 = RnsPoly::zero(ctx.degree(), a.level + 1);
-        let mut d1 = RnsPoly::zero(ctx.degree(), a.level + 1);
-        let mut d2 = RnsPoly::zero(ctx.degree(), a.level + 1);
-        let n = ctx.degree();
-        let mut rows: Vec<_> = d0.rows_mut().zip(d1.rows_mut()).zip(d2.rows_mut()).enumerate().collect();
-        rows.par_iter_mut().for_each(|(i, ((r0, r1), r2))| {
-            let m = moduli[*i];
-            let s = *i * n..(*i + 1) * n;
-            let (x0, x1, y0, y1) = (
-                &a0.as_flat()[s.clone()],
-                &a1.as_flat()[s.clone()],
-                &b0.as_flat()[s.clone()],
-                &b1.as_flat()[s],
-            );
-            for j in 0..n {
-                r0[j] = m.mul(x0[j], y0[j]);
-                r1[j] = m.reduce_u128(x0[j] as u128 * y1[j] as u128 + x1[j] as u128 * y0[j] as u128);
-                r2[j] = m.mul(x1[j], y1[j]);
-            }
-        });
-        vec![d0, d1, d2]
-    });
-    let mut out = derived(a, polys, a.level, a.scale * b.scale);
-    out.slots = a.slots.max(b.slots);
+    let mut out = zero_product(&a.ctx, a.level, a.scale * b.scale, a.slots.max(b.slots));
+    multiply_accumulate(&mut out, a, b)?;
     Ok(out)
 }
 
@@ -247,47 +219,91 @@ pub fn multiply(a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
 /// with the product of their scales, as [`multiply`] returns. Sums of many products (attention
 /// scores, dot products) then cost one pass over memory per product and no allocation.
 pub fn multiply_accumulate(acc: &mut Ciphertext, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
-    if a.ctx != b.ctx || a.ctx != acc.ctx {
-        return Err(Error::ParameterMismatch);
+    multiply_accumulate_pairs(&mut [acc], &[vec![(a, b)]])
+}
+
+/// `sums[o] += sum over pairs[o] of a * b` for every o in one pass: each sum is read and
+/// written once, and an operand that several sums share is read once per cache-sized chunk
+/// of coefficients ([`crate::math::tensor`]). Every sum is a size-3 ciphertext at one common
+/// level with the product of its operands' scales; operands are size 2 at that level.
+pub fn multiply_accumulate_pairs(
+    sums: &mut [&mut Ciphertext],
+    pairs: &[Vec<(&Ciphertext, &Ciphertext)>],
+) -> Result<()> {
+    if sums.len() != pairs.len() {
+        return Err(Error::InvalidInput(format!(
+            "{} sums for {} lists of products",
+            sums.len(),
+            pairs.len()
+        )));
     }
-    if a.level != b.level || a.level != acc.level {
-        return Err(Error::LevelMismatch(a.level.max(b.level), acc.level));
-    }
-    if a.size() != 2 || b.size() != 2 || acc.size() != 3 {
-        return Err(Error::InvalidInput(
-            "multiply_accumulate needs two size-2 operands and a size-3 sum".into(),
-        ));
-    }
-    if !same_scale(acc.scale, a.scale * b.scale) {
-        return Err(Error::ScaleMismatch(acc.scale.log2(), (a.scale * b.scale).log2()));
-    }
-    let ctx = &a.ctx;
-    let moduli = ctx.q_moduli(a.level);
-    let n = ctx.degree();
-    parallel::install(|| {
-        let (a0, a1, b0, b1) = (&a.polys[0], &a.polys[1], &b.polys[0], &b.polys[1]);
-        let [d0, d1, d2] = &mut acc.polys[..] else { unreachable!("size checked above") };
-        let mut rows: Vec<_> = d0.rows_mut().zip(d1.rows_mut()).zip(d2.rows_mut()).enumerate().collect();
-        rows.par_iter_mut().for_each(|(i, ((r0, r1), r2))| {
-            let m = moduli[*i];
-            let s = *i * n..(*i + 1) * n;
-            let (x0, x1, y0, y1) = (
-                &a0.as_flat()[s.clone()],
-                &a1.as_flat()[s.clone()],
-                &b0.as_flat()[s.clone()],
-                &b1.as_flat()[s],
-            );
-            for j in 0..n {
-                r0[j] = m.reduce_u128(r0[j] as u128 + x0[j] as u128 * y0[j] as u128);
-                r1[j] = m.reduce_u128(
-                    r1[j] as u128 + x0[j] as u128 * y1[j] as u128 + x1[j] as u128 * y0[j] as u128,
-                );
-                r2[j] = m.reduce_u128(r2[j] as u128 + x1[j] as u128 * y1[j] as u128);
+    let Some(first) = sums.first() else { return Ok(()) };
+    let first: &Ciphertext = first;
+    let (ctx, level) = (first.ctx.clone(), first.level);
+    for (acc, products) in sums.iter().zip(pairs) {
+        if acc.ctx != ctx {
+            return Err(Error::ParameterMismatch);
+        }
+        if acc.level != level {
+            return Err(Error::LevelMismatch(acc.level, level));
+        }
+        if acc.size() != 3 {
+            return Err(Error::InvalidInput("a sum of products has 3 polynomials".into()));
+        }
+        for (a, b) in products {
+            if a.ctx != ctx || b.ctx != ctx {
+                return Err(Error::ParameterMismatch);
             }
-        });
+            if a.level != level || b.level != level {
+                return Err(Error::LevelMismatch(a.level.max(b.level), level));
+            }
+            if a.size() != 2 || b.size() != 2 {
+                return Err(Error::InvalidInput(
+                    "relinearise before multiplying again (operand has 3 polynomials)".into(),
+                ));
+            }
+            if !same_scale(acc.scale, a.scale * b.scale) {
+                return Err(Error::ScaleMismatch(acc.scale.log2(), (a.scale * b.scale).log2()));
+            }
+        }
+    }
+    let moduli = ctx.q_moduli(level);
+    // One task per prime: it owns that row of every sum.
+    let mut rows: Vec<Vec<[&mut [u64]; 3]>> = (0..=level).map(|_| Vec::with_capacity(sums.len())).collect();
+    for acc in sums.iter_mut() {
+        acc.seed = None;
+        let [d0, d1, d2] = &mut acc.polys[..] else { unreachable!("size checked above") };
+        for (l, ((r0, r1), r2)) in d0.rows_mut().zip(d1.rows_mut()).zip(d2.rows_mut()).enumerate() {
+            rows[l].push([r0, r1, r2]);
+        }
+    }
+    parallel::install(|| {
+        rows.into_par_iter().enumerate().for_each(|(l, mut out)| {
+            let terms: Vec<Vec<_>> = pairs
+                .iter()
+                .map(|products| {
+                    products
+                        .iter()
+                        .map(|(a, b)| {
+                            (
+                                [a.polys[0].limb(l), a.polys[1].limb(l)],
+                                [b.polys[0].limb(l), b.polys[1].limb(l)],
+                            )
+                        })
+                        .collect()
+                })
+                .collect();
+            tensor::accumulate(&mut out, &terms, &moduli[l]);
+        })
     });
-    acc.seed = None;
     Ok(())
+}
+
+/// An empty sum of products at `level` with scale `scale` (what [`multiply_accumulate_pairs`]
+/// adds to).
+pub fn zero_product(ctx: &Context, level: usize, scale: f64, slots: usize) -> Ciphertext {
+    let polys = (0..3).map(|_| RnsPoly::zero(ctx.degree(), level + 1)).collect();
+    Ciphertext { ctx: ctx.clone(), polys, level, scale, slots, seed: None }
 }
 
 /// multiply + relinearize + rescale in one pass: the key switch and the rescale share one
@@ -315,7 +331,7 @@ pub fn relinearize_rescale(product: &Ciphertext, key: &RelinKey) -> Result<Ciphe
     }
     let ctx = &product.ctx;
     let polys = parallel::install(|| {
-        let dec = decompose(ctx, &product.polys[2], product.level);
+        let dec = decompose(ctx, &product.polys[2], product.level, false);
         let (c0, c1) = key_switch_rescale(ctx, &dec, &key.0, [&product.polys[0], &product.polys[1]]);
         vec![c0, c1]
     });
@@ -334,7 +350,7 @@ pub fn relinearize(ct: &Ciphertext, key: &RelinKey) -> Result<Ciphertext> {
         return Ok(ct.clone());
     }
     let polys = parallel::install(|| {
-        let dec = decompose(&ct.ctx, &ct.polys[2], ct.level);
+        let dec = decompose(&ct.ctx, &ct.polys[2], ct.level, false);
         let (mut k0, mut k1) = key_switch(&ct.ctx, &dec, &key.0, None);
         let moduli = ct.ctx.q_moduli(ct.level);
         k0.add_assign(&ct.polys[0], moduli);
@@ -363,11 +379,15 @@ pub fn rescale(ct: &Ciphertext) -> Result<Ciphertext> {
                 let mut out = p.slice_limbs(0, l);
                 out.for_each_row(|j, row| {
                     let m = ctx.key_moduli[j];
-                    let ql_mod = m.reduce(ql.value());
-                    // Centred representative of the last row, so the division rounds.
+                    // Centred representative of the last row, so the division rounds: v > q_l/2
+                    // stands for v - q_l, masked in without a branch (its sign is random).
+                    let shift = m.value() - m.reduce(ql.value());
                     let mut tmp: Vec<u64> = last
                         .iter()
-                        .map(|&v| if v > half { m.sub(m.reduce(v), ql_mod) } else { m.reduce(v) })
+                        .map(|&v| {
+                            let above = 0u64.wrapping_sub((v > half) as u64);
+                            m.reduce_once(m.reduce(v) + (shift & above))
+                        })
                         .collect();
                     ctx.ntt[j].forward(&mut tmp);
                     let w = ctx.rescale_inv[l][j];
@@ -392,22 +412,46 @@ pub fn drop_level(ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
             ct.level
         )));
     }
-    let polys = ct
-        .polys
-        .iter()
-        .map(|p| {
-            let mut p = p.clone();
-            p.truncate(level + 1);
-            p
-        })
-        .collect();
+    // Copies only the rows that stay.
+    let polys = ct.polys.iter().map(|p| p.slice_limbs(0, level + 1)).collect();
     Ok(derived(ct, polys, level, ct.scale))
+}
+
+/// The one rule for combining values of different depths: every value comes down to the
+/// lowest level among them, at the scale of the first value already there (one rescale for a
+/// value whose scale must change, a drop of primes otherwise). Values already at that level
+/// are borrowed, not copied. Scales that still differ at that level are the operation's to
+/// refuse.
+pub fn align<'a>(values: &[&'a Ciphertext]) -> Result<Vec<Cow<'a, Ciphertext>>> {
+    let Some(lowest) = values.iter().min_by_key(|v| v.level) else { return Ok(Vec::new()) };
+    let (level, scale) = (lowest.level, lowest.scale);
+    values
+        .iter()
+        .map(
+            |&v| {
+                if v.level == level {
+                    Ok(Cow::Borrowed(v))
+                } else {
+                    adjust_to(v, level, scale).map(Cow::Owned)
+                }
+            },
+        )
+        .collect()
 }
 
 /// Brings `ct` to `level` at that level's canonical scale. Costs one rescale when the scale
 /// must change (the ciphertext needs a level above the target), nothing otherwise.
 pub fn adjust_level(ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
     adjust_to(ct, level, ct.ctx.scale_at(level))
+}
+
+/// [`adjust_level`], borrowing `ct` when it is already at `level` (whatever its scale).
+pub fn at_level(ct: &Ciphertext, level: usize) -> Result<Cow<'_, Ciphertext>> {
+    if ct.level == level {
+        Ok(Cow::Borrowed(ct))
+    } else {
+        adjust_level(ct, level).map(Cow::Owned)
+    }
 }
 
 /// Brings `ct` to `level` at `target_scale` (one rescale when the scale must change).
@@ -458,7 +502,7 @@ fn rotate_with(ct: &Ciphertext, elements: &[u64], keys: &GaloisKeys) -> Result<V
     }
     Ok(parallel::install(|| {
         let ctx = &ct.ctx;
-        let dec = decompose(ctx, &ct.polys[1], ct.level);
+        let dec = decompose(ctx, &ct.polys[1], ct.level, elements.len() > 1);
         // Rotations of one decomposition are independent: parallel across output ciphertexts
         // (and, nested, across limbs inside each).
         elements

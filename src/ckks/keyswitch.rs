@@ -3,64 +3,105 @@
 //!
 //! The decomposition does not depend on the key, so rotations of one ciphertext share it
 //! (hoisting, Halevi-Shoup): the automorphism is applied to the raised digits in NTT form,
-//! where it is an index permutation, and folded into the inner product.
+//! where it is an index permutation, and folded into the inner product. A single key switch
+//! (a relinearisation, one rotation) raises each row only when the inner product reaches it,
+//! so the dnum x (l + 1 + alpha) raised rows never exist at once (with one-prime digits at
+//! N = 2^14 and 10 levels that is 17 MB per key switch, written and read back from memory).
 
 use rayon::prelude::*;
 
+use crate::math::modulus::Modulus;
 use crate::math::poly::RnsPoly;
 use crate::math::rns::BaseConverter;
 
 use super::context::Context;
 use super::keys::KeySwitchKey;
 
-/// The digits of one polynomial raised to the extended basis (NTT form), at some level.
-pub(crate) struct Decomposition {
+/// The digits of one polynomial, ready to be raised to the extended basis Q_l P, at some level.
+pub(crate) struct Decomposition<'a> {
+    ctx: &'a Context,
     level: usize,
-    /// One polynomial per digit, rows q_0..q_level then p_0..p_{alpha-1}.
-    digits: Vec<RnsPoly>,
+    /// The polynomial itself (NTT form): a digit's own rows are its rows.
+    source: &'a RnsPoly,
+    /// Each digit present at this level: its prime range (cut at the level), its converter,
+    /// its prepared coefficients and overflow estimates.
+    active: Vec<Digit<'a>>,
+    /// The raised digits (rows q_0..q_level then p_0..p_{alpha-1}, NTT form), when several
+    /// key switches share them; None when each row is raised as the inner product reaches
+    /// it, so the raised digits (dnum x (l + 1 + alpha) rows) never exist all at once.
+    raised: Option<Vec<RnsPoly>>,
 }
 
-/// Raises the digits of `d` (NTT form, level + 1 rows) to the extended basis.
-pub(crate) fn decompose(ctx: &Context, d: &RnsPoly, level: usize) -> Decomposition {
+struct Digit<'a> {
+    range: std::ops::Range<usize>,
+    converter: &'a BaseConverter,
+    prepared: Vec<u64>,
+    overflow: Vec<u64>,
+}
+
+impl Decomposition<'_> {
+    /// Row `r` (prime `key_row` of the context) of digit `g` (NTT form), raised into `scratch` if it
+    /// has not been raised yet.
+    fn row<'s>(&'s self, g: usize, r: usize, key_row: usize, scratch: &'s mut [u64]) -> &'s [u64] {
+        if let Some(raised) = &self.raised {
+            return raised[g].limb(r);
+        }
+        self.raise_row(g, r, key_row, scratch);
+        scratch
+    }
+
+    fn raise_row(&self, g: usize, r: usize, key_row: usize, out: &mut [u64]) {
+        let digit = &self.active[g];
+        if digit.range.contains(&key_row) {
+            out.copy_from_slice(self.source.limb(r));
+        } else {
+            let n = self.ctx.degree();
+            digit.converter.convert_row_exact(&digit.prepared, &digit.overflow, n, key_row, out);
+            self.ctx.ntt[key_row].forward(out);
+        }
+    }
+}
+
+/// The digits of `d` (NTT form, level + 1 rows), raised now when `hoisted` (several key
+/// switches will share them), else row by row inside the one key switch that uses them.
+pub(crate) fn decompose<'a>(
+    ctx: &'a Context,
+    d: &'a RnsPoly,
+    level: usize,
+    hoisted: bool,
+) -> Decomposition<'a> {
     let n = ctx.degree();
     let mut coeff = d.clone();
     coeff.intt(&ctx.q_ntt(level));
-    let rows = ctx.extended_indices(level);
-    // Each digit present at this level: its prime range (cut at the level) and its converter.
-    let active: Vec<(usize, usize, &BaseConverter)> = ctx
+    let active: Vec<Digit<'a>> = ctx
         .digits
         .iter()
         .filter(|g| g.start <= level)
         .map(|g| {
-            let end = g.end.min(level + 1);
-            (g.start, end, ctx.mod_up_converter(g.start, end))
+            let range = g.start..g.end.min(level + 1);
+            let converter = ctx.mod_up_converter(range.start, range.end);
+            let prepared = converter.prepare(&coeff.as_flat()[range.start * n..range.end * n], n);
+            // Raising the centred representative of each digit (|d_i| <= Q_i / 2) halves the
+            // key-switching noise sum_i d_i e_i / P compared with [0, Q_i).
+            let overflow = converter.overflow_estimates(&prepared, n);
+            Digit { range, converter, prepared, overflow }
         })
         .collect();
-    let mut digits: Vec<RnsPoly> = active.iter().map(|_| RnsPoly::zero(n, rows.len())).collect();
-    let prepared: Vec<Vec<u64>> =
-        active.iter().map(|&(s, e, conv)| conv.prepare(&coeff.as_flat()[s * n..e * n], n)).collect();
-    // Raising the centred representative of each digit (|d_i| <= Q_i / 2) halves the
-    // key-switching noise sum_i d_i e_i / P compared with [0, Q_i).
-    let overflow: Vec<Vec<u64>> =
-        active.iter().zip(&prepared).map(|(&(_, _, conv), p)| conv.overflow_estimates(p, n)).collect();
-    // One task per (digit, row): copy the digit's own rows, convert and transform the others.
-    let mut tasks: Vec<(usize, usize, &mut [u64])> = Vec::new();
-    for (g, poly) in digits.iter_mut().enumerate() {
-        for (r, row) in poly.rows_mut().enumerate() {
-            tasks.push((g, r, row));
+    let mut dec = Decomposition { ctx, level, source: d, active, raised: None };
+    if hoisted {
+        let rows = ctx.extended_indices(level);
+        let mut digits: Vec<RnsPoly> = dec.active.iter().map(|_| RnsPoly::zero(n, rows.len())).collect();
+        // One task per (digit, row).
+        let mut tasks: Vec<(usize, usize, &mut [u64])> = Vec::new();
+        for (g, poly) in digits.iter_mut().enumerate() {
+            for (r, row) in poly.rows_mut().enumerate() {
+                tasks.push((g, r, row));
+            }
         }
+        tasks.into_par_iter().for_each(|(g, r, row)| dec.raise_row(g, r, rows[r], row));
+        dec.raised = Some(digits);
     }
-    tasks.into_par_iter().for_each(|(g, r, row)| {
-        let (start, end, conv) = active[g];
-        let key_row = rows[r];
-        if (start..end).contains(&key_row) {
-            row.copy_from_slice(d.limb(r));
-        } else {
-            conv.convert_row_exact(&prepared[g], &overflow[g], n, key_row, row);
-            ctx.ntt[key_row].forward(row);
-        }
-    });
-    Decomposition { level, digits }
+    dec
 }
 
 /// Inner product of the (optionally permuted) digits with a key, then ModDown:
@@ -68,7 +109,7 @@ pub(crate) fn decompose(ctx: &Context, d: &RnsPoly, level: usize) -> Decompositi
 /// decomposed polynomial with X -> X^g applied when `perm` is given.
 pub(crate) fn key_switch(
     ctx: &Context,
-    dec: &Decomposition,
+    dec: &Decomposition<'_>,
     key: &KeySwitchKey,
     perm: Option<&[usize]>,
 ) -> (RnsPoly, RnsPoly) {
@@ -81,7 +122,7 @@ pub(crate) fn key_switch(
 /// {P, q_l} replaces ModDown followed by a separate rescale, saving l + 1 NTTs per polynomial.
 pub(crate) fn key_switch_rescale(
     ctx: &Context,
-    dec: &Decomposition,
+    dec: &Decomposition<'_>,
     key: &KeySwitchKey,
     add: [&RnsPoly; 2],
 ) -> (RnsPoly, RnsPoly) {
@@ -102,59 +143,127 @@ pub(crate) fn key_switch_rescale(
     (divide_and_drop(ctx, &acc0, level, true), divide_and_drop(ctx, &acc1, level, true))
 }
 
-/// Sum over digits of digit x key, over the extended basis Q_l P (NTT form, lazy 128-bit
-/// accumulation with one reduction per coefficient).
+/// Sum over digits of digit x key, over the extended basis Q_l P (NTT form, lazy
+/// accumulation with one reduction per coefficient). Rows are independent tasks; a task
+/// raises its digits' rows itself when the decomposition was not raised in advance.
 fn inner_product(
     ctx: &Context,
-    dec: &Decomposition,
+    dec: &Decomposition<'_>,
     key: &KeySwitchKey,
     perm: Option<&[usize]>,
 ) -> (RnsPoly, RnsPoly) {
     let n = ctx.degree();
-    let level = dec.level;
-    let rows = ctx.extended_indices(level);
+    let rows = ctx.extended_indices(dec.level);
     let mut acc0 = RnsPoly::zero(n, rows.len());
     let mut acc1 = RnsPoly::zero(n, rows.len());
-    const CHUNK: usize = 256;
     acc0.as_flat_mut().par_chunks_mut(n).zip(acc1.as_flat_mut().par_chunks_mut(n)).enumerate().for_each(
         |(r, (out0, out1))| {
             let k = rows[r];
             let m = ctx.key_moduli[k];
-            for start in (0..n).step_by(CHUNK) {
-                let end = (start + CHUNK).min(n);
-                let mut s0 = [0u128; CHUNK];
-                let mut s1 = [0u128; CHUNK];
-                for (g, digit) in dec.digits.iter().enumerate() {
-                    let src = digit.limb(r);
-                    let (kb, ka) = (&key.b[g].limb(k)[start..end], &key.a[g].limb(k)[start..end]);
-                    match perm {
-                        Some(p) => {
-                            for (j, ((x0, x1), (&b, &a))) in
-                                s0.iter_mut().zip(s1.iter_mut()).zip(kb.iter().zip(ka)).enumerate()
-                            {
-                                let v = src[p[start + j]] as u128;
-                                *x0 += v * b as u128;
-                                *x1 += v * a as u128;
-                            }
-                        }
-                        None => {
-                            for (((x0, x1), (&b, &a)), &v) in
-                                s0.iter_mut().zip(s1.iter_mut()).zip(kb.iter().zip(ka)).zip(&src[start..end])
-                            {
-                                *x0 += v as u128 * b as u128;
-                                *x1 += v as u128 * a as u128;
-                            }
-                        }
-                    }
-                }
-                for j in start..end {
-                    out0[j] = m.reduce_u128(s0[j - start]);
-                    out1[j] = m.reduce_u128(s1[j - start]);
-                }
+            debug_assert!(dec.active.len() <= 64, "128-bit sums hold 64 products of 61-bit primes");
+            let mut sums = RowSums::new(&m, n);
+            let mut scratch = vec![0u64; if dec.raised.is_some() { 0 } else { n }];
+            for g in 0..dec.active.len() {
+                let digit = dec.row(g, r, k, &mut scratch);
+                sums.add(digit, key.b[g].limb(k), key.a[g].limb(k), perm);
             }
+            sums.write(out0, out1, &m);
         },
     );
     (acc0, acc1)
+}
+
+/// Coefficients per chunk of a gathered (permuted) digit row.
+const CHUNK: usize = 256;
+
+/// A row's two running sums of digit x key products. Below 2^31 products fit in 62 bits and
+/// the sums stay lazily in 64 bits (a branch-free `min` keeps them below 2^63, which
+/// vectorises); wider primes sum in 128 bits (at most 2^6 digits of 2^122).
+enum RowSums {
+    Narrow { s0: Vec<u64>, s1: Vec<u64>, cap: u64 },
+    Wide { s0: Vec<u128>, s1: Vec<u128> },
+}
+
+impl RowSums {
+    fn new(m: &Modulus, n: usize) -> Self {
+        if m.value() < 1 << 31 {
+            RowSums::Narrow { s0: vec![0; n], s1: vec![0; n], cap: ((1u64 << 63) / m.value()) * m.value() }
+        } else {
+            RowSums::Wide { s0: vec![0; n], s1: vec![0; n] }
+        }
+    }
+
+    /// `s0 += digit(perm) * b`, `s1 += digit(perm) * a`.
+    fn add(&mut self, digit: &[u64], b: &[u64], a: &[u64], perm: Option<&[usize]>) {
+        let n = b.len();
+        let mut gathered = [0u64; CHUNK];
+        for start in (0..n).step_by(CHUNK) {
+            let end = (start + CHUNK).min(n);
+            let v: &[u64] = match perm {
+                None => &digit[start..end],
+                Some(p) => {
+                    gathered.iter_mut().zip(&p[start..end]).for_each(|(g, &i)| *g = digit[i]);
+                    &gathered[..end - start]
+                }
+            };
+            let (b, a) = (&b[start..end], &a[start..end]);
+            match self {
+                RowSums::Narrow { s0, s1, cap } => {
+                    lazy_products(&mut s0[start..end], &mut s1[start..end], v, b, a, *cap)
+                }
+                RowSums::Wide { s0, s1 } => {
+                    for (((x0, x1), (&b, &a)), &v) in
+                        s0[start..end].iter_mut().zip(&mut s1[start..end]).zip(b.iter().zip(a)).zip(v)
+                    {
+                        *x0 += v as u128 * b as u128;
+                        *x1 += v as u128 * a as u128;
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(self, out0: &mut [u64], out1: &mut [u64], m: &Modulus) {
+        match self {
+            RowSums::Narrow { s0, s1, .. } => {
+                out0.iter_mut().zip(&s0).for_each(|(o, &x)| *o = m.reduce(x));
+                out1.iter_mut().zip(&s1).for_each(|(o, &x)| *o = m.reduce(x));
+            }
+            RowSums::Wide { s0, s1 } => {
+                out0.iter_mut().zip(&s0).for_each(|(o, &x)| *o = m.reduce_u128(x));
+                out1.iter_mut().zip(&s1).for_each(|(o, &x)| *o = m.reduce_u128(x));
+            }
+        }
+    }
+}
+
+/// `s0 += v b`, `s1 += v a` lazily (all factors below 2^31, sums below 2^63).
+fn lazy_products(s0: &mut [u64], s1: &mut [u64], v: &[u64], b: &[u64], a: &[u64], cap: u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { lazy_products_avx512(s0, s1, v, b, a, cap) };
+        }
+    }
+    lazy_products_generic(s0, s1, v, b, a, cap)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn lazy_products_avx512(s0: &mut [u64], s1: &mut [u64], v: &[u64], b: &[u64], a: &[u64], cap: u64) {
+    lazy_products_generic(s0, s1, v, b, a, cap)
+}
+
+#[inline(always)]
+fn lazy_products_generic(s0: &mut [u64], s1: &mut [u64], v: &[u64], b: &[u64], a: &[u64], cap: u64) {
+    for ((((x0, x1), &v), &b), &a) in s0.iter_mut().zip(s1.iter_mut()).zip(v).zip(b).zip(a) {
+        let v = v as u32 as u64;
+        let t0 = *x0 + v * (b as u32 as u64);
+        *x0 = t0.min(t0.wrapping_sub(cap));
+        let t1 = *x1 + v * (a as u32 as u64);
+        *x1 = t1.min(t1.wrapping_sub(cap));
+    }
 }
 
 /// Divides a polynomial over Q_l P by P (and by q_l too when `drop_q_last`), rounding to the

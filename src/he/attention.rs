@@ -18,6 +18,10 @@ use crate::error::{Error, Result};
 use super::backend::Backend;
 use super::layout::TokenLayout;
 
+/// Features whose products one fused accumulation adds at once: their rotations are alive
+/// together (memory), and every running sum is read once per pass (time).
+pub const FEATURES_PER_PASS: usize = 4;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DiagonalPlan {
     pub tokens: usize,
@@ -108,23 +112,34 @@ impl DiagonalPlan {
     }
 
     /// The score diagonals D_ji = sum_f rot_{-s_j}(Q_f) * rot_i(K_f): one level. Features
-    /// are the outer loop, so only one feature's rotations are alive at a time; the products
-    /// accumulate un-relinearised, one key switch per diagonal at the end.
+    /// go in passes of [`FEATURES_PER_PASS`]: a pass rotates its features (baby steps of K
+    /// hoisted, giant steps of Q) and adds all their products to every diagonal at once, so
+    /// each running sum is read once per pass and only one pass's rotations are alive. The
+    /// products accumulate un-relinearised, one key switch per diagonal at the end.
     pub fn scores<B: Backend>(&self, b: &B, q: &[&B::Value], k: &[&B::Value]) -> Result<Vec<B::Value>> {
         self.check_features(q, k)?;
         let babies: Vec<i64> = (0..self.baby as i64).collect();
+        let indices = self.indices();
         let mut sums: Vec<B::Acc> = (0..self.diagonals()).map(|_| b.accumulator()).collect();
-        for (qf, kf) in q.iter().zip(k) {
-            let k_rot = b.rotate_many(kf, &babies)?;
-            let mut q_j = b.rotate(qf, -self.shift(0))?;
-            for (j, chunk) in sums.chunks_mut(self.baby).enumerate() {
-                if j > 0 {
-                    q_j = b.rotate(&q_j, -(self.baby as i64))?;
-                }
-                for (acc, ki) in chunk.iter_mut().zip(&k_rot) {
-                    b.accumulate(acc, &q_j, ki)?;
-                }
-            }
+        for (qs, ks) in q.chunks(FEATURES_PER_PASS).zip(k.chunks(FEATURES_PER_PASS)) {
+            let k_rot = ks.iter().map(|kf| b.rotate_many(kf, &babies)).collect::<Result<Vec<_>>>()?;
+            let q_giant = qs
+                .iter()
+                .map(|qf| {
+                    let mut q_j = vec![b.rotate(qf, -self.shift(0))?];
+                    for _ in 1..self.giants() {
+                        let next =
+                            b.rotate(q_j.last().expect("one giant step at least"), -(self.baby as i64))?;
+                        q_j.push(next);
+                    }
+                    Ok(q_j)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let pairs: Vec<Vec<(&B::Value, &B::Value)>> = indices
+                .iter()
+                .map(|&(j, i)| q_giant.iter().zip(&k_rot).map(|(qj, ki)| (&qj[j], &ki[i])).collect())
+                .collect();
+            b.accumulate_pairs(&mut sums, &pairs)?;
         }
         sums.into_iter().map(|acc| b.finish(acc)).collect()
     }
@@ -165,26 +180,43 @@ impl DiagonalPlan {
     }
 
     /// out_f = sum_r A_r * rot_r(V_f) for a matrix A given by its diagonals: one level.
+    /// Value features go in passes of [`FEATURES_PER_PASS`]: one fused accumulation reads
+    /// each diagonal once for the whole pass.
     pub fn mix<B: Backend>(&self, b: &B, diagonals: &[B::Value], v: &[&B::Value]) -> Result<Vec<B::Value>> {
         self.check_diagonals(diagonals)?;
         if v.is_empty() {
             return Err(Error::InvalidInput("attention needs at least one value feature".into()));
         }
         let babies: Vec<i64> = (0..self.baby as i64).collect();
-        v.iter()
-            .map(|vf| {
-                let v_rot = b.rotate_many(vf, &babies)?;
-                let per_giant = diagonals
-                    .chunks(self.baby)
-                    .map(|chunk| {
-                        let a: Vec<&B::Value> = chunk.iter().collect();
-                        let r: Vec<&B::Value> = v_rot[..chunk.len()].iter().collect();
-                        b.dot(&a, &r)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                self.gather(b, per_giant)
-            })
-            .collect()
+        // V usually sits above the diagonals: bring each feature down once, before rotating
+        // (rotations are cheaper there, and no product has to adjust it again).
+        let level = b.lowest_level(&diagonals.iter().collect::<Vec<_>>());
+        let mut out = Vec::with_capacity(v.len());
+        for vs in v.chunks(FEATURES_PER_PASS) {
+            let v_rot = vs
+                .iter()
+                .map(|vf| {
+                    let vf = if b.level(vf) > level { b.drop_to(vf, level)? } else { (*vf).clone() };
+                    b.rotate_many(&vf, &babies)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // One sum per (feature, giant step) over that giant step's diagonals.
+            let pairs: Vec<Vec<(&B::Value, &B::Value)>> = v_rot
+                .iter()
+                .flat_map(|rot| diagonals.chunks(self.baby).map(move |chunk| chunk.iter().zip(rot).collect()))
+                .collect();
+            let mut sums: Vec<B::Acc> = pairs.iter().map(|_| b.accumulator()).collect();
+            b.accumulate_pairs(&mut sums, &pairs)?;
+            drop(pairs);
+            drop(v_rot);
+            let mut sums = sums.into_iter();
+            for _ in vs {
+                let per_giant =
+                    sums.by_ref().take(self.giants()).map(|acc| b.finish(acc)).collect::<Result<Vec<_>>>()?;
+                out.push(self.gather(b, per_giant)?);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -44,6 +44,28 @@ pub trait Backend: Sync {
     fn accumulator(&self) -> Self::Acc;
     /// acc += a * b, without a key switch (operands at the lowest level involved).
     fn accumulate(&self, acc: &mut Self::Acc, a: &Self::Value, b: &Self::Value) -> Result<()>;
+    /// `sums[o] += a * b` for every pair of `pairs[o]`: [`Backend::accumulate`] for many sums
+    /// at once, which a backend may fuse (the CKKS one reads each sum once and shared operands
+    /// once per cache-sized chunk).
+    fn accumulate_pairs(
+        &self,
+        sums: &mut [Self::Acc],
+        pairs: &[Vec<(&Self::Value, &Self::Value)>],
+    ) -> Result<()> {
+        if sums.len() != pairs.len() {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "{} sums for {} lists of products",
+                sums.len(),
+                pairs.len()
+            )));
+        }
+        for (acc, products) in sums.iter_mut().zip(pairs) {
+            for (a, b) in products {
+                self.accumulate(acc, a, b)?;
+            }
+        }
+        Ok(())
+    }
     /// The sum, relinearised once and rescaled: one level.
     fn finish(&self, acc: Self::Acc) -> Result<Self::Value>;
     /// out_j = sum_i weights[j * inputs.len() + i] * inputs[i]: one level, no key switch.
@@ -68,10 +90,9 @@ pub trait Backend: Sync {
                 b.len()
             )));
         }
-        let mut acc = self.accumulator();
-        for (x, y) in a.iter().zip(b) {
-            self.accumulate(&mut acc, x, y)?;
-        }
+        let mut acc = [self.accumulator()];
+        self.accumulate_pairs(&mut acc, &[a.iter().copied().zip(b.iter().copied()).collect()])?;
+        let [acc] = acc;
         self.finish(acc)
     }
 

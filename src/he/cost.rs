@@ -3,7 +3,7 @@
 //! Every backend counts the same way, so a dry run on the tracer predicts exactly what the
 //! encrypted run will do before any key exists.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cost {
@@ -27,6 +27,9 @@ pub struct Cost {
     pub rotation_steps: BTreeSet<i64>,
     /// Lowest level any value reached.
     pub lowest_level: Option<usize>,
+    /// Wall time by kind of operation, in nanoseconds: measured by the encrypted backend
+    /// (empty elsewhere), so a benchmark reports where the time went rather than estimating.
+    pub nanos: BTreeMap<&'static str, u64>,
 }
 
 impl Cost {
@@ -51,6 +54,9 @@ impl Cost {
         self.rotation_steps.extend(other.rotation_steps.iter().copied());
         if let Some(l) = other.lowest_level {
             self.reached(l);
+        }
+        for (kind, nanos) in &other.nanos {
+            *self.nanos.entry(kind).or_default() += nanos;
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The CKKS backend: values are ciphertexts, products relinearise and rescale at once.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rayon::prelude::*;
 
@@ -68,15 +70,10 @@ impl Encrypted {
         Ok(())
     }
 
-    fn align(&self, values: &[&Ciphertext]) -> Result<Vec<Ciphertext>> {
-        let level = values.iter().map(|v| v.level()).min().unwrap_or(0);
-        values
-            .iter()
-            .map(|v| {
-                self.check(v)?;
-                ev::adjust_level(v, level)
-            })
-            .collect()
+    /// [`ev::align`] after checking that every value belongs to this evaluator.
+    fn align<'a>(&self, values: &[&'a Ciphertext]) -> Result<Vec<Cow<'a, Ciphertext>>> {
+        values.iter().try_for_each(|v| self.check(v))?;
+        ev::align(values)
     }
 
     fn encode(&self, p: &[f64], level: usize, scale: f64) -> Result<Plaintext> {
@@ -89,6 +86,29 @@ impl Encrypted {
         }
         let values: Vec<Complex> = p.iter().map(|&x| Complex::new(x, 0.0)).collect();
         Plaintext::encode(&self.ctx, &values, Some(level), Some(scale))
+    }
+
+    /// acc += a * b at the lowest level involved (untimed: [`Backend::accumulate`] times it).
+    fn accumulate_one(&self, acc: &mut Option<Ciphertext>, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
+        let level = accumulate_level(a.level(), b.level(), acc.as_ref().map(|s| s.level()))?;
+        self.check(a)?;
+        self.check(b)?;
+        let (x, y) = (ev::at_level(a, level)?, ev::at_level(b, level)?);
+        match acc.as_mut() {
+            None => *acc = Some(ev::multiply(&x, &y)?),
+            Some(sum) => ev::multiply_accumulate(sum, &x, &y)?,
+        }
+        self.count(|c| c.tensor_products += 1);
+        Ok(())
+    }
+
+    /// Runs `f`, adding its wall time to the cost under `kind`.
+    fn timed<T>(&self, kind: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let out = f();
+        let nanos = start.elapsed().as_nanos() as u64;
+        self.count(|c| *c.nanos.entry(kind).or_default() += nanos);
+        out
     }
 
     fn product_done(&self, out: &Ciphertext) {
@@ -150,22 +170,26 @@ impl Backend for Encrypted {
     }
 
     fn mul_plain(&self, a: &Ciphertext, p: &[f64]) -> Result<Ciphertext> {
-        if a.level() == 0 {
-            return Err(Error::OutOfLevels("a product at level 0 cannot be rescaled".into()));
-        }
-        let pt = self.encode(p, a.level(), self.ctx.scale_at(a.level()))?;
-        let out = ev::rescale(&ev::mul_plain(a, &pt)?)?;
-        self.count(|cost| cost.plain_products += 1);
-        self.product_done(&out);
-        Ok(out)
+        self.timed("plain_products", || {
+            if a.level() == 0 {
+                return Err(Error::OutOfLevels("a product at level 0 cannot be rescaled".into()));
+            }
+            let pt = self.encode(p, a.level(), self.ctx.scale_at(a.level()))?;
+            let out = ev::rescale(&ev::mul_plain(a, &pt)?)?;
+            self.count(|cost| cost.plain_products += 1);
+            self.product_done(&out);
+            Ok(out)
+        })
     }
 
     fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
-        let v = self.align(&[a, b])?;
-        let out = ev::multiply_relin_rescale(&v[0], &v[1], &self.relin)?;
-        self.count(|c| c.relinearizations += 1);
-        self.product_done(&out);
-        Ok(out)
+        self.timed("relinearizations", || {
+            let v = self.align(&[a, b])?;
+            let out = ev::multiply_relin_rescale(&v[0], &v[1], &self.relin)?;
+            self.count(|c| c.relinearizations += 1);
+            self.product_done(&out);
+            Ok(out)
+        })
     }
 
     fn accumulator(&self) -> Option<Ciphertext> {
@@ -173,72 +197,128 @@ impl Backend for Encrypted {
     }
 
     fn accumulate(&self, acc: &mut Option<Ciphertext>, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
-        let level = accumulate_level(a.level(), b.level(), acc.as_ref().map(|s| s.level()))?;
-        let x = ev::adjust_level(a, level)?;
-        let y = ev::adjust_level(b, level)?;
-        self.check(&x)?;
-        self.check(&y)?;
-        match acc.as_mut() {
-            None => *acc = Some(ev::multiply(&x, &y)?),
-            Some(sum) => ev::multiply_accumulate(sum, &x, &y)?,
-        }
-        self.count(|c| c.tensor_products += 1);
-        Ok(())
+        self.timed("tensor_products", || self.accumulate_one(acc, a, b))
+    }
+
+    fn accumulate_pairs(
+        &self,
+        sums: &mut [Option<Ciphertext>],
+        pairs: &[Vec<(&Ciphertext, &Ciphertext)>],
+    ) -> Result<()> {
+        self.timed("tensor_products", || {
+            if sums.len() != pairs.len() {
+                return Err(Error::InvalidInput(format!(
+                    "{} sums for {} lists of products",
+                    sums.len(),
+                    pairs.len()
+                )));
+            }
+            // Each sum's level: its own, or its lowest operand's. One fused pass needs them equal;
+            // anything else (rare) goes product by product.
+            let mut levels = Vec::with_capacity(sums.len());
+            for (acc, products) in sums.iter().zip(pairs) {
+                for (a, b) in products {
+                    levels.push(accumulate_level(a.level(), b.level(), acc.as_ref().map(|s| s.level()))?);
+                }
+            }
+            let Some(&level) = levels.iter().min() else { return Ok(()) };
+            if levels.iter().any(|&l| l != level) {
+                for (acc, products) in sums.iter_mut().zip(pairs) {
+                    for (a, b) in products {
+                        self.accumulate_one(acc, a, b)?;
+                    }
+                }
+                return Ok(());
+            }
+            let mut aligned: Vec<Vec<(Cow<'_, Ciphertext>, Cow<'_, Ciphertext>)>> =
+                Vec::with_capacity(pairs.len());
+            for products in pairs {
+                let mut row = Vec::with_capacity(products.len());
+                for (a, b) in products {
+                    self.check(a)?;
+                    self.check(b)?;
+                    row.push((ev::at_level(a, level)?, ev::at_level(b, level)?));
+                }
+                aligned.push(row);
+            }
+            let mut targets: Vec<&mut Ciphertext> = Vec::with_capacity(sums.len());
+            let mut terms: Vec<Vec<(&Ciphertext, &Ciphertext)>> = Vec::with_capacity(sums.len());
+            for (acc, products) in sums.iter_mut().zip(&aligned) {
+                let Some((a, b)) = products.first() else { continue };
+                let sum = acc.get_or_insert_with(|| {
+                    ev::zero_product(&self.ctx, level, a.scale() * b.scale(), a.slots().max(b.slots()))
+                });
+                targets.push(sum);
+                terms.push(products.iter().map(|(a, b)| (a.as_ref(), b.as_ref())).collect());
+            }
+            ev::multiply_accumulate_pairs(&mut targets, &terms)?;
+            self.count(|c| c.tensor_products += levels.len() as u64);
+            Ok(())
+        })
     }
 
     fn finish(&self, acc: Option<Ciphertext>) -> Result<Ciphertext> {
-        let sum = acc.ok_or_else(|| Error::InvalidInput("a sum of no products".into()))?;
-        if sum.level() == 0 {
-            return Err(Error::OutOfLevels("a product at level 0 cannot be rescaled".into()));
-        }
-        let out = ev::relinearize_rescale(&sum, &self.relin)?;
-        self.count(|c| c.relinearizations += 1);
-        self.product_done(&out);
-        Ok(out)
+        self.timed("relinearizations", || {
+            let sum = acc.ok_or_else(|| Error::InvalidInput("a sum of no products".into()))?;
+            if sum.level() == 0 {
+                return Err(Error::OutOfLevels("a product at level 0 cannot be rescaled".into()));
+            }
+            let out = ev::relinearize_rescale(&sum, &self.relin)?;
+            self.count(|c| c.relinearizations += 1);
+            self.product_done(&out);
+            Ok(out)
+        })
     }
 
     fn linear(&self, inputs: &[&Ciphertext], weights: &[f64], outputs: usize) -> Result<Vec<Ciphertext>> {
-        check_linear(inputs.len(), weights.len(), outputs)?;
-        let xs = self.align(inputs)?;
-        let level = xs[0].level();
-        if level == 0 {
-            return Err(Error::OutOfLevels("a linear layer at level 0 cannot be rescaled".into()));
-        }
-        let out = parallel::install(|| linear_combination(&self.ctx, &xs, weights, outputs))?;
-        let out = out.iter().map(ev::rescale).collect::<Result<Vec<_>>>()?;
-        self.count(|c| c.linear_terms += (inputs.len() * outputs) as u64);
-        self.product_done(&out[0]);
-        Ok(out)
+        self.timed("linear_layers", || {
+            check_linear(inputs.len(), weights.len(), outputs)?;
+            let xs = self.align(inputs)?;
+            let level = xs[0].level();
+            if level == 0 {
+                return Err(Error::OutOfLevels("a linear layer at level 0 cannot be rescaled".into()));
+            }
+            let xs: Vec<&Ciphertext> = xs.iter().map(|x| x.as_ref()).collect();
+            let out = parallel::install(|| linear_combination(&self.ctx, &xs, weights, outputs))?;
+            let out = out.iter().map(ev::rescale).collect::<Result<Vec<_>>>()?;
+            self.count(|c| c.linear_terms += (inputs.len() * outputs) as u64);
+            self.product_done(&out[0]);
+            Ok(out)
+        })
     }
 
     fn rotate(&self, a: &Ciphertext, step: i64) -> Result<Ciphertext> {
-        let step = canonical_step(step, self.slots());
-        if step == 0 {
-            return Ok(a.clone());
-        }
-        let out = ev::rotate(a, step, self.galois()?)?;
-        self.count(|c| {
-            c.rotations += 1;
-            c.rotation_steps.insert(step);
-        });
-        Ok(out)
+        self.timed("rotations", || {
+            let step = canonical_step(step, self.slots());
+            if step == 0 {
+                return Ok(a.clone());
+            }
+            let out = ev::rotate(a, step, self.galois()?)?;
+            self.count(|c| {
+                c.rotations += 1;
+                c.rotation_steps.insert(step);
+            });
+            Ok(out)
+        })
     }
 
     fn rotate_many(&self, a: &Ciphertext, steps: &[i64]) -> Result<Vec<Ciphertext>> {
-        let steps: Vec<i64> = steps.iter().map(|&s| canonical_step(s, self.slots())).collect();
-        let nonzero = steps.iter().filter(|&&s| s != 0).count() as u64;
-        if nonzero == 0 {
-            return Ok(vec![a.clone(); steps.len()]);
-        }
-        let out = ev::rotate_hoisted(a, &steps, self.galois()?)?;
-        self.count(|c| {
-            c.rotations += nonzero;
-            if nonzero > 1 {
-                c.hoisted_rotations += nonzero;
+        self.timed("rotations", || {
+            let steps: Vec<i64> = steps.iter().map(|&s| canonical_step(s, self.slots())).collect();
+            let nonzero = steps.iter().filter(|&&s| s != 0).count() as u64;
+            if nonzero == 0 {
+                return Ok(vec![a.clone(); steps.len()]);
             }
-            c.rotation_steps.extend(steps.iter().filter(|&&s| s != 0));
-        });
-        Ok(out)
+            let out = ev::rotate_hoisted(a, &steps, self.galois()?)?;
+            self.count(|c| {
+                c.rotations += nonzero;
+                if nonzero > 1 {
+                    c.hoisted_rotations += nonzero;
+                }
+                c.rotation_steps.extend(steps.iter().filter(|&&s| s != 0));
+            });
+            Ok(out)
+        })
     }
 
     fn refresh_level(&self) -> usize {
@@ -246,16 +326,18 @@ impl Backend for Encrypted {
     }
 
     fn refresh(&self, values: Vec<Ciphertext>) -> Result<Vec<Ciphertext>> {
-        let owner = self.refresher.as_deref().ok_or_else(|| {
-            Error::MissingKey("this evaluation needs a masked refresh but has no owner".into())
-        })?;
-        let count = values.len() as u64;
-        let out = refresh_all(values, owner)?;
-        self.count(|c| {
-            c.refresh_rounds += 1;
-            c.refreshed_ciphertexts += count;
-        });
-        Ok(out)
+        self.timed("refreshes", || {
+            let owner = self.refresher.as_deref().ok_or_else(|| {
+                Error::MissingKey("this evaluation needs a masked refresh but has no owner".into())
+            })?;
+            let count = values.len() as u64;
+            let out = refresh_all(values, owner)?;
+            self.count(|c| {
+                c.refresh_rounds += 1;
+                c.refreshed_ciphertexts += count;
+            });
+            Ok(out)
+        })
     }
 
     fn cost(&self) -> Cost {
@@ -267,12 +349,11 @@ impl Backend for Encrypted {
 /// rescale that follows lands on the next level's scale), before that rescale.
 fn linear_combination(
     ctx: &Context,
-    xs: &[Ciphertext],
+    xs: &[&Ciphertext],
     weights: &[f64],
     outputs: usize,
 ) -> Result<Vec<Ciphertext>> {
     let level = xs[0].level();
-    let n_in = xs.len();
     let factor = ctx.scale_at(level);
     let moduli = ctx.q_moduli(level);
     let mut integers = Vec::with_capacity(weights.len());
@@ -283,9 +364,6 @@ fn linear_combination(
         }
         integers.push(v as i128);
     }
-    // residues[l][j * n_in + i]: weight (j, i) modulo prime l.
-    let residues: Vec<Vec<u64>> =
-        moduli.iter().map(|m| integers.iter().map(|&v| m.reduce_i128(v)).collect()).collect();
     let n = ctx.degree();
     let mut polys: Vec<[RnsPoly; 2]> =
         (0..outputs).map(|_| [RnsPoly::zero(n, level + 1), RnsPoly::zero(n, level + 1)]).collect();
@@ -301,9 +379,7 @@ fn linear_combination(
     rows.into_par_iter().enumerate().for_each(|(task, mut out_rows)| {
         let (p, l) = (task / (level + 1), task % (level + 1));
         let inputs: Vec<&[u64]> = xs.iter().map(|x| x.polys[p].limb(l)).collect();
-        for (j, row) in out_rows.iter_mut().enumerate() {
-            lincomb::combine(row, &inputs, &residues[l][j * n_in..(j + 1) * n_in], &moduli[l]);
-        }
+        lincomb::combine(&mut out_rows, &inputs, &integers, &moduli[l]);
     });
     Ok(polys
         .into_iter()

@@ -134,10 +134,22 @@ impl BaseConverter {
         if self.from.len() == 1 {
             let b0 = self.from[0].value();
             let (half, b0_mod) = (b0 >> 1, ct.reduce(b0));
-            for (o, &x) in out.iter_mut().zip(prepared) {
-                let r = ct.reduce(x);
-                // x > b0/2 stands for x - b0.
-                *o = if x > half { ct.sub(r, b0_mod) } else { r };
+            // x > b0/2 stands for x - b0. When b0 < 2 c (primes of similar size, the common
+            // case) one conditional subtraction reduces x: branch-free, and it vectorises.
+            // Subtracting b0 is adding c - (b0 mod c), masked in without a branch (the sign of
+            // x - b0/2 is random: a branch would mispredict every other time).
+            let shift = ct.value() - b0_mod;
+            if b0 <= 2 * ct.value() {
+                // Primes of similar size: one conditional subtraction reduces x.
+                for (o, &x) in out.iter_mut().zip(prepared) {
+                    let above = 0u64.wrapping_sub((x > half) as u64);
+                    *o = ct.reduce_once(ct.reduce_once(x) + (shift & above));
+                }
+            } else {
+                for (o, &x) in out.iter_mut().zip(prepared) {
+                    let above = 0u64.wrapping_sub((x > half) as u64);
+                    *o = ct.reduce_once(ct.reduce(x) + (shift & above));
+                }
             }
             return;
         }

@@ -459,7 +459,9 @@ impl Block {
         Ok(())
     }
 
-    /// Refreshes a stage's input if the levels left cannot carry it to the refresh floor.
+    /// Refreshes a stage's input if the levels left cannot carry it to the refresh floor, then
+    /// drops it to the lowest level that carries the stage: every operation of the stage then
+    /// works on as few primes as it can (a refresh returns at the top level).
     fn fit_stage<B: Backend>(
         &self,
         b: &B,
@@ -476,11 +478,10 @@ impl Block {
             )));
         }
         let refs: Vec<&B::Value> = x.iter().collect();
-        if b.lowest_level(&refs) >= need + floor {
-            Ok(x)
-        } else {
-            b.refresh(x)
-        }
+        let x = if b.lowest_level(&refs) >= need + floor { x } else { b.refresh(x)? };
+        x.into_iter()
+            .map(|v| if b.level(&v) > need + floor { b.drop_to(&v, need + floor) } else { Ok(v) })
+            .collect()
     }
 
     /// Normalisation `which` (0: N1, 1: N2) of the wide values `x`, with the per-feature map

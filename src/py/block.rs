@@ -58,6 +58,12 @@ fn cost_dict<'py>(py: Python<'py>, c: &Cost) -> PyResult<Bound<'py, PyDict>> {
     d.set_item("refresh_rounds", c.refresh_rounds)?;
     d.set_item("refreshed_ciphertexts", c.refreshed_ciphertexts)?;
     d.set_item("lowest_level", c.lowest_level)?;
+    // Measured wall seconds by kind of operation (encrypted evaluations only).
+    let seconds = PyDict::new(py);
+    for (kind, nanos) in &c.nanos {
+        seconds.set_item(kind, *nanos as f64 * 1e-9)?;
+    }
+    d.set_item("seconds", seconds)?;
     Ok(d)
 }
 

@@ -575,16 +575,6 @@ impl PyCiphertext {
             .ok_or_else(|| Error::MissingKey("rotation needs Galois keys: use ct.with_keys(keys)".into()))
     }
 
-    /// Both operands at the lower of the two levels (canonical scale where a level moves).
-    fn aligned(a: &Ciphertext, b: &Ciphertext) -> Result<(Ciphertext, Ciphertext), Error> {
-        use std::cmp::Ordering::*;
-        Ok(match a.level().cmp(&b.level()) {
-            Equal => (a.clone(), b.clone()),
-            Greater => (ev::adjust_level(a, b.level())?, b.clone()),
-            Less => (a.clone(), ev::adjust_level(b, a.level())?),
-        })
-    }
-
     fn encode_like(&self, values: &Values<'_>, scale: f64) -> PyResult<Plaintext> {
         encode(self.ct.context(), values, Some(self.ct.level()), Some(scale))
     }
@@ -601,12 +591,12 @@ impl PyCiphertext {
             Operand::Cipher(o) => {
                 let other = &o.ct;
                 py.detach(|| {
-                    let (a, b) = Self::aligned(ct, other)?;
-                    let (a, b) = if reflected { (b, a) } else { (a, b) };
+                    let v = ev::align(&[ct, other])?;
+                    let (a, b) = if reflected { (&v[1], &v[0]) } else { (&v[0], &v[1]) };
                     if subtract {
-                        ev::sub(&a, &b)
+                        ev::sub(a, b)
                     } else {
-                        ev::add(&a, &b)
+                        ev::add(a, b)
                     }
                 })?
             }
@@ -732,8 +722,8 @@ impl PyCiphertext {
                 let rlk = self.relin_key()?;
                 let other = &o.ct;
                 let out = py.detach(|| {
-                    let (a, b) = Self::aligned(ct, other)?;
-                    ev::multiply_relin_rescale(&a, &b, &rlk)
+                    let v = ev::align(&[ct, other])?;
+                    ev::multiply_relin_rescale(&v[0], &v[1], &rlk)
                 })?;
                 return Ok(self.derive(out));
             }
@@ -741,8 +731,8 @@ impl PyCiphertext {
                 let rlk = if relinearize { Some(self.relin_key()?) } else { None };
                 let other = &o.ct;
                 py.detach(|| {
-                    let (a, b) = Self::aligned(ct, other)?;
-                    let m = ev::multiply(&a, &b)?;
+                    let v = ev::align(&[ct, other])?;
+                    let m = ev::multiply(&v[0], &v[1])?;
                     match rlk {
                         Some(k) => ev::relinearize(&m, &k),
                         None => Ok(m),
