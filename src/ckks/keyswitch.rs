@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use crate::math::modulus::Modulus;
 use crate::math::poly::RnsPoly;
 use crate::math::rns::BaseConverter;
+use crate::math::vectorised;
 
 use super::context::Context;
 use super::keys::KeySwitchKey;
@@ -187,7 +188,7 @@ enum RowSums {
 impl RowSums {
     fn new(m: &Modulus, n: usize) -> Self {
         if m.value() < 1 << 31 {
-            RowSums::Narrow { s0: vec![0; n], s1: vec![0; n], cap: ((1u64 << 63) / m.value()) * m.value() }
+            RowSums::Narrow { s0: vec![0; n], s1: vec![0; n], cap: m.lazy_cap() }
         } else {
             RowSums::Wide { s0: vec![0; n], s1: vec![0; n] }
         }
@@ -237,32 +238,16 @@ impl RowSums {
     }
 }
 
-/// `s0 += v b`, `s1 += v a` lazily (all factors below 2^31, sums below 2^63).
-fn lazy_products(s0: &mut [u64], s1: &mut [u64], v: &[u64], b: &[u64], a: &[u64], cap: u64) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { lazy_products_avx512(s0, s1, v, b, a, cap) };
+vectorised! {
+    /// `s0 += v b`, `s1 += v a` lazily (all factors below 2^31, sums below 2^63 + q).
+    fn lazy_products(s0: &mut [u64], s1: &mut [u64], v: &[u64], b: &[u64], a: &[u64], cap: u64) {
+        for ((((x0, x1), &v), &b), &a) in s0.iter_mut().zip(s1.iter_mut()).zip(v).zip(b).zip(a) {
+            let v = v as u32 as u64;
+            let t0 = *x0 + v * (b as u32 as u64);
+            *x0 = t0.min(t0.wrapping_sub(cap));
+            let t1 = *x1 + v * (a as u32 as u64);
+            *x1 = t1.min(t1.wrapping_sub(cap));
         }
-    }
-    lazy_products_generic(s0, s1, v, b, a, cap)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn lazy_products_avx512(s0: &mut [u64], s1: &mut [u64], v: &[u64], b: &[u64], a: &[u64], cap: u64) {
-    lazy_products_generic(s0, s1, v, b, a, cap)
-}
-
-#[inline(always)]
-fn lazy_products_generic(s0: &mut [u64], s1: &mut [u64], v: &[u64], b: &[u64], a: &[u64], cap: u64) {
-    for ((((x0, x1), &v), &b), &a) in s0.iter_mut().zip(s1.iter_mut()).zip(v).zip(b).zip(a) {
-        let v = v as u32 as u64;
-        let t0 = *x0 + v * (b as u32 as u64);
-        *x0 = t0.min(t0.wrapping_sub(cap));
-        let t1 = *x1 + v * (a as u32 as u64);
-        *x1 = t1.min(t1.wrapping_sub(cap));
     }
 }
 

@@ -195,9 +195,12 @@ impl DiagonalPlan {
         for vs in v.chunks(FEATURES_PER_PASS) {
             let v_rot = vs
                 .iter()
-                .map(|vf| {
-                    let vf = if b.level(vf) > level { b.drop_to(vf, level)? } else { (*vf).clone() };
-                    b.rotate_many(&vf, &babies)
+                .map(|&vf| {
+                    if b.level(vf) > level {
+                        b.rotate_many(&b.drop_to(vf, level)?, &babies)
+                    } else {
+                        b.rotate_many(vf, &babies)
+                    }
                 })
                 .collect::<Result<Vec<_>>>()?;
             // One sum per (feature, giant step) over that giant step's diagonals.

@@ -54,95 +54,52 @@ pub fn combine(outs: &mut [&mut [u64]], inputs: &[&[u64]], weights: &[i128], m: 
     }
 }
 
-fn combine_narrow(
-    outs: &mut [&mut [u64]],
-    inputs: &[&[u64]],
-    weights: &[u64],
-    start: usize,
-    end: usize,
-    m: &Modulus,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { combine_narrow_avx512(outs, inputs, weights, start, end, m) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { combine_narrow_avx2(outs, inputs, weights, start, end, m) };
-        }
-    }
-    combine_narrow_generic(outs, inputs, weights, start, end, m)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn combine_narrow_avx512(
-    outs: &mut [&mut [u64]],
-    inputs: &[&[u64]],
-    weights: &[u64],
-    start: usize,
-    end: usize,
-    m: &Modulus,
-) {
-    combine_narrow_generic(outs, inputs, weights, start, end, m)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn combine_narrow_avx2(
-    outs: &mut [&mut [u64]],
-    inputs: &[&[u64]],
-    weights: &[u64],
-    start: usize,
-    end: usize,
-    m: &Modulus,
-) {
-    combine_narrow_generic(outs, inputs, weights, start, end, m)
-}
-
-/// Up to [`OUTPUTS_PER_PASS`] outputs over one chunk. Inlined into the feature-specific
-/// copies above, where the compiler vectorises it.
-#[inline(always)]
-fn combine_narrow_generic(
-    outs: &mut [&mut [u64]],
-    inputs: &[&[u64]],
-    weights: &[u64],
-    start: usize,
-    end: usize,
-    m: &Modulus,
-) {
-    let q = m.value();
-    let n_in = inputs.len();
-    // The largest multiple of q not above 2^63: subtracting it brings a sum below 2^64
-    // under 2^63 + q. Terms that fit between folds: products are at most (q - 1)^2.
-    let cap = ((1u64 << 63) / q) * q;
-    let batch = (((1u64 << 63) - q) / ((q - 1) * (q - 1)).max(1)).max(1) as usize;
-    let len = end - start;
-    let mut acc = [[0u64; CHUNK]; OUTPUTS_PER_PASS];
-    for first in (0..n_in).step_by(batch) {
-        for i in first..(first + batch).min(n_in) {
-            let x = &inputs[i][start..end];
-            // Missing outputs of a short group multiply by zero.
-            let w: [u64; OUTPUTS_PER_PASS] =
-                std::array::from_fn(|o| if o < outs.len() { weights[o * n_in + i] as u32 as u64 } else { 0 });
-            let [a0, a1, a2, a3] = &mut acc;
-            for k in 0..len {
-                // Both factors below 2^31: 32x32-bit products, exact in 62 bits.
-                let v = x[k] as u32 as u64;
-                a0[k] += v * w[0];
-                a1[k] += v * w[1];
-                a2[k] += v * w[2];
-                a3[k] += v * w[3];
+vectorised! {
+    /// Up to [`OUTPUTS_PER_PASS`] outputs over one chunk.
+    fn combine_narrow(
+        outs: &mut [&mut [u64]],
+        inputs: &[&[u64]],
+        weights: &[u64],
+        start: usize,
+        end: usize,
+        m: &Modulus,
+    ) {
+        let q = m.value();
+        let n_in = inputs.len();
+        // Terms that fit between folds (see `lazy_cap`): products are at most (q - 1)^2.
+        let cap = m.lazy_cap();
+        let batch = (((1u64 << 63) - q) / ((q - 1) * (q - 1)).max(1)).max(1) as usize;
+        let len = end - start;
+        let mut acc = [[0u64; CHUNK]; OUTPUTS_PER_PASS];
+        for first in (0..n_in).step_by(batch) {
+            for i in first..(first + batch).min(n_in) {
+                let x = &inputs[i][start..end];
+                // Missing outputs of a short group multiply by zero.
+                let w: [u64; OUTPUTS_PER_PASS] =
+                    std::array::from_fn(|o| {
+                        if o < outs.len() {
+                            weights[o * n_in + i] as u32 as u64
+                        } else {
+                            0
+                        }
+                    });
+                let [a0, a1, a2, a3] = &mut acc;
+                for k in 0..len {
+                    // Both factors below 2^31: 32x32-bit products, exact in 62 bits.
+                    let v = x[k] as u32 as u64;
+                    a0[k] += v * w[0];
+                    a1[k] += v * w[1];
+                    a2[k] += v * w[2];
+                    a3[k] += v * w[3];
+                }
+            }
+            for a in acc.iter_mut() {
+                a[..len].iter_mut().for_each(|s| *s = (*s).min(s.wrapping_sub(cap)));
             }
         }
-        for a in acc.iter_mut() {
-            a[..len].iter_mut().for_each(|s| *s = (*s).min(s.wrapping_sub(cap)));
+        for (out, a) in outs.iter_mut().zip(&acc) {
+            out[start..end].iter_mut().zip(&a[..len]).for_each(|(d, &s)| *d = m.reduce(s));
         }
-    }
-    for (out, a) in outs.iter_mut().zip(&acc) {
-        out[start..end].iter_mut().zip(&a[..len]).for_each(|(d, &s)| *d = m.reduce(s));
     }
 }
 

@@ -69,6 +69,14 @@ impl Modulus {
         self.reduce_once(r)
     }
 
+    /// The largest multiple of q not above 2^63, for deferred reduction: a running sum below
+    /// 2^64 folded with `s.min(s.wrapping_sub(cap))` (branch-free, it vectorises) lands below
+    /// 2^63 + q. The linear-layer, tensor-product and key-switch kernels fold with it.
+    #[inline]
+    pub fn lazy_cap(&self) -> u64 {
+        ((1u64 << 63) / self.value) * self.value
+    }
+
     /// Maps a value in [0, 2q) to [0, q) without a data-dependent branch.
     #[inline(always)]
     pub fn reduce_once(&self, x: u64) -> u64 {

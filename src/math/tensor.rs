@@ -35,111 +35,66 @@ pub fn accumulate(out: &mut [[&mut [u64]; 3]], pairs: &[Vec<(Operand<'_>, Operan
     }
 }
 
-fn accumulate_narrow(
-    dst: &mut [&mut [u64]; 3],
-    terms: &[(Operand<'_>, Operand<'_>)],
-    start: usize,
-    end: usize,
-    m: &Modulus,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { accumulate_narrow_avx512(dst, terms, start, end, m) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { accumulate_narrow_avx2(dst, terms, start, end, m) };
-        }
-    }
-    accumulate_narrow_generic(dst, terms, start, end, m)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn accumulate_narrow_avx512(
-    dst: &mut [&mut [u64]; 3],
-    terms: &[(Operand<'_>, Operand<'_>)],
-    start: usize,
-    end: usize,
-    m: &Modulus,
-) {
-    accumulate_narrow_generic(dst, terms, start, end, m)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn accumulate_narrow_avx2(
-    dst: &mut [&mut [u64]; 3],
-    terms: &[(Operand<'_>, Operand<'_>)],
-    start: usize,
-    end: usize,
-    m: &Modulus,
-) {
-    accumulate_narrow_generic(dst, terms, start, end, m)
-}
-
-/// Inlined into the feature-specific copies above, where the compiler vectorises it.
-#[inline(always)]
-fn accumulate_narrow_generic(
-    dst: &mut [&mut [u64]; 3],
-    terms: &[(Operand<'_>, Operand<'_>)],
-    start: usize,
-    end: usize,
-    m: &Modulus,
-) {
-    let q = m.value();
-    // The largest multiple of q not above 2^63: subtracting it brings a sum below 2^64 under
-    // 2^63 + q.
-    let cap = ((1u64 << 63) / q) * q;
-    let fold = |s: u64| s.min(s.wrapping_sub(cap));
-    // Terms whose products can join such a sum before the next fold without overflowing:
-    // the middle component takes two products of at most (q - 1)^2 per term.
-    let batch = ((1u64 << 63) - q) / (2 * (q - 1) * (q - 1)).max(1);
-    let len = end - start;
-    let mut s0 = [0u64; CHUNK];
-    let mut s1 = [0u64; CHUNK];
-    let mut s2 = [0u64; CHUNK];
-    let (s0, s1, s2) = (&mut s0[..len], &mut s1[..len], &mut s2[..len]);
-    s0.copy_from_slice(&dst[0][start..end]);
-    s1.copy_from_slice(&dst[1][start..end]);
-    s2.copy_from_slice(&dst[2][start..end]);
-    // Residues below 2^31: 32x32-bit products, exact in 62 bits.
-    let narrow = |v: u64| v as u32 as u64;
-    if batch >= 2 {
-        // Below 2^30 (the common case): several terms per fold, a third of the operations.
-        for group in terms.chunks(batch as usize) {
-            for ([a0, a1], [b0, b1]) in group {
+vectorised! {
+    fn accumulate_narrow(
+        dst: &mut [&mut [u64]; 3],
+        terms: &[(Operand<'_>, Operand<'_>)],
+        start: usize,
+        end: usize,
+        m: &Modulus,
+    ) {
+        let q = m.value();
+        let cap = m.lazy_cap();
+        let fold = |s: u64| s.min(s.wrapping_sub(cap));
+        // Terms whose products can join a folded sum (see `lazy_cap`) before the next fold
+        // without overflowing: the middle component takes two products of at most (q - 1)^2
+        // per term.
+        let batch = ((1u64 << 63) - q) / (2 * (q - 1) * (q - 1)).max(1);
+        let len = end - start;
+        let mut s0 = [0u64; CHUNK];
+        let mut s1 = [0u64; CHUNK];
+        let mut s2 = [0u64; CHUNK];
+        let (s0, s1, s2) = (&mut s0[..len], &mut s1[..len], &mut s2[..len]);
+        s0.copy_from_slice(&dst[0][start..end]);
+        s1.copy_from_slice(&dst[1][start..end]);
+        s2.copy_from_slice(&dst[2][start..end]);
+        // Residues below 2^31: 32x32-bit products, exact in 62 bits.
+        let narrow = |v: u64| v as u32 as u64;
+        if batch >= 2 {
+            // Below 2^30 (the common case): several terms per fold, a third of the operations.
+            for group in terms.chunks(batch as usize) {
+                for ([a0, a1], [b0, b1]) in group {
+                    let (a0, a1) = (&a0[start..end], &a1[start..end]);
+                    let (b0, b1) = (&b0[start..end], &b1[start..end]);
+                    for k in 0..len {
+                        let (x0, x1, y0, y1) = (narrow(a0[k]), narrow(a1[k]), narrow(b0[k]), narrow(b1[k]));
+                        s0[k] += x0 * y0;
+                        s1[k] += x0 * y1 + x1 * y0;
+                        s2[k] += x1 * y1;
+                    }
+                }
+                for k in 0..len {
+                    s0[k] = fold(s0[k]);
+                    s1[k] = fold(s1[k]);
+                    s2[k] = fold(s2[k]);
+                }
+            }
+        } else {
+            // Up to 2^31: fold after every product.
+            for ([a0, a1], [b0, b1]) in terms {
                 let (a0, a1, b0, b1) = (&a0[start..end], &a1[start..end], &b0[start..end], &b1[start..end]);
                 for k in 0..len {
                     let (x0, x1, y0, y1) = (narrow(a0[k]), narrow(a1[k]), narrow(b0[k]), narrow(b1[k]));
-                    s0[k] += x0 * y0;
-                    s1[k] += x0 * y1 + x1 * y0;
-                    s2[k] += x1 * y1;
+                    s0[k] = fold(s0[k] + x0 * y0);
+                    s1[k] = fold(fold(s1[k] + x0 * y1) + x1 * y0);
+                    s2[k] = fold(s2[k] + x1 * y1);
                 }
             }
-            for k in 0..len {
-                s0[k] = fold(s0[k]);
-                s1[k] = fold(s1[k]);
-                s2[k] = fold(s2[k]);
-            }
         }
-    } else {
-        // Up to 2^31: fold after every product.
-        for ([a0, a1], [b0, b1]) in terms {
-            let (a0, a1, b0, b1) = (&a0[start..end], &a1[start..end], &b0[start..end], &b1[start..end]);
-            for k in 0..len {
-                let (x0, x1, y0, y1) = (narrow(a0[k]), narrow(a1[k]), narrow(b0[k]), narrow(b1[k]));
-                s0[k] = fold(s0[k] + x0 * y0);
-                s1[k] = fold(fold(s1[k] + x0 * y1) + x1 * y0);
-                s2[k] = fold(s2[k] + x1 * y1);
+        for (row, sums) in dst.iter_mut().zip([&*s0, &*s1, &*s2]) {
+            for (d, &s) in row[start..end].iter_mut().zip(sums) {
+                *d = m.reduce(s);
             }
-        }
-    }
-    for (row, sums) in dst.iter_mut().zip([&*s0, &*s1, &*s2]) {
-        for (d, &s) in row[start..end].iter_mut().zip(sums) {
-            *d = m.reduce(s);
         }
     }
 }
