@@ -98,6 +98,23 @@ fn range(a: &[f64]) -> f64 {
     a.iter().cloned().fold(f64::MIN, f64::max) - a.iter().cloned().fold(f64::MAX, f64::min)
 }
 
+/// `block` on `x` (batch x tokens x width) through the mirror, group by group.
+fn mirrored(block: &Block, layout: &TokenLayout, x: &[f64], batch: usize) -> Vec<f64> {
+    let b = Mirror::new(layout.slots, 40).with_refresh_level(2);
+    let out: Vec<Vec<Vec<f64>>> = layout
+        .pack(x, batch)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(g, cts)| {
+            let v = cts.into_iter().map(|c| b.value(c).unwrap()).collect();
+            let y = block.evaluate(&b, layout, layout.samples_in_group(batch, g), v).unwrap();
+            y.into_iter().map(|v| v.data).collect()
+        })
+        .collect();
+    layout.unpack(&out, batch).unwrap()
+}
+
 /// The mirror (token layout, level rules, refreshes) computes the reference function.
 #[test]
 fn mirror_matches_reference_forward() {
@@ -107,20 +124,27 @@ fn mirror_matches_reference_forward() {
     let block = small_block(3, &x);
     let slots = 16; // 3 samples per group: exercises several groups and a partial one
     let layout = TokenLayout::new(5, 8, slots).unwrap();
-    let b = Mirror::new(slots, 40).with_refresh_level(2);
-    let groups = layout.pack(&x, batch).unwrap();
-    let out: Vec<Vec<Vec<f64>>> = groups
-        .into_iter()
-        .enumerate()
-        .map(|(g, cts)| {
-            let v = cts.into_iter().map(|c| b.value(c).unwrap()).collect();
-            let y = block.evaluate(&b, &layout, layout.samples_in_group(batch, g), v).unwrap();
-            y.into_iter().map(|v| v.data).collect()
-        })
-        .collect();
-    let got = layout.unpack(&out, batch).unwrap();
+    let got = mirrored(&block, &layout, &x, batch);
     let want: Vec<f64> = x.chunks(40).flat_map(|s| block.forward(s).unwrap()).collect();
     assert!(max_abs_diff(&got, &want) < 1e-9, "mirror differs from forward by {}", max_abs_diff(&got, &want));
+}
+
+/// An MLP whose hidden width is not a multiple of the block's width streams in uneven chunks
+/// (6 + 6 + 6 + 2 hidden units), with GELU folded into FC2 or evaluated.
+#[test]
+fn mlp_in_uneven_hidden_chunks_matches_reference() {
+    let batch = 4;
+    let mut r = Rng(17);
+    let shape = BlockShape::new(5, 6, 2, 20).unwrap();
+    let x = r.vec(batch * 5 * 6, 1.0, 0.0);
+    let layout = TokenLayout::new(5, 6, 16).unwrap();
+    for spec in ["reference", "gelu=chebyshev:7"] {
+        let block = Block::new(shape, random_block(shape, 9), approx_of(spec, &shape)).unwrap();
+        let block = block.calibrated(&x, 0.3).unwrap();
+        let got = mirrored(&block, &layout, &x, batch);
+        let want = block.forward_batch(&x, false).unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-9, "{spec}: mirror differs by {}", max_abs_diff(&got, &want));
+    }
 }
 
 /// Encrypted output vs the reference for a stack of 4 blocks, re-encrypted between blocks.
@@ -154,7 +178,7 @@ fn encrypted_stack_of_four_blocks_matches_mirror() {
     let mut reference = x0;
     for block in &blocks {
         let packed = PackedBatch::encrypt(&o.sk, 5, 8, &x, batch, true).unwrap();
-        let input = packed.real_groups(o.keys.galois.as_deref()).unwrap().remove(0);
+        let input = packed.real_groups(o.keys.galois.as_deref()).unwrap().remove(0).into_owned();
         let y = block.evaluate(&backend, &packed.layout, batch, input).unwrap();
         let out = PackedBatch::from_real(packed.layout, batch, vec![y], true).unwrap();
         x = out.decrypt(&o.sk).unwrap();
@@ -367,7 +391,7 @@ fn new_families_encrypted_match_their_mirror() {
         let hat = PackedBatch::encrypt(&o.sk, 5, 8, &hat, batch, true).unwrap();
         for normalised in [false, true] {
             let (out, cost) = block
-                .evaluate_batch(&o.keys, refresher.clone(), &packed, normalised.then_some(&hat))
+                .evaluate_batch(&o.keys, refresher.clone(), &packed, normalised.then_some(&hat), None)
                 .unwrap();
             let got = out.decrypt(&o.sk).unwrap();
             let want = block.forward_batch(&x, normalised).unwrap();

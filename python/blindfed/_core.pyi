@@ -28,6 +28,8 @@ class Parameters:
     ``levels`` is the number of rescalings a fresh ciphertext allows; the chain has one
     ``first_bits`` prime and ``levels`` primes of ``scale_bits``; ``special_count`` special
     primes of ``special_bits`` serve key switching (default: as many as the bound allows).
+    Key-switching digits group consecutive chain primes up to the special primes' product
+    (two 30-bit primes under one 60-bit special prime): ``dnum`` of them.
     """
 
     def __init__(
@@ -349,6 +351,7 @@ class Block:
         owner: SecretKey | Callable[[bytes], bytes],
         *,
         x_hat: PackedBatch | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> tuple[PackedBatch, dict[str, int]]: ...
 
 def sanitize(

@@ -154,6 +154,10 @@ class _BlockMeter:
         self.bar.update(1)
         self.bar.set_postfix_str(f"{event.batch} block {event.block}: {event.seconds:.1f} s")
 
+    def stage(self, batch: str, block: int, stage: str) -> None:
+        """Progress within a block (the provider's ``on_stage``): the bar's label moves."""
+        self.bar.set_postfix_str(f"{batch} block {block}: {stage}")
+
 
 def _pick_runtime(runtime: str, say: Callable[[str], None]) -> str:
     if runtime == "local":
@@ -260,7 +264,7 @@ def _federate(
     out: Path,
     runtime: str,
     student: Any,
-    on_block: Callable[[Any], None],
+    on_block: _BlockMeter,
     on_round: Callable[[dict[str, Any]], None],
     log_line: Callable[[str], None],
     before_rounds: Callable[[], None],
@@ -276,7 +280,12 @@ def _federate(
     online = online_local(
         settings,
         config.owners,
-        hooks={"on_block": on_block, "progress": log_line, "student": student},
+        hooks={
+            "on_block": on_block,
+            "on_stage": on_block.stage,
+            "progress": log_line,
+            "student": student,
+        },
     )
     if online["ready"] < config.owners:
         raise RuntimeError(f"only {online['ready']} of {config.owners} owners finished the passes")

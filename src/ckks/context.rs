@@ -83,9 +83,7 @@ impl Context {
             .map(|&m| NttTable::new(m, n).expect("validated primes are NTT-friendly"))
             .collect();
         let num_q = params.q.len();
-        let alpha = params.alpha();
-        let digits: Vec<Range<usize>> =
-            (0..params.dnum()).map(|d| d * alpha..((d + 1) * alpha).min(num_q)).collect();
+        let digits = params.digits();
         let mut mod_up = HashMap::new();
         for digit in &digits {
             for end in digit.start + 1..=digit.end {

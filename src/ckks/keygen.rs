@@ -13,7 +13,7 @@ use crate::math::sampling::{self, fresh_seed, os_rng, SeedStream};
 use crate::parallel;
 
 use super::context::Context;
-use super::keys::{GaloisKeys, KeySwitchKey, PublicKey, RelinKey, SecretKey};
+use super::keys::{GaloisKeys, KeyPoly, KeySwitchKey, PublicKey, RelinKey, SecretKey};
 use super::params::SecretDistribution;
 
 /// Domain tag of the public key's uniform polynomial in its seed stream.
@@ -155,8 +155,8 @@ impl SecretKey {
                     *x = m.add(*x, m.mul_shoup(y, w, ws));
                 }
             }
-            bs.push(b);
-            as_.push(a);
+            bs.push(KeyPoly::new(&b, &ctx.key_moduli));
+            as_.push(KeyPoly::new(&a, &ctx.key_moduli));
         }
         KeySwitchKey { ctx: ctx.clone(), b: bs, a: as_, seed: Some(seed) }
     }

@@ -5,18 +5,25 @@
 //! (hoisting, Halevi-Shoup): the automorphism is applied to the raised digits in NTT form,
 //! where it is an index permutation, and folded into the inner product. A single key switch
 //! (a relinearisation, one rotation) raises each row only when the inner product reaches it,
-//! so the dnum x (l + 1 + alpha) raised rows never exist at once (with one-prime digits at
-//! N = 2^14 and 10 levels that is 17 MB per key switch, written and read back from memory).
+//! so the dnum x (l + 1 + alpha) raised rows never exist at once (9 MB per key switch at
+//! N = 2^14 and 10 levels, written and read back from memory).
+//!
+//! Digits are as wide as the special modulus P allows ([`Parameters::digits`]): on the block's
+//! chain (a 60-bit q_0, 30-bit primes, one 60-bit P) pairs of primes, 6 digits instead of 11,
+//! which nearly halves the raising and the inner product and the keys' size. A pair's digit
+//! is raised through its exact 60-bit integer (no floating-point correction).
+//!
+//! [`Parameters::digits`]: super::params::Parameters::digits
 
 use rayon::prelude::*;
 
 use crate::math::modulus::Modulus;
 use crate::math::poly::RnsPoly;
-use crate::math::rns::BaseConverter;
+use crate::math::rns::{BaseConverter, ExactRows};
 use crate::math::vectorised;
 
 use super::context::Context;
-use super::keys::KeySwitchKey;
+use super::keys::{KeyRow, KeySwitchKey, NARROW_PRIME_LIMIT};
 
 /// The digits of one polynomial, ready to be raised to the extended basis Q_l P, at some level.
 pub(crate) struct Decomposition<'a> {
@@ -36,8 +43,7 @@ pub(crate) struct Decomposition<'a> {
 struct Digit<'a> {
     range: std::ops::Range<usize>,
     converter: &'a BaseConverter,
-    prepared: Vec<u64>,
-    overflow: Vec<u64>,
+    rows: ExactRows,
 }
 
 impl Decomposition<'_> {
@@ -56,8 +62,7 @@ impl Decomposition<'_> {
         if digit.range.contains(&key_row) {
             out.copy_from_slice(self.source.limb(r));
         } else {
-            let n = self.ctx.degree();
-            digit.converter.convert_row_exact(&digit.prepared, &digit.overflow, n, key_row, out);
+            digit.converter.convert_row_exact(&digit.rows, key_row, out);
             self.ctx.ntt[key_row].forward(out);
         }
     }
@@ -81,11 +86,10 @@ pub(crate) fn decompose<'a>(
         .map(|g| {
             let range = g.start..g.end.min(level + 1);
             let converter = ctx.mod_up_converter(range.start, range.end);
-            let prepared = converter.prepare(&coeff.as_flat()[range.start * n..range.end * n], n);
             // Raising the centred representative of each digit (|d_i| <= Q_i / 2) halves the
             // key-switching noise sum_i d_i e_i / P compared with [0, Q_i).
-            let overflow = converter.overflow_estimates(&prepared, n);
-            Digit { range, converter, prepared, overflow }
+            let rows = converter.prepare_exact(&coeff.as_flat()[range.start * n..range.end * n], n);
+            Digit { range, converter, rows }
         })
         .collect();
     let mut dec = Decomposition { ctx, level, source: d, active, raised: None };
@@ -166,7 +170,7 @@ fn inner_product(
             let mut scratch = vec![0u64; if dec.raised.is_some() { 0 } else { n }];
             for g in 0..dec.active.len() {
                 let digit = dec.row(g, r, k, &mut scratch);
-                sums.add(digit, key.b[g].limb(k), key.a[g].limb(k), perm);
+                sums.add(digit, key.b[g].row(k), key.a[g].row(k), perm);
             }
             sums.write(out0, out1, &m);
         },
@@ -177,9 +181,10 @@ fn inner_product(
 /// Coefficients per chunk of a gathered (permuted) digit row.
 const CHUNK: usize = 256;
 
-/// A row's two running sums of digit x key products. Below 2^31 products fit in 62 bits and
-/// the sums stay lazily in 64 bits (a branch-free `min` keeps them below 2^63, which
-/// vectorises); wider primes sum in 128 bits (at most 2^6 digits of 2^122).
+/// A row's two running sums of digit x key products. Narrow primes (below 2^31, keys in 32
+/// bits) have products in 62 bits and the sums stay lazily in 64 bits (a branch-free `min`
+/// keeps them below 2^63, which vectorises); wider primes sum in 128 bits (at most 2^6
+/// digits of 2^122).
 enum RowSums {
     Narrow { s0: Vec<u64>, s1: Vec<u64>, cap: u64 },
     Wide { s0: Vec<u128>, s1: Vec<u128> },
@@ -187,7 +192,7 @@ enum RowSums {
 
 impl RowSums {
     fn new(m: &Modulus, n: usize) -> Self {
-        if m.value() < 1 << 31 {
+        if m.value() < NARROW_PRIME_LIMIT {
             RowSums::Narrow { s0: vec![0; n], s1: vec![0; n], cap: m.lazy_cap() }
         } else {
             RowSums::Wide { s0: vec![0; n], s1: vec![0; n] }
@@ -195,8 +200,8 @@ impl RowSums {
     }
 
     /// `s0 += digit(perm) * b`, `s1 += digit(perm) * a`.
-    fn add(&mut self, digit: &[u64], b: &[u64], a: &[u64], perm: Option<&[usize]>) {
-        let n = b.len();
+    fn add(&mut self, digit: &[u64], b: &KeyRow, a: &KeyRow, perm: Option<&[usize]>) {
+        let n = digit.len();
         let mut gathered = [0u64; CHUNK];
         for start in (0..n).step_by(CHUNK) {
             let end = (start + CHUNK).min(n);
@@ -207,12 +212,17 @@ impl RowSums {
                     &gathered[..end - start]
                 }
             };
-            let (b, a) = (&b[start..end], &a[start..end]);
-            match self {
-                RowSums::Narrow { s0, s1, cap } => {
-                    lazy_products(&mut s0[start..end], &mut s1[start..end], v, b, a, *cap)
-                }
-                RowSums::Wide { s0, s1 } => {
+            match (&mut *self, b, a) {
+                (RowSums::Narrow { s0, s1, cap }, KeyRow::Narrow(b), KeyRow::Narrow(a)) => lazy_products(
+                    &mut s0[start..end],
+                    &mut s1[start..end],
+                    v,
+                    &b[start..end],
+                    &a[start..end],
+                    *cap,
+                ),
+                (RowSums::Wide { s0, s1 }, KeyRow::Wide(b), KeyRow::Wide(a)) => {
+                    let (b, a) = (&b[start..end], &a[start..end]);
                     for (((x0, x1), (&b, &a)), &v) in
                         s0[start..end].iter_mut().zip(&mut s1[start..end]).zip(b.iter().zip(a)).zip(v)
                     {
@@ -220,6 +230,7 @@ impl RowSums {
                         *x1 += v as u128 * a as u128;
                     }
                 }
+                _ => unreachable!("key rows are narrow exactly when their prime is"),
             }
         }
     }
@@ -240,12 +251,12 @@ impl RowSums {
 
 vectorised! {
     /// `s0 += v b`, `s1 += v a` lazily (all factors below 2^31, sums below 2^63 + q).
-    fn lazy_products(s0: &mut [u64], s1: &mut [u64], v: &[u64], b: &[u64], a: &[u64], cap: u64) {
+    fn lazy_products(s0: &mut [u64], s1: &mut [u64], v: &[u64], b: &[u32], a: &[u32], cap: u64) {
         for ((((x0, x1), &v), &b), &a) in s0.iter_mut().zip(s1.iter_mut()).zip(v).zip(b).zip(a) {
             let v = v as u32 as u64;
-            let t0 = *x0 + v * (b as u32 as u64);
+            let t0 = *x0 + v * b as u64;
             *x0 = t0.min(t0.wrapping_sub(cap));
-            let t1 = *x1 + v * (a as u32 as u64);
+            let t1 = *x1 + v * a as u64;
             *x1 = t1.min(t1.wrapping_sub(cap));
         }
     }
@@ -271,14 +282,13 @@ pub(crate) fn divide_and_drop(ctx: &Context, ext: &RnsPoly, level: usize, drop_q
     } else {
         (&ctx.mod_down, &ctx.p_inv_mod_q)
     };
-    let prepared = converter.prepare(dropped.as_flat(), n);
     // Exact, centred conversion: the division rounds, and the error is independent of alpha.
-    let overflow = converter.overflow_estimates(&prepared, n);
+    let rows = converter.prepare_exact(dropped.as_flat(), n);
     let mut out = ext.slice_limbs(0, if drop_q_last { level } else { level + 1 });
     out.for_each_row(|j, row| {
         let m = ctx.key_moduli[j];
         let mut tmp = vec![0u64; n];
-        converter.convert_row_exact(&prepared, &overflow, n, j, &mut tmp);
+        converter.convert_row_exact(&rows, j, &mut tmp);
         ctx.ntt[j].forward(&mut tmp);
         let w = inverse[j];
         let ws = m.shoup(w);

@@ -1,5 +1,7 @@
 //! CKKS parameter sets: ring degree, the modulus chain and the key-switching primes.
 
+use std::ops::Range;
+
 use crate::error::{Error, Result};
 use crate::math::modulus::MAX_MODULUS_BITS;
 use crate::math::primes::{is_prime, nearest_ntt_prime, ntt_primes, Side};
@@ -29,8 +31,9 @@ pub struct ParameterSpec {
     pub first_bits: u32,
     /// Bits of each key-switching (special) prime.
     pub special_bits: u32,
-    /// Number of special primes alpha (= primes per key-switching digit). None: the largest
-    /// count that fits the security bound, at most levels + 1.
+    /// Number of special primes alpha (their product P bounds the key-switching digits, see
+    /// [`Parameters::digits`]). None: the largest count that fits the security bound, at most
+    /// levels + 1.
     pub special_count: Option<usize>,
     pub secret: SecretDistribution,
     /// Allows sets over the 128-bit bound. For tests only.
@@ -84,6 +87,11 @@ fn scale_primes(bits: u32, levels: usize, n: usize, exclude: &[u64]) -> Result<V
     }
     Ok(chain)
 }
+
+/// How far (in bits) a key-switching digit may exceed the special modulus: the digit's share of
+/// the key-switching noise at most doubles, and a pair of primes just above 2^30 still shares
+/// a digit under a 60-bit special prime.
+pub const DIGIT_SLACK_BITS: f64 = 1.0;
 
 fn log2_sum(primes: &[u64]) -> f64 {
     primes.iter().map(|&q| (q as f64).log2()).sum()
@@ -214,14 +222,40 @@ impl Parameters {
         self.q.len() - 1
     }
 
-    /// Special primes per key-switching digit.
+    /// Number of special primes.
     pub fn alpha(&self) -> usize {
         self.p.len()
     }
 
+    /// Key-switching digits: ranges of consecutive ciphertext primes from q_0 up, each as wide
+    /// as the special modulus P allows. Key switching adds sum_i d_i e_i / P with |d_i| below
+    /// a digit's modulus D_i, so its noise grows with D_i / P while its cost (one raise and one
+    /// inner-product term per digit) and the keys' size fall with the count: a digit may exceed
+    /// P by [`DIGIT_SLACK_BITS`] (two 30-bit primes against one 60-bit special prime), never
+    /// more, and always holds at least one prime.
+    pub fn digits(&self) -> Vec<Range<usize>> {
+        let budget = log2_sum(&self.p) + DIGIT_SLACK_BITS;
+        let mut digits: Vec<Range<usize>> = Vec::new();
+        let mut bits = 0.0;
+        for (i, &q) in self.q.iter().enumerate() {
+            let b = (q as f64).log2();
+            match digits.last_mut() {
+                Some(last) if bits + b <= budget => {
+                    last.end = i + 1;
+                    bits += b;
+                }
+                _ => {
+                    digits.push(i..i + 1);
+                    bits = b;
+                }
+            }
+        }
+        digits
+    }
+
     /// Number of key-switching digits (dnum).
     pub fn dnum(&self) -> usize {
-        self.q.len().div_ceil(self.alpha())
+        self.digits().len()
     }
 
     pub fn log_q(&self) -> f64 {
@@ -254,6 +288,31 @@ mod tests {
             assert_eq!(p.alpha(), alpha, "log_n {log_n}");
             assert!(p.is_128_bit_secure());
             assert!(p.log_qp() <= max_log_qp_128(log_n).unwrap());
+        }
+    }
+
+    #[test]
+    fn digits_cover_the_chain_in_order_and_fit_the_special_modulus() {
+        // The block's set: q_0 alone (60 bits), then pairs of 30-bit primes under one 60-bit P.
+        let p = Parameters::new(&ParameterSpec::new(14, 10, 30)).unwrap();
+        assert_eq!(p.alpha(), 1);
+        let digits = p.digits();
+        assert_eq!(digits, vec![0..1, 1..3, 3..5, 5..7, 7..9, 9..11]);
+        // 40-bit primes do not pair under 60 bits; two special primes hold three.
+        assert_eq!(Parameters::new(&ParameterSpec::new(14, 7, 40)).unwrap().dnum(), 8);
+        let mut spec = ParameterSpec::new(11, 4, 40);
+        spec.special_count = Some(2);
+        spec.insecure = true;
+        let p = Parameters::new(&spec).unwrap();
+        assert_eq!(p.digits(), vec![0..2, 2..5]);
+        for p in [p, Parameters::new(&ParameterSpec::new(15, 18, 40)).unwrap()] {
+            let digits = p.digits();
+            assert_eq!(digits.first().unwrap().start, 0);
+            assert_eq!(digits.last().unwrap().end, p.q.len());
+            for (d, next) in digits.iter().zip(&digits[1..]) {
+                assert_eq!(d.end, next.start);
+                assert!(log2_sum(&p.q[d.clone()]) <= log2_sum(&p.p) + DIGIT_SLACK_BITS || d.len() == 1);
+            }
         }
     }
 

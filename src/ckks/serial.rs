@@ -32,7 +32,7 @@ use super::ciphertext::Ciphertext;
 use super::context::Context;
 use super::encryptor::expand_symmetric_a;
 use super::keygen::{expand_public_key_a, expand_switch_key_a};
-use super::keys::{EvaluationKeys, GaloisKeys, KeySwitchKey, PublicKey, RelinKey};
+use super::keys::{EvaluationKeys, GaloisKeys, KeyPoly, KeySwitchKey, PublicKey, RelinKey};
 use super::params::{Parameters, SecretDistribution};
 use super::plaintext::Plaintext;
 
@@ -426,10 +426,10 @@ impl PublicKey {
 
 fn write_switch_key(w: &mut Writer, key: &KeySwitchKey) {
     w.u8(key.b.len() as u8);
-    key.b.iter().for_each(|b| w.poly(b, &key.ctx.key_moduli));
+    key.b.iter().for_each(|b| w.poly(&b.to_poly(), &key.ctx.key_moduli));
     match &key.seed {
         Some(seed) => w.0.extend_from_slice(seed),
-        None => key.a.iter().for_each(|a| w.poly(a, &key.ctx.key_moduli)),
+        None => key.a.iter().for_each(|a| w.poly(&a.to_poly(), &key.ctx.key_moduli)),
     }
 }
 
@@ -442,12 +442,13 @@ fn read_switch_key(r: &mut Reader, ctx: &Context, seeded: bool) -> Result<KeySwi
         )));
     }
     let n = ctx.degree();
-    let b = (0..digits).map(|_| r.poly(&ctx.key_moduli, n)).collect::<Result<Vec<_>>>()?;
+    let compact = |p: RnsPoly| KeyPoly::new(&p, &ctx.key_moduli);
+    let b = (0..digits).map(|_| r.poly(&ctx.key_moduli, n).map(compact)).collect::<Result<Vec<_>>>()?;
     let (a, seed) = if seeded {
         let seed = r.seed()?;
-        (expand_switch_key_a(ctx, &seed), Some(seed))
+        (expand_switch_key_a(ctx, &seed).into_iter().map(compact).collect(), Some(seed))
     } else {
-        ((0..digits).map(|_| r.poly(&ctx.key_moduli, n)).collect::<Result<Vec<_>>>()?, None)
+        ((0..digits).map(|_| r.poly(&ctx.key_moduli, n).map(compact)).collect::<Result<Vec<_>>>()?, None)
     };
     Ok(KeySwitchKey { ctx: ctx.clone(), b, a, seed })
 }

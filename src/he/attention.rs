@@ -13,6 +13,8 @@
 //! Pairs (t, t + r) that cross a sample boundary are not attention pairs; [`DiagonalPlan::masks`]
 //! zeroes them (callers fold the masks into the exponential's last products).
 
+use std::ops::Range;
+
 use crate::error::{Error, Result};
 
 use super::backend::Backend;
@@ -21,6 +23,11 @@ use super::layout::TokenLayout;
 /// Features whose products one fused accumulation adds at once: their rotations are alive
 /// together (memory), and every running sum is read once per pass (time).
 pub const FEATURES_PER_PASS: usize = 4;
+
+/// Features asked of the caller at once (several passes' worth): a caller that makes them
+/// with a linear layer reads all that layer's inputs once per call, so calls should be few,
+/// and their outputs small beside the score sums.
+pub const FEATURES_PER_CALL: usize = 16;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DiagonalPlan {
@@ -100,46 +107,53 @@ impl DiagonalPlan {
         steps
     }
 
-    fn check_features<V>(&self, a: &[&V], b: &[&V]) -> Result<()> {
-        if a.is_empty() || a.len() != b.len() {
-            return Err(Error::InvalidInput(format!(
-                "attention needs the same non-zero number of query and key features, got {} and {}",
-                a.len(),
-                b.len()
-            )));
+    /// The score diagonals D_ji = sum_f rot_{-s_j}(Q_f) * rot_i(K_f): one level. `features`
+    /// query and key features come from `make`, [`FEATURES_PER_CALL`] at a time (its argument
+    /// is the range of features wanted), so only those are ever alive. They go in passes of
+    /// [`FEATURES_PER_PASS`]: a pass rotates its features (baby steps of K hoisted, giant
+    /// steps of Q) and adds all their products to every diagonal at once, so each running sum
+    /// is read once per pass. The products accumulate un-relinearised, one key switch per
+    /// diagonal at the end.
+    pub fn scores<B: Backend>(
+        &self,
+        b: &B,
+        features: usize,
+        mut make: impl FnMut(Range<usize>) -> Result<(Vec<B::Value>, Vec<B::Value>)>,
+    ) -> Result<Vec<B::Value>> {
+        if features == 0 {
+            return Err(Error::InvalidInput("attention needs at least one query and key feature".into()));
         }
-        Ok(())
-    }
-
-    /// The score diagonals D_ji = sum_f rot_{-s_j}(Q_f) * rot_i(K_f): one level. Features
-    /// go in passes of [`FEATURES_PER_PASS`]: a pass rotates its features (baby steps of K
-    /// hoisted, giant steps of Q) and adds all their products to every diagonal at once, so
-    /// each running sum is read once per pass and only one pass's rotations are alive. The
-    /// products accumulate un-relinearised, one key switch per diagonal at the end.
-    pub fn scores<B: Backend>(&self, b: &B, q: &[&B::Value], k: &[&B::Value]) -> Result<Vec<B::Value>> {
-        self.check_features(q, k)?;
         let babies: Vec<i64> = (0..self.baby as i64).collect();
-        let indices = self.indices();
         let mut sums: Vec<B::Acc> = (0..self.diagonals()).map(|_| b.accumulator()).collect();
-        for (qs, ks) in q.chunks(FEATURES_PER_PASS).zip(k.chunks(FEATURES_PER_PASS)) {
-            let k_rot = ks.iter().map(|kf| b.rotate_many(kf, &babies)).collect::<Result<Vec<_>>>()?;
-            let q_giant = qs
-                .iter()
-                .map(|qf| {
-                    let mut q_j = vec![b.rotate(qf, -self.shift(0))?];
-                    for _ in 1..self.giants() {
-                        let next =
-                            b.rotate(q_j.last().expect("one giant step at least"), -(self.baby as i64))?;
-                        q_j.push(next);
+        for start in (0..features).step_by(FEATURES_PER_CALL) {
+            let range = start..(start + FEATURES_PER_CALL).min(features);
+            let (q, k) = make(range.clone())?;
+            if q.len() != range.len() || k.len() != range.len() {
+                return Err(Error::InvalidInput(format!(
+                    "features {range:?} need {} query and key features, got {} and {}",
+                    range.len(),
+                    q.len(),
+                    k.len()
+                )));
+            }
+            for (qs, ks) in q.chunks(FEATURES_PER_PASS).zip(k.chunks(FEATURES_PER_PASS)) {
+                let k_rot = ks.iter().map(|kf| b.rotate_many(kf, &babies)).collect::<Result<Vec<_>>>()?;
+                // Giant step by giant step: only the pass's current rotation of Q is alive, and
+                // it meets that giant step's diagonals, each running sum still read once.
+                let mut q_j = qs.iter().map(|qf| b.rotate(qf, -self.shift(0))).collect::<Result<Vec<_>>>()?;
+                for j in 0..self.giants() {
+                    if j > 0 {
+                        q_j =
+                            q_j.iter().map(|qf| b.rotate(qf, -(self.baby as i64))).collect::<Result<_>>()?;
                     }
-                    Ok(q_j)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let pairs: Vec<Vec<(&B::Value, &B::Value)>> = indices
-                .iter()
-                .map(|&(j, i)| q_giant.iter().zip(&k_rot).map(|(qj, ki)| (&qj[j], &ki[i])).collect())
-                .collect();
-            b.accumulate_pairs(&mut sums, &pairs)?;
+                    let first = j * self.baby;
+                    let last = (first + self.baby).min(self.diagonals());
+                    let pairs: Vec<Vec<(&B::Value, &B::Value)>> = (0..last - first)
+                        .map(|i| q_j.iter().zip(&k_rot).map(|(qj, ki)| (qj, &ki[i])).collect())
+                        .collect();
+                    b.accumulate_pairs(&mut sums[first..last], &pairs)?;
+                }
+            }
         }
         sums.into_iter().map(|acc| b.finish(acc)).collect()
     }
@@ -180,43 +194,61 @@ impl DiagonalPlan {
     }
 
     /// out_f = sum_r A_r * rot_r(V_f) for a matrix A given by its diagonals: one level.
-    /// Value features go in passes of [`FEATURES_PER_PASS`]: one fused accumulation reads
-    /// each diagonal once for the whole pass.
-    pub fn mix<B: Backend>(&self, b: &B, diagonals: &[B::Value], v: &[&B::Value]) -> Result<Vec<B::Value>> {
+    /// `features` value features come from `make`, [`FEATURES_PER_CALL`] at a time, and go in
+    /// passes as in [`DiagonalPlan::scores`]: one fused accumulation reads each diagonal once
+    /// per pass.
+    pub fn mix<B: Backend>(
+        &self,
+        b: &B,
+        diagonals: &[B::Value],
+        features: usize,
+        mut make: impl FnMut(Range<usize>) -> Result<Vec<B::Value>>,
+    ) -> Result<Vec<B::Value>> {
         self.check_diagonals(diagonals)?;
-        if v.is_empty() {
+        if features == 0 {
             return Err(Error::InvalidInput("attention needs at least one value feature".into()));
         }
         let babies: Vec<i64> = (0..self.baby as i64).collect();
-        // V usually sits above the diagonals: bring each feature down once, before rotating
-        // (rotations are cheaper there, and no product has to adjust it again).
         let level = b.lowest_level(&diagonals.iter().collect::<Vec<_>>());
-        let mut out = Vec::with_capacity(v.len());
-        for vs in v.chunks(FEATURES_PER_PASS) {
-            let v_rot = vs
-                .iter()
-                .map(|&vf| {
-                    if b.level(vf) > level {
-                        b.rotate_many(&b.drop_to(vf, level)?, &babies)
-                    } else {
-                        b.rotate_many(vf, &babies)
-                    }
-                })
+        let mut out = Vec::with_capacity(features);
+        for start in (0..features).step_by(FEATURES_PER_CALL) {
+            let range = start..(start + FEATURES_PER_CALL).min(features);
+            let v = make(range.clone())?;
+            if v.len() != range.len() {
+                return Err(Error::InvalidInput(format!(
+                    "features {range:?} need {} value features, got {}",
+                    range.len(),
+                    v.len()
+                )));
+            }
+            // V usually sits above the diagonals: bring each feature down once, before
+            // rotating (rotations are cheaper there, and no product has to adjust it again).
+            let v = v
+                .into_iter()
+                .map(|vf| if b.level(&vf) > level { b.drop_to(&vf, level) } else { Ok(vf) })
                 .collect::<Result<Vec<_>>>()?;
-            // One sum per (feature, giant step) over that giant step's diagonals.
-            let pairs: Vec<Vec<(&B::Value, &B::Value)>> = v_rot
-                .iter()
-                .flat_map(|rot| diagonals.chunks(self.baby).map(move |chunk| chunk.iter().zip(rot).collect()))
-                .collect();
-            let mut sums: Vec<B::Acc> = pairs.iter().map(|_| b.accumulator()).collect();
-            b.accumulate_pairs(&mut sums, &pairs)?;
-            drop(pairs);
-            drop(v_rot);
-            let mut sums = sums.into_iter();
-            for _ in vs {
-                let per_giant =
-                    sums.by_ref().take(self.giants()).map(|acc| b.finish(acc)).collect::<Result<Vec<_>>>()?;
-                out.push(self.gather(b, per_giant)?);
+            for vs in v.chunks(FEATURES_PER_PASS) {
+                let v_rot = vs.iter().map(|vf| b.rotate_many(vf, &babies)).collect::<Result<Vec<_>>>()?;
+                // One sum per (feature, giant step) over that giant step's diagonals.
+                let pairs: Vec<Vec<(&B::Value, &B::Value)>> = v_rot
+                    .iter()
+                    .flat_map(|rot| {
+                        diagonals.chunks(self.baby).map(move |chunk| chunk.iter().zip(rot).collect())
+                    })
+                    .collect();
+                let mut sums: Vec<B::Acc> = pairs.iter().map(|_| b.accumulator()).collect();
+                b.accumulate_pairs(&mut sums, &pairs)?;
+                drop(pairs);
+                drop(v_rot);
+                let mut sums = sums.into_iter();
+                for _ in vs {
+                    let per_giant = sums
+                        .by_ref()
+                        .take(self.giants())
+                        .map(|acc| b.finish(acc))
+                        .collect::<Result<Vec<_>>>()?;
+                    out.push(self.gather(b, per_giant)?);
+                }
             }
         }
         Ok(out)
@@ -226,11 +258,7 @@ impl DiagonalPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::he::mirror::{Mirror, MirrorValue};
-
-    fn refs(x: &[MirrorValue]) -> Vec<&MirrorValue> {
-        x.iter().collect()
-    }
+    use crate::he::mirror::Mirror;
 
     fn lcg(seed: &mut u64) -> f64 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -240,22 +268,23 @@ mod tests {
     /// Scores, masked row sums and A V against dense per-sample matrices.
     #[test]
     fn matches_dense_attention_products() {
-        for (tokens, samples, slots, baby) in [(5, 3, 16, None), (7, 2, 32, Some(3)), (4, 4, 16, Some(1))] {
+        // 21 features: two calls for features, the second one's last pass partial.
+        let cases = [(5, 3, 16, None, 2), (7, 2, 32, Some(3), 21), (4, 4, 16, Some(1), 3)];
+        for (tokens, samples, slots, baby, feats) in cases {
             let layout = TokenLayout::new(tokens, 2, slots).unwrap();
             let plan = DiagonalPlan::new(&layout, samples, baby).unwrap();
             let b = Mirror::new(slots, 5);
             let mut seed = 7;
-            let feats = 2;
             let q: Vec<Vec<f64>> = (0..feats).map(|_| (0..slots).map(|_| lcg(&mut seed)).collect()).collect();
             let k: Vec<Vec<f64>> = (0..feats).map(|_| (0..slots).map(|_| lcg(&mut seed)).collect()).collect();
             let v: Vec<Vec<f64>> = (0..feats).map(|_| (0..slots).map(|_| lcg(&mut seed)).collect()).collect();
             let enc = |x: &Vec<Vec<f64>>| x.iter().map(|c| b.value(c.clone()).unwrap()).collect::<Vec<_>>();
             let (qe, ke, ve) = (enc(&q), enc(&k), enc(&v));
-            let d = plan.scores(&b, &refs(&qe), &refs(&ke)).unwrap();
+            let d = plan.scores(&b, feats, |r| Ok((qe[r.clone()].to_vec(), ke[r].to_vec()))).unwrap();
             let masks = plan.masks();
             let masked: Vec<_> = d.iter().zip(&masks).map(|(x, m)| b.mul_plain(x, m).unwrap()).collect();
             let sums = plan.row_sums(&b, &masked).unwrap();
-            let mixed = plan.mix(&b, &masked, &refs(&ve)).unwrap();
+            let mixed = plan.mix(&b, &masked, feats, |r| Ok(ve[r].to_vec())).unwrap();
             for s in 0..samples {
                 for t in 0..tokens {
                     let slot = s * tokens + t;
@@ -272,9 +301,9 @@ mod tests {
             let tracer = Mirror::tracer(slots, 5);
             let tv = |n: usize| (0..n).map(|_| tracer.value(vec![]).unwrap()).collect::<Vec<_>>();
             let (tq, tk) = (tv(feats), tv(feats));
-            let td = plan.scores(&tracer, &refs(&tq), &refs(&tk)).unwrap();
+            let td = plan.scores(&tracer, feats, |r| Ok((tq[r.clone()].to_vec(), tk[r].to_vec()))).unwrap();
             plan.row_sums(&tracer, &td).unwrap();
-            plan.mix(&tracer, &td, &refs(&tq)).unwrap();
+            plan.mix(&tracer, &td, feats, |r| Ok(tq[r].to_vec())).unwrap();
             let used: Vec<i64> = tracer.cost().rotation_steps.into_iter().collect();
             let mut listed: Vec<i64> =
                 plan.rotation_steps().iter().map(|s| s.rem_euclid(slots as i64)).collect();
@@ -292,7 +321,9 @@ mod tests {
         let plan = DiagonalPlan::new(&layout, 3, None).unwrap();
         let b = Mirror::new(16, 3);
         let x = b.value(vec![0.0; 16]).unwrap();
-        assert!(plan.scores(&b, &[&x], &[]).is_err());
+        assert!(plan.scores(&b, 0, |_| Ok((vec![], vec![]))).is_err());
+        assert!(plan.scores(&b, 1, |_| Ok((vec![x.clone()], vec![]))).is_err());
+        assert!(plan.mix(&b, &vec![x.clone(); plan.diagonals()], 2, |_| Ok(vec![x.clone()])).is_err());
         assert!(plan.row_sums(&b, std::slice::from_ref(&x)).is_err());
     }
 }

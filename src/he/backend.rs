@@ -10,6 +10,8 @@
 //! level; additions bring both operands to the lower level; rotations and integer products
 //! are free; a refresh returns values at `max_level()`.
 
+use std::sync::Arc;
+
 use crate::error::Result;
 
 use super::cost::Cost;
@@ -103,7 +105,18 @@ pub trait Backend: Sync {
     fn lowest_level(&self, values: &[&Self::Value]) -> usize {
         values.iter().map(|v| self.level(v)).min().unwrap_or(self.max_level())
     }
+
+    /// The evaluation enters stage `name` (progress for whoever waits on it; an error stops
+    /// the evaluation there). Nothing by default.
+    fn stage(&self, name: &str) -> Result<()> {
+        let _ = name;
+        Ok(())
+    }
 }
+
+/// Where an evaluation reports its stages ([`Backend::stage`]): a group, a head, a part of
+/// the MLP. Its error ends the evaluation.
+pub type Progress = Arc<dyn Fn(&str) -> Result<()> + Send + Sync>;
 
 /// Normalised rotation step: the Galois element of `step` and `step + slots` is the same.
 pub(crate) fn canonical_step(step: i64, slots: usize) -> i64 {

@@ -13,7 +13,7 @@ use crate::math::lincomb;
 use crate::math::poly::RnsPoly;
 use crate::parallel;
 
-use super::backend::{canonical_step, Backend};
+use super::backend::{canonical_step, Backend, Progress};
 use super::cost::Cost;
 use super::mirror::{accumulate_level, check_linear};
 use super::refresh::{refresh_all, Refresher};
@@ -23,6 +23,7 @@ pub struct Encrypted {
     relin: Arc<RelinKey>,
     galois: Option<Arc<GaloisKeys>>,
     refresher: Option<Arc<dyn Refresher>>,
+    progress: Option<Progress>,
     cost: Mutex<Cost>,
 }
 
@@ -39,12 +40,19 @@ impl Encrypted {
             relin,
             galois: keys.galois.clone(),
             refresher: None,
+            progress: None,
             cost: Mutex::new(Cost::default()),
         })
     }
 
     pub fn with_refresher(mut self, owner: Arc<dyn Refresher>) -> Self {
         self.refresher = Some(owner);
+        self
+    }
+
+    /// Reports each stage of the evaluation to `progress`.
+    pub fn with_progress(mut self, progress: Option<Progress>) -> Self {
+        self.progress = progress;
         self
     }
 
@@ -323,6 +331,10 @@ impl Backend for Encrypted {
 
     fn refresh_level(&self) -> usize {
         super::refresh::refresh_level(&self.ctx)
+    }
+
+    fn stage(&self, name: &str) -> Result<()> {
+        self.progress.as_ref().map_or(Ok(()), |report| report(name))
     }
 
     fn refresh(&self, values: Vec<Ciphertext>) -> Result<Vec<Ciphertext>> {

@@ -12,6 +12,8 @@
 //! that ciphertext's own encoding (see `ckks::serial`). Decoding checks the layout against the
 //! parameters, every count and length, and rejects unknown flags and trailing bytes.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::ckks::evaluator::{add, adjust_level, conjugate, mul_by_i, sub};
@@ -105,9 +107,9 @@ impl PackedBatch {
 
     /// The provider's view: one real ciphertext per feature for every group (complex batches
     /// are separated with one conjugation each, which needs the conjugation key).
-    pub fn real_groups(&self, keys: Option<&GaloisKeys>) -> Result<Vec<Vec<Ciphertext>>> {
+    pub fn real_groups(&self, keys: Option<&GaloisKeys>) -> Result<Vec<Cow<'_, [Ciphertext]>>> {
         if !self.complex {
-            return Ok(self.groups.clone());
+            return Ok(self.groups.iter().map(|g| Cow::Borrowed(g.as_slice())).collect());
         }
         let keys = keys.ok_or_else(|| {
             Error::MissingKey("a complex-packed batch needs the conjugation key (conjugate=True)".into())
@@ -128,7 +130,7 @@ impl PackedBatch {
                         real.push(im);
                     }
                 }
-                Ok(real)
+                Ok(Cow::Owned(real))
             })
             .collect()
     }

@@ -14,12 +14,31 @@ pub struct BaseConverter {
     to: Vec<Modulus>,
     /// (B/b_i)^-1 mod b_i and its Shoup constant.
     inv_punctured: Vec<(u64, u64)>,
-    /// punctured[t][i] = (B/b_i) mod c_t.
-    punctured: Vec<Vec<u64>>,
+    /// punctured[t][i] = (B/b_i) mod c_t, and its Shoup constant.
+    punctured: Vec<Vec<(u64, u64)>>,
     /// B mod c_t, to remove the overflow multiple in exact conversions.
     product_mod_target: Vec<u64>,
     /// 1 / b_i as f64, to estimate that multiple.
     inv_source: Vec<f64>,
+    /// B itself when several source primes multiply to less than [`SMALL_PRODUCT`] (two
+    /// 30-bit primes, say): exact conversion then reconstructs the integer directly.
+    small_product: Option<u64>,
+    /// B/b_i as integers (meaningful only with `small_product`; 0 otherwise).
+    cofactors: Vec<u64>,
+}
+
+/// Source products below this reconstruct exactly in 64-bit integers (k terms below B each,
+/// summed with one conditional subtraction of B per term).
+const SMALL_PRODUCT: u128 = 1 << 62;
+
+/// Source rows prepared for exact conversion ([`BaseConverter::prepare_exact`]).
+pub enum ExactRows {
+    /// One source prime: its residues, centred per target.
+    Single(Vec<u64>),
+    /// A small source product: the centred integers themselves.
+    Integers(Vec<i64>),
+    /// Wider products: residues scaled by (B/b_i)^-1 and the multiples of B to subtract.
+    Scaled { prepared: Vec<u64>, overflow: Vec<u64> },
 }
 
 impl BaseConverter {
@@ -47,6 +66,7 @@ impl BaseConverter {
                             .filter(|&(j, _)| j != i)
                             .fold(1u64, |acc, (_, bj)| ct.mul(acc, ct.reduce(bj.value())))
                     })
+                    .map(|w| (w, ct.shoup(w)))
                     .collect()
             })
             .collect();
@@ -55,6 +75,10 @@ impl BaseConverter {
             .map(|ct| from.iter().fold(1u64, |acc, bi| ct.mul(acc, ct.reduce(bi.value()))))
             .collect();
         let inv_source = from.iter().map(|bi| 1.0 / bi.value() as f64).collect();
+        let product: u128 =
+            from.iter().try_fold(1u128, |acc, b| acc.checked_mul(b.value() as u128)).unwrap_or(u128::MAX);
+        let small_product = (from.len() > 1 && product < SMALL_PRODUCT).then_some(product as u64);
+        let cofactors = from.iter().map(|b| small_product.map_or(0, |big_b| big_b / b.value())).collect();
         BaseConverter {
             from: from.to_vec(),
             to: to.to_vec(),
@@ -62,6 +86,8 @@ impl BaseConverter {
             punctured,
             product_mod_target,
             inv_source,
+            small_product,
+            cofactors,
         }
     }
 
@@ -89,24 +115,58 @@ impl BaseConverter {
             out.iter_mut().zip(prepared).for_each(|(o, &x)| *o = ct.reduce(x));
             return;
         }
-        for (j, o) in out.iter_mut().enumerate() {
-            let mut acc: u128 = 0;
-            for (i, &pi) in p.iter().enumerate() {
-                acc += prepared[i * n + j] as u128 * pi as u128;
+        // Row by row with Shoup products (each in [0, 2c)): no 128-bit accumulator and no
+        // 128-bit reduction per coefficient. The sum is kept in [0, 2c) between rows.
+        let two_c = 2 * ct.value();
+        let (w, ws) = p[0];
+        out.iter_mut().zip(&prepared[..n]).for_each(|(o, &x)| *o = ct.mul_shoup_lazy(x, w, ws));
+        for (row, &(w, ws)) in prepared.chunks(n).zip(p).skip(1) {
+            out.iter_mut().zip(row).for_each(|(o, &x)| {
+                let t = *o + ct.mul_shoup_lazy(x, w, ws);
+                *o = t.min(t.wrapping_sub(two_c));
+            });
+        }
+        out.iter_mut().for_each(|o| *o = ct.reduce_once(*o));
+    }
+
+    /// Source rows (k x n, coefficient form) ready for [`Self::convert_row_exact`]: the work
+    /// that does not depend on the target, done once.
+    pub fn prepare_exact(&self, input: &[u64], n: usize) -> ExactRows {
+        debug_assert_eq!(input.len(), self.from.len() * n);
+        if self.from.len() == 1 {
+            return ExactRows::Single(input.to_vec());
+        }
+        let prepared = self.prepare(input, n);
+        match self.small_product {
+            Some(big_b) => {
+                // x = sum_i y_i (B/b_i) mod B in exact 64-bit integer arithmetic (each term is
+                // below B < 2^62), then centred: one integer per coefficient for every target.
+                let mut x = vec![0u64; n];
+                for (row, &cofactor) in prepared.chunks(n).zip(&self.cofactors) {
+                    x.iter_mut().zip(row).for_each(|(acc, &y)| {
+                        let t = *acc + y * cofactor;
+                        *acc = t.min(t.wrapping_sub(big_b));
+                    });
+                }
+                let half = big_b / 2;
+                ExactRows::Integers(
+                    x.into_iter()
+                        .map(|r| if r > half { r as i64 - big_b as i64 } else { r as i64 })
+                        .collect(),
+                )
             }
-            *o = ct.reduce_u128(acc);
+            None => {
+                let overflow = self.overflow_estimates(&prepared, n);
+                ExactRows::Scaled { prepared, overflow }
+            }
         }
     }
 
-    /// For exact, centred conversion: per coefficient, v = round(sum_i y_i / b_i), the number of
-    /// times B must be subtracted from the fast conversion to land on the representative of x
-    /// in [-B/2, B/2). (Shenoy-Kumaresan style floating-point correction, as in HPS; an error
-    /// in the estimate needs x within about 2^-40 B of B/2 and then costs at most one B.)
-    pub fn overflow_estimates(&self, prepared: &[u64], n: usize) -> Vec<u64> {
-        if self.from.len() == 1 {
-            // A single source prime needs no estimate: convert_row_exact centres directly.
-            return Vec::new();
-        }
+    /// Per coefficient, v = round(sum_i y_i / b_i), the number of times B must be subtracted
+    /// from the fast conversion to land on the representative of x in [-B/2, B/2).
+    /// (Shenoy-Kumaresan style floating-point correction, as in HPS; an error in the estimate
+    /// needs x within about 2^-40 B of B/2 and then costs at most one B.)
+    fn overflow_estimates(&self, prepared: &[u64], n: usize) -> Vec<u64> {
         (0..n)
             .map(|j| {
                 let sum: f64 = self
@@ -120,44 +180,50 @@ impl BaseConverter {
             .collect()
     }
 
-    /// Like [`Self::convert_row`], but exact: the centred representative of x mod c_target,
-    /// given the estimates from [`Self::overflow_estimates`].
-    pub fn convert_row_exact(
-        &self,
-        prepared: &[u64],
-        overflow: &[u64],
-        n: usize,
-        target: usize,
-        out: &mut [u64],
-    ) {
+    /// The centred representative of x mod c_target (x in [-B/2, B/2)), for each of the n
+    /// coefficients of `rows`.
+    pub fn convert_row_exact(&self, rows: &ExactRows, target: usize, out: &mut [u64]) {
         let ct = self.to[target];
-        if self.from.len() == 1 {
-            let b0 = self.from[0].value();
-            let (half, b0_mod) = (b0 >> 1, ct.reduce(b0));
-            // x > b0/2 stands for x - b0. When b0 < 2 c (primes of similar size, the common
-            // case) one conditional subtraction reduces x: branch-free, and it vectorises.
-            // Subtracting b0 is adding c - (b0 mod c), masked in without a branch (the sign of
-            // x - b0/2 is random: a branch would mispredict every other time).
-            let shift = ct.value() - b0_mod;
-            if b0 <= 2 * ct.value() {
-                // Primes of similar size: one conditional subtraction reduces x.
-                for (o, &x) in out.iter_mut().zip(prepared) {
-                    let above = 0u64.wrapping_sub((x > half) as u64);
-                    *o = ct.reduce_once(ct.reduce_once(x) + (shift & above));
-                }
-            } else {
-                for (o, &x) in out.iter_mut().zip(prepared) {
-                    let above = 0u64.wrapping_sub((x > half) as u64);
-                    *o = ct.reduce_once(ct.reduce(x) + (shift & above));
+        match rows {
+            ExactRows::Single(residues) => {
+                let b0 = self.from[0].value();
+                let (half, b0_mod) = (b0 >> 1, ct.reduce(b0));
+                // x > b0/2 stands for x - b0. Subtracting b0 is adding c - (b0 mod c), masked
+                // in without a branch (the sign of x - b0/2 is random: a branch would
+                // mispredict every other time).
+                let shift = ct.value() - b0_mod;
+                if b0 <= 2 * ct.value() {
+                    // Primes of similar size: one conditional subtraction reduces x.
+                    for (o, &x) in out.iter_mut().zip(residues) {
+                        let above = 0u64.wrapping_sub((x > half) as u64);
+                        *o = ct.reduce_once(ct.reduce_once(x) + (shift & above));
+                    }
+                } else {
+                    for (o, &x) in out.iter_mut().zip(residues) {
+                        let above = 0u64.wrapping_sub((x > half) as u64);
+                        *o = ct.reduce_once(ct.reduce(x) + (shift & above));
+                    }
                 }
             }
-            return;
-        }
-        self.convert_row(prepared, n, target, out);
-        let b = self.product_mod_target[target];
-        let bs = ct.shoup(b);
-        for (o, &v) in out.iter_mut().zip(overflow) {
-            *o = ct.sub(*o, ct.mul_shoup(ct.reduce(v), b, bs));
+            ExactRows::Integers(x) => {
+                // |x| < 2^61: adding a multiple of c of at least 2^61 makes it non-negative
+                // (and below 2^63) without a branch.
+                let c = ct.value();
+                let lift = (1u64 << 61).div_ceil(c) * c;
+                for (o, &x) in out.iter_mut().zip(x) {
+                    *o = ct.reduce(x.wrapping_add(lift as i64) as u64);
+                }
+            }
+            ExactRows::Scaled { prepared, overflow } => {
+                self.convert_row(prepared, out.len(), target, out);
+                let b = self.product_mod_target[target];
+                let bs = ct.shoup(b);
+                // v <= k, the number of source primes, is already below c_t.
+                debug_assert!(overflow.iter().all(|&v| v < ct.value()));
+                for (o, &v) in out.iter_mut().zip(overflow) {
+                    *o = ct.sub(*o, ct.mul_shoup(v, b, bs));
+                }
+            }
         }
     }
 
@@ -192,14 +258,20 @@ mod tests {
             let c = to[0].value() as u128;
             let ok = (0..k as u128).any(|u| (value + u * big_b) % c == out[0] as u128);
             prop_assert!(ok);
-            // The exact conversion gives the centred representative.
+            // The exact conversion gives the centred representative, for narrow and wide
+            // targets alike (one source prime, a small product, a wide one).
+            let wide = ntt_primes(60, 1, 8, Side::Below, &primes)[0];
+            let to = vec![to[0], Modulus::new(wide)];
             let conv = BaseConverter::new(&from, &to);
-            let prepared = conv.prepare(&input, 1);
-            let overflow = conv.overflow_estimates(&prepared, 1);
-            let mut exact = [0u64];
-            conv.convert_row_exact(&prepared, &overflow, 1, 0, &mut exact);
-            let centred = if value >= big_b.div_ceil(2) { (c - (big_b - value) % c) % c } else { value % c };
-            prop_assert_eq!(exact[0] as u128, centred);
+            let rows = conv.prepare_exact(&input, 1);
+            for (t, ct) in to.iter().enumerate() {
+                let c = ct.value() as u128;
+                let mut exact = [0u64];
+                conv.convert_row_exact(&rows, t, &mut exact);
+                let centred =
+                    if value >= big_b.div_ceil(2) { (c - (big_b - value) % c) % c } else { value % c };
+                prop_assert_eq!(exact[0] as u128, centred);
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! run), every group of a plaintext batch in the same layout (the mirror, `simulate` mode),
 //! every sample (the f64 reference). Bindings call these and only convert.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -9,7 +10,7 @@ use rayon::prelude::*;
 use crate::ckks::{Context, EvaluationKeys};
 use crate::error::{Error, Result};
 use crate::he::attention::DiagonalPlan;
-use crate::he::backend::Backend;
+use crate::he::backend::{Backend, Progress};
 use crate::he::cost::Cost;
 use crate::he::encrypted::Encrypted;
 use crate::he::layout::TokenLayout;
@@ -95,7 +96,13 @@ impl Block {
             .zip(hats)
             .enumerate()
             .map(|(g, (x, hat))| {
-                let y = self.run(&backend, &layout, layout.samples_in_group(batch, g), x, hat)?;
+                let y = self.run(
+                    &backend,
+                    &layout,
+                    layout.samples_in_group(batch, g),
+                    Cow::Owned(x),
+                    hat.map(Cow::Owned),
+                )?;
                 Ok(y.into_iter().map(|v| v.data).collect())
             })
             .collect::<Result<Vec<_>>>()?;
@@ -112,8 +119,9 @@ impl Block {
         owner: Arc<dyn Refresher>,
         input: &PackedBatch,
         x_hat: Option<&PackedBatch>,
+        progress: Option<Progress>,
     ) -> Result<(PackedBatch, Cost)> {
-        let backend = Encrypted::new(keys)?.with_refresher(owner);
+        let backend = Encrypted::new(keys)?.with_refresher(owner).with_progress(progress);
         let galois = keys.galois.as_deref();
         let separations = |b: &PackedBatch| {
             if b.complex {
@@ -136,11 +144,13 @@ impl Block {
             }
             None => vec![None; real.len()],
         };
+        let groups = real.len();
         let groups = real
             .into_iter()
             .zip(hats)
             .enumerate()
             .map(|(g, (x, hat))| {
+                backend.stage(&format!("group {}/{groups}", g + 1))?;
                 self.run(&backend, &input.layout, input.layout.samples_in_group(input.batch, g), x, hat)
             })
             .collect::<Result<Vec<_>>>()?;

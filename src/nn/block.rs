@@ -16,6 +16,8 @@
 //! ([`Block::evaluate_normalised`]): that block's N1 is then the exact LayerNorm and costs
 //! nothing.
 
+use std::borrow::Cow;
+
 use crate::error::{Error, Result};
 use crate::he::attention::DiagonalPlan;
 use crate::he::backend::Backend;
@@ -153,6 +155,8 @@ pub struct BlockDepth {
     /// From the block input at the top level to x1 (N1, QKV, scores, numerator, A V, the
     /// division, output projection).
     pub attention: usize,
+    /// Of those, N1's on the wide path (none when the owner normalised the input).
+    pub norm: usize,
     /// From x1 to the output (N2, FC1, GELU, FC2).
     pub mlp: usize,
     /// Narrow chains run on refreshed values (0 when the family has none): LayerNorm's
@@ -219,6 +223,7 @@ impl Block {
         };
         BlockDepth {
             attention: norm + 1 + 1 + a.numerator.depth_masked() + 1 + division + 1,
+            norm,
             mlp: norm + 1 + gelu + 1,
             inv_sqrt,
             reciprocal,
@@ -382,7 +387,7 @@ impl Block {
         samples: usize,
         x: Vec<B::Value>,
     ) -> Result<Vec<B::Value>> {
-        self.run(b, layout, samples, x, None)
+        self.run(b, layout, samples, Cow::Owned(x), None)
     }
 
     /// [`Block::evaluate`] with N1 replaced by `x_hat`, the input normalised by its owner
@@ -395,17 +400,19 @@ impl Block {
         x: Vec<B::Value>,
         x_hat: Vec<B::Value>,
     ) -> Result<Vec<B::Value>> {
-        self.run(b, layout, samples, x, Some(x_hat))
+        self.run(b, layout, samples, Cow::Owned(x), Some(Cow::Owned(x_hat)))
     }
 
     /// [`Block::evaluate`], or [`Block::evaluate_normalised`] when the owner sent `x_hat`.
+    /// Inputs may be borrowed (a batch the caller keeps): the block copies only what it
+    /// changes.
     pub(super) fn run<B: Backend>(
         &self,
         b: &B,
         layout: &TokenLayout,
         samples: usize,
-        x: Vec<B::Value>,
-        x_hat: Option<Vec<B::Value>>,
+        x: Cow<'_, [B::Value]>,
+        x_hat: Option<Cow<'_, [B::Value]>>,
     ) -> Result<Vec<B::Value>> {
         let s = self.shape;
         if layout.tokens != s.tokens || layout.features != s.width || layout.slots != b.slots() {
@@ -432,17 +439,24 @@ impl Block {
         let valid = layout.valid(samples);
         let depth = self.depth();
         self.check_narrow_fits(b, &depth)?;
+        b.stage("normalisation")?;
         let x = self.fit_stage(b, x, depth.attention, "attention")?;
-        let norm1 = match x_hat {
+        let (norm1, norm_levels) = match x_hat {
             Some(v) => {
-                let v = self.fit_stage(b, v, depth.attention, "attention")?;
-                Normalised { values: v, scale: vec![1.0; s.width], offset: vec![0.0; s.width] }
+                let v = self.fit_stage(b, v, depth.attention, "attention")?.into_owned();
+                (Normalised { values: v, scale: vec![1.0; s.width], offset: vec![0.0; s.width] }, 0)
             }
-            None => self.normalise(b, 0, &valid, &x)?,
+            None => (self.normalise(b, 0, &valid, &x)?, depth.norm),
         };
-        let x1 = self.attention(b, layout, samples, &valid, &x, norm1)?;
+        // Past N1 the input only feeds the residual, at attention's output level: keep it
+        // there (a fraction of its primes) rather than at the top for the whole attention.
+        let attention_levels = depth.attention - depth.norm + norm_levels;
+        let residual_level = b.lowest_level(&x.iter().collect::<Vec<_>>()).saturating_sub(attention_levels);
+        let residual = x.iter().map(|v| b.drop_to(v, residual_level)).collect::<Result<Vec<_>>>()?;
         drop(x);
-        let x1 = self.fit_stage(b, x1, depth.mlp, "MLP")?;
+        let x1 = self.attention(b, layout, samples, &valid, &residual, norm1)?;
+        drop(residual);
+        let x1 = self.fit_stage(b, Cow::Owned(x1), depth.mlp, "MLP")?.into_owned();
         self.mlp(b, &valid, &x1)
     }
 
@@ -462,13 +476,13 @@ impl Block {
     /// Refreshes a stage's input if the levels left cannot carry it to the refresh floor, then
     /// drops it to the lowest level that carries the stage: every operation of the stage then
     /// works on as few primes as it can (a refresh returns at the top level).
-    fn fit_stage<B: Backend>(
+    fn fit_stage<'a, B: Backend>(
         &self,
         b: &B,
-        x: Vec<B::Value>,
+        x: Cow<'a, [B::Value]>,
         need: usize,
         stage: &str,
-    ) -> Result<Vec<B::Value>> {
+    ) -> Result<Cow<'a, [B::Value]>> {
         let floor = b.refresh_level();
         if b.max_level() < need + floor {
             return Err(Error::OutOfLevels(format!(
@@ -477,11 +491,20 @@ impl Block {
                 b.max_level()
             )));
         }
+        let target = need + floor;
         let refs: Vec<&B::Value> = x.iter().collect();
-        let x = if b.lowest_level(&refs) >= need + floor { x } else { b.refresh(x)? };
-        x.into_iter()
-            .map(|v| if b.level(&v) > need + floor { b.drop_to(&v, need + floor) } else { Ok(v) })
-            .collect()
+        if b.lowest_level(&refs) < target {
+            return Ok(Cow::Owned(
+                b.refresh(x.into_owned())?
+                    .into_iter()
+                    .map(|v| if b.level(&v) > target { b.drop_to(&v, target) } else { Ok(v) })
+                    .collect::<Result<_>>()?,
+            ));
+        }
+        if refs.iter().all(|v| b.level(v) == target) {
+            return Ok(x);
+        }
+        Ok(Cow::Owned(x.iter().map(|v| b.drop_to(v, target)).collect::<Result<_>>()?))
     }
 
     /// Normalisation `which` (0: N1, 1: N2) of the wide values `x`, with the per-feature map
@@ -572,11 +595,20 @@ impl Block {
         };
         let mut heads_out = Vec::with_capacity(d);
         for h in 0..heads {
-            let rows = h * dh..(h + 1) * dh;
-            let q = linear(b, &xr, fold(&w.wq, &w.bq, rows.clone(), inv_sqrt_dh))?;
-            let k = linear(b, &xr, fold(&w.wk, &w.bk, rows.clone(), 1.0))?;
-            let scores = plan.scores(b, &q.iter().collect::<Vec<_>>(), &k.iter().collect::<Vec<_>>())?;
-            drop((q, k));
+            b.stage(&format!("attention head {}/{heads}", h + 1))?;
+            // Q, K and V are made a pass of features at a time, inside the products that use
+            // them: never a whole head's worth alive.
+            let head = |r: std::ops::Range<usize>| h * dh + r.start..h * dh + r.end;
+            let scores = plan.scores(b, dh, |r| {
+                // Q and K in one layer: its inputs are read once for both.
+                let mut qk = fold(&w.wq, &w.bq, head(r.clone()), inv_sqrt_dh);
+                let k = fold(&w.wk, &w.bk, head(r), 1.0);
+                qk.weights.extend(k.weights);
+                qk.bias.extend(k.bias);
+                let mut q = linear(b, &xr, qk)?;
+                let k = q.split_off(q.len() / 2);
+                Ok((q, k))
+            })?;
             // Each score is freed as soon as its numerator exists: 2T - 1 ciphertexts per head
             // are the block's largest live set.
             let e = scores
@@ -592,9 +624,7 @@ impl Block {
                 }
                 Denominator::Constant(_) => None,
             };
-            // V is made only now, so it is not alive alongside the scores.
-            let v = linear(b, &xr, fold(&w.wv, &w.bv, rows, 1.0))?;
-            let mixed = plan.mix(b, &e, &v.iter().collect::<Vec<_>>())?;
+            let mixed = plan.mix(b, &e, dh, |r| linear(b, &xr, fold(&w.wv, &w.bv, head(r), 1.0)))?;
             drop(e);
             match den {
                 Some((den, f)) => {
@@ -627,41 +657,65 @@ impl Block {
             .collect()
     }
 
+    /// N2, FC1, GELU, FC2 and the residual. The hidden layer streams in chunks of `width`
+    /// units, each taken through FC2 and added to the output before the next is made: never
+    /// more hidden values alive than the block's own width (four times fewer for a ViT).
     fn mlp<B: Backend>(&self, b: &B, valid: &[f64], x1: &[B::Value]) -> Result<Vec<B::Value>> {
         let BlockShape { width: d, mlp: m, .. } = self.shape;
         let w = &self.weights;
         let xhat = self.normalise(b, 1, valid, x1)?;
         let xr: Vec<&B::Value> = xhat.values.iter().collect();
-        let z = linear(
-            b,
-            &xr,
-            fold_norm(&w.w1, &w.b1, &w.ln2_gamma, &w.ln2_beta, &xhat.scale, &xhat.offset, 0..m, 1.0),
-        )?;
-        drop(xhat);
-        let y = match self.quadratic_gelu() {
-            Some([c0, c1, c2]) => {
-                let z2 = z.iter().map(|v| b.square(v)).collect::<Result<Vec<_>>>()?;
-                let inputs: Vec<&B::Value> = z2.iter().chain(&z).collect();
-                let mut weights = Vec::with_capacity(2 * m * d);
-                for row in w.w2.chunks(m) {
-                    weights.extend(row.iter().map(|x| c2 * x));
-                    weights.extend(row.iter().map(|x| c1 * x));
-                }
-                let y = b.linear(&inputs, &weights, d)?;
-                let consts: Vec<f64> =
-                    w.w2.chunks(m)
-                        .zip(&w.b2)
-                        .map(|(row, bias)| bias + c0 * row.iter().sum::<f64>())
+        let quadratic = self.quadratic_gelu();
+        let mut y: Option<Vec<B::Value>> = None;
+        let parts = m.div_ceil(d);
+        for start in (0..m).step_by(d) {
+            b.stage(&format!("MLP part {}/{parts}", start / d + 1))?;
+            let hidden = start..(start + d).min(m);
+            let z = linear(
+                b,
+                &xr,
+                fold_norm(
+                    &w.w1,
+                    &w.b1,
+                    &w.ln2_gamma,
+                    &w.ln2_beta,
+                    &xhat.scale,
+                    &xhat.offset,
+                    hidden.clone(),
+                    1.0,
+                ),
+            )?;
+            // FC2's columns for this chunk.
+            let w2 = |scale: f64| -> Vec<f64> {
+                w.w2.chunks(m).flat_map(|row| row[hidden.clone()].iter().map(move |x| scale * x)).collect()
+            };
+            let part = match quadratic {
+                Some([_, c1, c2]) => {
+                    let z2 = z.iter().map(|v| b.square(v)).collect::<Result<Vec<_>>>()?;
+                    let inputs: Vec<&B::Value> = z2.iter().chain(&z).collect();
+                    let (a2, a1) = (w2(c2), w2(c1));
+                    let weights: Vec<f64> = a2
+                        .chunks(hidden.len())
+                        .zip(a1.chunks(hidden.len()))
+                        .flat_map(|(r2, r1)| r2.iter().chain(r1).copied())
                         .collect();
-                y.iter().zip(consts).map(|(v, c)| b.add_scalar(v, c)).collect::<Result<Vec<_>>>()?
-            }
-            None => {
-                let g = z.iter().map(|v| self.approx.gelu.evaluate(b, v)).collect::<Result<Vec<_>>>()?;
-                let y = b.linear(&g.iter().collect::<Vec<_>>(), &w.w2, d)?;
-                y.iter().zip(&w.b2).map(|(v, &c)| b.add_scalar(v, c)).collect::<Result<Vec<_>>>()?
-            }
-        };
-        x1.iter().zip(&y).map(|(a, c)| b.add(a, c)).collect()
+                    b.linear(&inputs, &weights, d)?
+                }
+                None => {
+                    let g = z.iter().map(|v| self.approx.gelu.evaluate(b, v)).collect::<Result<Vec<_>>>()?;
+                    b.linear(&g.iter().collect::<Vec<_>>(), &w2(1.0), d)?
+                }
+            };
+            y = Some(match y {
+                None => part,
+                Some(y) => y.iter().zip(&part).map(|(a, p)| b.add(a, p)).collect::<Result<Vec<_>>>()?,
+            });
+        }
+        let y = y.expect("the MLP has at least one hidden unit");
+        // FC2's bias, plus GELU's constant term through FC2 when it folded.
+        let c0 = quadratic.map_or(0.0, |[c0, _, _]| c0);
+        let consts = w.w2.chunks(m).zip(&w.b2).map(|(row, bias)| bias + c0 * row.iter().sum::<f64>());
+        x1.iter().zip(y.iter().zip(consts)).map(|(a, (v, c))| b.add(a, &b.add_scalar(v, c)?)).collect()
     }
 }
 

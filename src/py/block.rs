@@ -8,6 +8,8 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use crate::error::Error;
+use crate::he::backend::Progress;
 use crate::he::cost::Cost;
 use crate::he::packed::PackedBatch;
 use crate::nn::approx::Approximation;
@@ -498,9 +500,11 @@ impl PyBlock {
     /// Evaluates the block on an encrypted batch. `owner` answers the masked refreshes: the
     /// owner's `SecretKey` (in process), or a callable taking a refresh request (bytes) and
     /// returning the owner's reply (bytes), typically a network round trip. `x_hat`: the
-    /// input normalised by its owner, if it sent one. Returns the encrypted output and the
-    /// operations counted.
-    #[pyo3(signature = (batch, keys, owner, *, x_hat=None))]
+    /// input normalised by its owner, if it sent one. `progress`: called with the name of
+    /// each stage as the evaluation enters it ("group 1/2", "attention head 1/3", "MLP part
+    /// 2/4"); an exception it raises stops the evaluation. Returns the encrypted output and
+    /// the operations counted.
+    #[pyo3(signature = (batch, keys, owner, *, x_hat=None, progress=None))]
     fn evaluate<'py>(
         &self,
         py: Python<'py>,
@@ -508,13 +512,16 @@ impl PyBlock {
         keys: &PyEvaluationKeys,
         owner: &Bound<'py, PyAny>,
         x_hat: Option<PyRef<'py, PyPackedBatch>>,
+        progress: Option<Bound<'py, PyAny>>,
     ) -> PyResult<(PyPackedBatch, Bound<'py, PyDict>)> {
+        let progress = progress.map(progress_callback).transpose()?;
         let block = self.inner.clone();
         let keys = keys.keys.clone();
         let owner = super::protocol::refresher(keys.context(), owner)?;
-        let input = batch.inner.clone();
-        let hat = x_hat.map(|h| h.inner.clone());
-        let (out, cost) = py.detach(|| block.evaluate_batch(&keys, owner, &input, hat.as_ref()))?;
+        // Borrowed, not copied: the provider's working set is the block's, not a second batch.
+        let input = &batch.inner;
+        let hat = x_hat.as_ref().map(|h| &h.inner);
+        let (out, cost) = py.detach(|| block.evaluate_batch(&keys, owner, input, hat, progress))?;
         Ok((PyPackedBatch { inner: out }, cost_dict(py, &cost)?))
     }
 
@@ -522,4 +529,20 @@ impl PyBlock {
         let s = self.inner.shape;
         format!("Block(tokens={}, width={}, heads={}, mlp={})", s.tokens, s.width, s.heads, s.mlp)
     }
+}
+
+/// A Python callable of one string as the core's progress report (called with the GIL held,
+/// from the evaluating thread).
+fn progress_callback(callback: Bound<'_, PyAny>) -> PyResult<Progress> {
+    if !callback.is_callable() {
+        return Err(PyTypeError::new_err(format!(
+            "progress must be a callable taking a stage name, got {}",
+            callback.get_type().name()?
+        )));
+    }
+    let callback: Py<PyAny> = callback.unbind();
+    Ok(Arc::new(move |stage: &str| {
+        Python::attach(|py| callback.call1(py, (stage,)).map(drop))
+            .map_err(|e| Error::InvalidInput(format!("the progress callback failed: {e}")))
+    }))
 }

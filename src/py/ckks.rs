@@ -149,7 +149,8 @@ impl PyParameters {
         self.ctx.params.p.clone()
     }
 
-    /// Number of key-switching digits.
+    /// Number of key-switching digits (consecutive chain primes up to the special primes'
+    /// product each).
     #[getter]
     fn dnum(&self) -> usize {
         self.ctx.params.dnum()

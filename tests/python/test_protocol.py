@@ -265,3 +265,40 @@ def test_blocks_never_revealed_in_training_are_read_as_hidden():
         a = model(torch.as_tensor(shown, dtype=torch.float32))
         b = model(torch.as_tensor(x, dtype=torch.float32))
     torch.testing.assert_close(a, b)
+
+
+def test_the_provider_reports_progress_within_each_encrypted_block(student, small_params):
+    stages: list[tuple[str, int, str]] = []
+    blocks_served: list[int] = []
+    provider = Provider(
+        student,
+        mode="execute",
+        parameters=small_params,
+        rng=random.Random(5),
+        on_stage=lambda batch, block, stage: stages.append((batch, block, stage)),
+        on_block=lambda event: blocks_served.append(event.block),
+    )
+    owner = DataOwner("clinic")
+    connect(provider, owner)
+    owner.forward(provider.forward, IMAGES, LABELS)
+    heads, width = student.config.heads, student.config.width
+    parts = -(-student.config.mlp // width)
+    want = ["group 1/1", "normalisation"]
+    want += [f"attention head {h}/{heads}" for h in range(1, heads + 1)]
+    want += [f"MLP part {p}/{parts}" for p in range(1, parts + 1)]
+    # Every block served reported its stages, in order, under the block's own index.
+    served = sorted(set(blocks_served))
+    assert served == list(range(len(student.blocks)))
+    for block in served:
+        assert [s for _, b, s in stages if b == block][: len(want)] == want
+    assert len(stages) == len(want) * len(blocks_served)
+
+    # A progress callback that raises stops the evaluation with a clear error.
+    def interrupt(batch: str, block: int, stage: str) -> None:
+        raise RuntimeError("stop here")
+
+    provider = Provider(student, mode="execute", parameters=small_params, on_stage=interrupt)
+    owner = DataOwner("clinic")
+    connect(provider, owner)
+    with pytest.raises(ValueError, match=r"progress callback failed.*stop here"):
+        owner.forward(provider.forward, IMAGES, LABELS)

@@ -8,8 +8,9 @@ it for every message); :func:`run_local` runs both in this process over
 
 Settings are Flower run-config keys (:data:`DEFAULTS`); ``hooks`` are what a run in this
 process may add and a run config cannot carry: ``student`` (an already loaded student),
-``on_block`` (the provider's per-block events), ``on_round`` (each round's history entry),
-``progress`` (lines of progress).
+``on_block`` (the provider's per-block events), ``on_stage`` (the stages within a block, see
+:class:`~blindfed.protocol.Provider`), ``on_round`` (each round's history entry), ``progress``
+(lines of progress).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "audit": False,
 }
 
-_HOOKS = {"student", "on_block", "on_round", "progress"}
+_HOOKS = {"student", "on_block", "on_stage", "on_round", "progress"}
 
 
 def merge_settings(
@@ -79,7 +80,11 @@ def _server(s: Mapping[str, Any], hooks: dict[str, Any]) -> Any:
         # LSP-local weights: a path on this machine, or the package's own student.
         student = Student.load(s["student"]).eval() if s["student"] else zoo.load_student()
     provider = Provider(
-        student, mode=s["mode"], privacy=bool(s["privacy"]), on_block=hooks.get("on_block")
+        student,
+        mode=s["mode"],
+        privacy=bool(s["privacy"]),
+        on_block=hooks.get("on_block"),
+        on_stage=hooks.get("on_stage"),
     )
     config = FederationConfig(
         rounds=int(s["rounds"]),

@@ -122,6 +122,9 @@ class Provider:
         rng: randomness for patterns and permutations; default ``random.SystemRandom()``.
         on_block: called with a :class:`BlockEvent` for every block served (progress bars,
             per-block time and traffic in reports).
+        on_stage: called as an encrypted block enters each stage, with the request's batch
+            name, the block and the stage ("group 1/1", "attention head 2/3", "MLP part
+            1/4"): progress within a block, which takes minutes on a real model (execute mode).
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class Provider:
         sample_blocks: bool | None = None,
         sample_budget: int | None = None,
         on_block: Callable[[BlockEvent], None] | None = None,
+        on_stage: Callable[[str, int, str], None] | None = None,
     ) -> None:
         if mode not in ("execute", "simulate"):
             raise ValueError(f"mode must be 'execute' or 'simulate', got {mode!r}")
@@ -164,6 +168,7 @@ class Provider:
         self._rng: Random = rng or random.SystemRandom()
         self._sessions: dict[str, _Session] = {}
         self.on_block = on_block
+        self.on_stage = on_stage
 
     @property
     def samples_per_group(self) -> int:
@@ -255,7 +260,14 @@ class Provider:
             meter = _MeteredRefresh(refresh)
             started = time.perf_counter()
             # Only a request's first block has an input its owner saw (and normalised).
-            x = self._evaluate(index, x, session, meter, x_hat if index == msg.block else None)
+            x = self._evaluate(
+                index,
+                x,
+                session,
+                meter,
+                x_hat if index == msg.block else None,
+                batch_name=msg.batch,
+            )
             if not pattern[index]:
                 hidden.append(index)
                 x = self._hide(x, meter)
@@ -331,11 +343,25 @@ class Provider:
         return x
 
     def _evaluate(
-        self, index: int, x: Any, session: _Session, refresh: Refresh, x_hat: Any = None
+        self,
+        index: int,
+        x: Any,
+        session: _Session,
+        refresh: Refresh,
+        x_hat: Any = None,
+        *,
+        batch_name: str = "",
     ) -> Any:
         block = self.blocks[index]
         if self.mode == "execute":
-            out, _ = block.evaluate(x, session.keys, refresh, x_hat=x_hat)
+            on_stage = self.on_stage
+            progress = None
+            if on_stage is not None:
+
+                def progress(stage: str) -> None:
+                    on_stage(batch_name, index, stage)
+
+            out, _ = block.evaluate(x, session.keys, refresh, x_hat=x_hat, progress=progress)
             return out
         return block.mirror(x, params=self.parameters, x_hat=x_hat)
 
