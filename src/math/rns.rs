@@ -20,10 +20,14 @@ pub struct BaseConverter {
     product_mod_target: Vec<u64>,
     /// 1 / b_i as f64, to estimate that multiple.
     inv_source: Vec<f64>,
-    /// B itself when several source primes multiply to less than [`SMALL_PRODUCT`] (two
-    /// 30-bit primes, say): exact conversion then reconstructs the integer directly.
-    small_product: Option<u64>,
-    /// B/b_i as integers (meaningful only with `small_product`; 0 otherwise).
+    /// When several source primes multiply to less than [`SMALL_PRODUCT`] (two 30-bit primes,
+    /// say): B and the integers B/b_i, so exact conversion reconstructs the integer directly.
+    small_product: Option<SmallProduct>,
+}
+
+#[derive(Clone, Debug)]
+struct SmallProduct {
+    product: u64,
     cofactors: Vec<u64>,
 }
 
@@ -77,8 +81,10 @@ impl BaseConverter {
         let inv_source = from.iter().map(|bi| 1.0 / bi.value() as f64).collect();
         let product: u128 =
             from.iter().try_fold(1u128, |acc, b| acc.checked_mul(b.value() as u128)).unwrap_or(u128::MAX);
-        let small_product = (from.len() > 1 && product < SMALL_PRODUCT).then_some(product as u64);
-        let cofactors = from.iter().map(|b| small_product.map_or(0, |big_b| big_b / b.value())).collect();
+        let small_product = (from.len() > 1 && product < SMALL_PRODUCT).then(|| SmallProduct {
+            product: product as u64,
+            cofactors: from.iter().map(|b| product as u64 / b.value()).collect(),
+        });
         BaseConverter {
             from: from.to_vec(),
             to: to.to_vec(),
@@ -87,7 +93,6 @@ impl BaseConverter {
             product_mod_target,
             inv_source,
             small_product,
-            cofactors,
         }
     }
 
@@ -137,12 +142,13 @@ impl BaseConverter {
             return ExactRows::Single(input.to_vec());
         }
         let prepared = self.prepare(input, n);
-        match self.small_product {
-            Some(big_b) => {
+        match &self.small_product {
+            Some(SmallProduct { product: big_b, cofactors }) => {
+                let big_b = *big_b;
                 // x = sum_i y_i (B/b_i) mod B in exact 64-bit integer arithmetic (each term is
                 // below B < 2^62), then centred: one integer per coefficient for every target.
                 let mut x = vec![0u64; n];
-                for (row, &cofactor) in prepared.chunks(n).zip(&self.cofactors) {
+                for (row, &cofactor) in prepared.chunks(n).zip(cofactors) {
                     x.iter_mut().zip(row).for_each(|(acc, &y)| {
                         let t = *acc + y * cofactor;
                         *acc = t.min(t.wrapping_sub(big_b));

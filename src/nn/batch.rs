@@ -144,13 +144,13 @@ impl Block {
             }
             None => vec![None; real.len()],
         };
-        let groups = real.len();
+        let count = real.len();
         let groups = real
             .into_iter()
             .zip(hats)
             .enumerate()
             .map(|(g, (x, hat))| {
-                backend.stage(&format!("group {}/{groups}", g + 1))?;
+                backend.stage(&format!("group {}/{count}", g + 1))?;
                 self.run(&backend, &input.layout, input.layout.samples_in_group(input.batch, g), x, hat)
             })
             .collect::<Result<Vec<_>>>()?;
