@@ -7,7 +7,7 @@ use blindfed::he::encrypted::Encrypted;
 use blindfed::he::layout::TokenLayout;
 use blindfed::he::mirror::Mirror;
 use blindfed::he::packed::PackedBatch;
-use blindfed::he::refresh::{mask, refresh_all, unmask, Refresher};
+use blindfed::he::refresh::{mask, refresh_all, refresh_level, refresh_paired, unmask, Refresher, Sent};
 use blindfed::he::{attention::DiagonalPlan, Backend};
 use blindfed::nn::approx;
 use blindfed::nn::block::{Block, BlockShape, BlockWeights};
@@ -201,6 +201,10 @@ fn encrypted_stack_of_four_blocks_matches_mirror() {
     assert!(t.nanos.is_empty());
     // (The 4 conjugations per block that separate the complex packing happen outside the backend.)
     assert_eq!(4 * t.refresh_rounds, e.refresh_rounds);
+    assert_eq!(4 * t.conjugations, e.conjugations);
+    assert_eq!(4 * t.refreshed_ciphertexts, e.refreshed_ciphertexts);
+    let by_level: Vec<(usize, u64)> = t.refreshed_by_level.iter().map(|(&l, &n)| (l, 4 * n)).collect();
+    assert_eq!(by_level, e.refreshed_by_level.into_iter().collect::<Vec<_>>());
 }
 
 #[test]
@@ -213,14 +217,54 @@ fn masked_refresh_hides_and_restores() {
     // What the owner sees is dominated by the mask: nowhere near the value.
     let seen = o.sk.decrypt(&masked).unwrap().decode();
     assert!(seen[0].re.abs() > 1e6, "the mask is too small: owner saw {}", seen[0].re);
-    let fresh = o.sk.refresh(vec![masked]).unwrap().remove(0);
+    let top = o.ctx.max_level();
+    let fresh = o.sk.refresh(vec![masked], top).unwrap().remove(0);
     let back = unmask(&fresh, &m).unwrap();
-    assert_eq!(back.level(), o.ctx.max_level());
+    assert_eq!(back.level(), top);
     let got = o.sk.decrypt(&back).unwrap().decode();
     assert!((got[0].re - values[0]).abs() < 1e-5);
-    // A whole round trip through the helper gives the same.
-    let again = refresh_all(vec![ct], o.sk.as_ref()).unwrap().remove(0);
-    assert!((o.sk.decrypt(&again).unwrap().decode()[0].re - values[0]).abs() < 1e-5);
+    // A reply at another level than the mask's is refused.
+    let (masked, m) = mask(&ct).unwrap();
+    let low = o.sk.refresh(vec![masked], top - 1).unwrap().remove(0);
+    assert!(matches!(unmask(&low, &m), Err(Error::InvalidInput(_))));
+    // A whole round trip through the helper gives the same, at any level asked for.
+    for level in [top, refresh_level(&o.ctx) + 1] {
+        let again = refresh_all(vec![ct.clone()], o.sk.as_ref(), level).unwrap().remove(0);
+        assert_eq!(again.level(), level);
+        assert!((o.sk.decrypt(&again).unwrap().decode()[0].re - values[0]).abs() < 1e-5);
+    }
+}
+
+/// Values at one level travel two to a ciphertext and come back apart; a lone value or one at
+/// another level travels alone. Every slot of every value survives.
+#[test]
+fn a_paired_refresh_halves_the_ciphertexts_and_restores_each_value() {
+    let o = owner(10, 6, &[1]);
+    let slots = o.ctx.params.slots();
+    let top = o.ctx.max_level();
+    let signal =
+        |k: f64| -> Vec<f64> { (0..slots).map(|i| (i as f64 * k / 37.0).sin() * (1.0 + k)).collect() };
+    let encrypt = |v: &[f64], level: usize| {
+        let packed = PackedBatch::encrypt(&o.sk, 1, 1, v, slots, false).unwrap();
+        blindfed::ckks::evaluator::adjust_level(&packed.groups[0][0], level).unwrap()
+    };
+    let wanted: Vec<Vec<f64>> = (0..5).map(|k| signal(k as f64)).collect();
+    // Three at the top (a pair and a lone one), two one level down (a pair).
+    let levels = [top, top, top, top - 1, top - 1];
+    let cts: Vec<_> = wanted.iter().zip(levels).map(|(v, l)| encrypt(v, l)).collect();
+    let target = refresh_level(&o.ctx) + 2;
+    let (out, sent) = refresh_paired(cts, o.sk.as_ref(), target, o.keys.galois.as_deref()).unwrap();
+    assert_eq!(sent, Sent { ciphertexts: 3, conjugations: 2 });
+    assert_eq!(out.len(), 5);
+    for (k, (ct, want)) in out.iter().zip(&wanted).enumerate() {
+        assert_eq!(ct.level(), target);
+        let got: Vec<f64> = o.sk.decrypt(ct).unwrap().decode().iter().map(|z| z.re).collect();
+        let err = max_abs_diff(&got, want);
+        assert!(err < 1e-4, "value {k}: error {err}");
+    }
+    // Without the conjugation key a pair cannot be separated: a clear error, not garbage.
+    let cts: Vec<_> = wanted[..2].iter().map(|v| encrypt(v, top)).collect();
+    assert!(matches!(refresh_paired(cts, o.sk.as_ref(), top, None), Err(Error::MissingKey(_))));
 }
 
 #[test]

@@ -24,7 +24,7 @@ use super::plaintext::Plaintext;
 /// decrypted value by a relative r, far below CKKS precision at 2^-32.
 pub const SCALE_TOLERANCE: f64 = 1.0 / (1u64 << 32) as f64;
 
-fn same_scale(a: f64, b: f64) -> bool {
+pub(crate) fn same_scale(a: f64, b: f64) -> bool {
     ((a - b) / a.max(b)).abs() <= SCALE_TOLERANCE
 }
 

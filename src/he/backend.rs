@@ -8,7 +8,7 @@
 //!
 //! Level rules, identical in every backend: products (`mul*`, `dot`, `linear`) consume one
 //! level; additions bring both operands to the lower level; rotations and integer products
-//! are free; a refresh returns values at `max_level()`.
+//! are free; a refresh returns values at the level it is asked for.
 
 use std::sync::Arc;
 
@@ -78,8 +78,11 @@ pub trait Backend: Sync {
     fn rotate_many(&self, a: &Self::Value, steps: &[i64]) -> Result<Vec<Self::Value>>;
     /// Lowest level a value may be at and still be refreshed.
     fn refresh_level(&self) -> usize;
-    /// Masked refresh round trip: the values come back at `max_level()`.
-    fn refresh(&self, values: Vec<Self::Value>) -> Result<Vec<Self::Value>>;
+    /// Masked refresh round trip: the values come back at `level` (at most `max_level()`;
+    /// the levels they still need, since the owner's reply weighs one prime per level).
+    /// Consecutive values at one level travel in pairs (`refresh::wire_pairs`), each pair
+    /// separated after by one conjugation.
+    fn refresh(&self, values: Vec<Self::Value>, level: usize) -> Result<Vec<Self::Value>>;
     /// Operations counted so far.
     fn cost(&self) -> Cost;
 

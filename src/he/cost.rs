@@ -19,8 +19,12 @@ pub struct Cost {
     pub plain_products: u64,
     /// Ciphertext-times-scalar terms inside linear layers.
     pub linear_terms: u64,
-    /// Ciphertexts sent through a masked refresh (one round trip per call).
+    /// Conjugations (one key switch each): separating the pairs a refresh packed together.
+    pub conjugations: u64,
+    /// Ciphertexts sent through a masked refresh each way (one round trip per call).
     pub refreshed_ciphertexts: u64,
+    /// The same by the level the owner re-encrypts them at: what its replies weigh.
+    pub refreshed_by_level: BTreeMap<usize, u64>,
     /// Masked-refresh round trips.
     pub refresh_rounds: u64,
     /// Rotation steps used (left rotations by these many slots): the Galois keys to generate.
@@ -34,7 +38,15 @@ pub struct Cost {
 
 impl Cost {
     pub fn key_switches(&self) -> u64 {
-        self.relinearizations + self.rotations
+        self.relinearizations + self.rotations + self.conjugations
+    }
+
+    /// Counts one refresh round trip of `sent` ciphertexts re-encrypted at `level`.
+    pub(crate) fn refreshed(&mut self, sent: super::refresh::Sent, level: usize) {
+        self.refresh_rounds += 1;
+        self.refreshed_ciphertexts += sent.ciphertexts;
+        self.conjugations += sent.conjugations;
+        *self.refreshed_by_level.entry(level).or_default() += sent.ciphertexts;
     }
 
     pub(crate) fn reached(&mut self, level: usize) {
@@ -49,7 +61,11 @@ impl Cost {
         self.tensor_products += other.tensor_products;
         self.plain_products += other.plain_products;
         self.linear_terms += other.linear_terms;
+        self.conjugations += other.conjugations;
         self.refreshed_ciphertexts += other.refreshed_ciphertexts;
+        for (&level, &count) in &other.refreshed_by_level {
+            *self.refreshed_by_level.entry(level).or_default() += count;
+        }
         self.refresh_rounds += other.refresh_rounds;
         self.rotation_steps.extend(other.rotation_steps.iter().copied());
         if let Some(l) = other.lowest_level {

@@ -16,7 +16,7 @@ use crate::parallel;
 use super::backend::{canonical_step, Backend, Progress};
 use super::cost::Cost;
 use super::mirror::{accumulate_level, check_linear};
-use super::refresh::{refresh_all, Refresher};
+use super::refresh::{refresh_paired, Refresher};
 
 pub struct Encrypted {
     ctx: Context,
@@ -337,17 +337,14 @@ impl Backend for Encrypted {
         self.progress.as_ref().map_or(Ok(()), |report| report(name))
     }
 
-    fn refresh(&self, values: Vec<Ciphertext>) -> Result<Vec<Ciphertext>> {
+    fn refresh(&self, values: Vec<Ciphertext>, level: usize) -> Result<Vec<Ciphertext>> {
         self.timed("refreshes", || {
             let owner = self.refresher.as_deref().ok_or_else(|| {
                 Error::MissingKey("this evaluation needs a masked refresh but has no owner".into())
             })?;
-            let count = values.len() as u64;
-            let out = refresh_all(values, owner)?;
-            self.count(|c| {
-                c.refresh_rounds += 1;
-                c.refreshed_ciphertexts += count;
-            });
+            values.iter().try_for_each(|v| self.check(v))?;
+            let (out, sent) = refresh_paired(values, owner, level, self.galois.as_deref())?;
+            self.count(|c| c.refreshed(sent, level));
             Ok(out)
         })
     }

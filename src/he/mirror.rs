@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 
 use super::backend::{canonical_step, Backend};
 use super::cost::Cost;
+use super::refresh::{wire_pairs, Sent};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MirrorValue {
@@ -228,9 +229,15 @@ impl Backend for Mirror {
         self.refresh_level
     }
 
-    fn refresh(&self, values: Vec<MirrorValue>) -> Result<Vec<MirrorValue>> {
+    fn refresh(&self, values: Vec<MirrorValue>, level: usize) -> Result<Vec<MirrorValue>> {
         if self.max_level == 0 {
             return Err(Error::OutOfLevels("a refresh needs at least one level".into()));
+        }
+        if level > self.max_level {
+            return Err(Error::InvalidInput(format!(
+                "a refresh cannot land above the top level {}, {level} was asked",
+                self.max_level
+            )));
         }
         if let Some(v) = values.iter().find(|v| v.level < self.refresh_level) {
             return Err(Error::OutOfLevels(format!(
@@ -238,11 +245,11 @@ impl Backend for Mirror {
                 self.refresh_level, v.level
             )));
         }
-        self.count(|c| {
-            c.refresh_rounds += 1;
-            c.refreshed_ciphertexts += values.len() as u64;
-        });
-        Ok(values.into_iter().map(|v| MirrorValue { data: v.data, level: self.max_level }).collect())
+        let levels: Vec<usize> = values.iter().map(|v| v.level).collect();
+        let pairs = wire_pairs(&levels);
+        let conjugations = pairs.iter().filter(|(_, paired)| *paired).count() as u64;
+        self.count(|c| c.refreshed(Sent { ciphertexts: pairs.len() as u64, conjugations }, level));
+        Ok(values.into_iter().map(|v| MirrorValue { data: v.data, level }).collect())
     }
 
     fn cost(&self) -> Cost {

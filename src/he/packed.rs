@@ -196,10 +196,11 @@ impl PackedBatch {
     /// provider's separation yields canonical real ciphertexts.
     pub fn refreshed(&self, owner: &dyn super::refresh::Refresher) -> Result<Self> {
         let ctx = self.context();
-        let scale = ctx.scale_at(ctx.max_level()) / if self.complex { 2.0 } else { 1.0 };
+        let top = ctx.max_level();
+        let scale = ctx.scale_at(top) / if self.complex { 2.0 } else { 1.0 };
         let per_group = self.groups.first().map_or(0, |g| g.len());
-        let fresh =
-            super::refresh::refresh_all_at(self.groups.iter().flatten().cloned().collect(), owner, scale)?;
+        let values = self.groups.iter().flatten().cloned().collect();
+        let fresh = super::refresh::refresh_all_at(values, owner, top, scale)?;
         let groups = fresh.chunks(per_group.max(1)).map(|c| c.to_vec()).collect();
         Ok(PackedBatch { groups, ..self.clone() })
     }

@@ -4,20 +4,28 @@
 //! polynomial R with integer coefficients uniform in [-2^k, 2^k), k = log2(Q_l) - 3. The owner
 //! decrypts m + e + R: every coefficient is within 2^-(k - log2|m + e|) in statistical
 //! distance of uniform, so the owner learns nothing about m (nor about the noise e, which
-//! depends on the model). It re-encrypts that integer polynomial at the top level, scaled by
-//! f = (top scale) / (the request's scale) and rounded, and the LSP subtracts round(f R): the
-//! value comes back at the top level and the top level's canonical scale, so a refresh costs
-//! no level at all. The LSP chooses f through the scale it writes in the request (the target
-//! scale of the result, over the refresh level's); the rounding adds at most one unit to a
-//! coefficient. The decrypted value is never decoded to slots, so no precision is lost.
+//! depends on the model). It re-encrypts that integer polynomial at the level the request
+//! names (the levels the value still needs, not more: fewer primes, fewer bytes), scaled by
+//! f = (that level's scale) / (the request's scale) and rounded, and the LSP subtracts
+//! round(f R): the value comes back at the named level and its canonical scale, so a refresh
+//! costs no level at all. The LSP chooses f through the scale it writes in the request (the
+//! target scale of the result, over the refresh level's); the rounding adds at most one unit
+//! to a coefficient. The decrypted value is never decoded to slots, so no precision is lost.
+//!
+//! Two real values at one level and scale travel as one complex ciphertext a + i b (multiplying
+//! by i is multiplying by X^(N/2): free), at half the target scale; the LSP separates them
+//! after the round trip with one conjugation (a = (z + conj z) / 2, b = i (conj z - z) / 2),
+//! which halves the refresh's bytes each way for one key switch per pair.
 //!
 //! Security margin: with a 30-bit scale and values below 2^20, |m + e| < 2^52 and k >= 87,
 //! so each coefficient is 2^-35 or closer to uniform; larger Q_l gives more.
 
+use std::borrow::Cow;
+
 use rand_core::RngCore;
 
-use crate::ckks::evaluator::drop_level;
-use crate::ckks::{Ciphertext, Context, Plaintext, SecretKey};
+use crate::ckks::evaluator::{add, conjugate, drop_level, mul_by_i, same_scale, sub};
+use crate::ckks::{Ciphertext, Context, GaloisKeys, Plaintext, SecretKey};
 use crate::error::{Error, Result};
 use crate::math::crt::CrtComposer;
 use crate::math::poly::RnsPoly;
@@ -25,9 +33,9 @@ use crate::math::sampling::os_rng;
 use crate::parallel;
 
 /// The owner's half of a refresh: decrypt each masked ciphertext and re-encrypt the same
-/// integer polynomial at the top level.
+/// integer polynomial at `level`.
 pub trait Refresher: Send + Sync {
-    fn refresh(&self, masked: Vec<Ciphertext>) -> Result<Vec<Ciphertext>>;
+    fn refresh(&self, masked: Vec<Ciphertext>, level: usize) -> Result<Vec<Ciphertext>>;
 }
 
 /// The LSP's secret for one masked ciphertext.
@@ -35,7 +43,8 @@ pub struct Mask {
     coeffs: Vec<i128>,
     /// The factor the owner lifts by (what the request's scale tells it).
     factor: f64,
-    /// The scale the refreshed value lands on.
+    /// The level and scale the refreshed value lands on.
+    level: usize,
     target: f64,
 }
 
@@ -93,23 +102,29 @@ fn mask_bits(ctx: &Context, level: usize) -> u32 {
 /// will land on the top level's canonical scale.
 pub fn mask(ct: &Ciphertext) -> Result<(Ciphertext, Mask)> {
     let ctx = ct.context();
-    mask_for(ct, ctx.scale_at(ctx.max_level()))
+    mask_for(ct, ctx.max_level(), ctx.scale_at(ctx.max_level()))
 }
 
-/// [`mask`] for a refreshed value at the top level and scale `target`.
-pub fn mask_for(ct: &Ciphertext, target: f64) -> Result<(Ciphertext, Mask)> {
+/// [`mask`] for a refreshed value at `level` and scale `target`.
+pub fn mask_for(ct: &Ciphertext, level: usize, target: f64) -> Result<(Ciphertext, Mask)> {
     let ctx = ct.context();
-    let level = refresh_level(ctx);
-    if ct.level() < level {
+    let floor = refresh_level(ctx);
+    if ct.level() < floor {
         return Err(Error::OutOfLevels(format!(
-            "a masked refresh needs the ciphertext at level {level} or above, it is at {}",
+            "a masked refresh needs the ciphertext at level {floor} or above, it is at {}",
             ct.level()
+        )));
+    }
+    if level > ctx.max_level() {
+        return Err(Error::InvalidInput(format!(
+            "a refresh cannot land above the top level {}, {level} was asked",
+            ctx.max_level()
         )));
     }
     if ct.size() != 2 {
         return Err(Error::InvalidInput("relinearise before refreshing".into()));
     }
-    let k = mask_bits(ctx, level);
+    let k = mask_bits(ctx, floor);
     let mut rng = os_rng();
     let coeffs: Vec<i128> = (0..ctx.degree())
         .map(|_| {
@@ -117,30 +132,30 @@ pub fn mask_for(ct: &Ciphertext, target: f64) -> Result<(Ciphertext, Mask)> {
             r as i128 - (1i128 << k)
         })
         .collect();
-    let mut masked = drop_level(ct, level)?;
-    let r = integer_poly(ctx, &coeffs, level);
-    parallel::install(|| masked.polys[0].add_assign(&r, ctx.q_moduli(level)));
+    let mut masked = drop_level(ct, floor)?;
+    let r = integer_poly(ctx, &coeffs, floor);
+    parallel::install(|| masked.polys[0].add_assign(&r, ctx.q_moduli(floor)));
     masked.seed = None;
     let factor = target / masked.scale();
     // The request carries the scale that makes the owner lift by `factor`.
-    masked.scale = ctx.scale_at(ctx.max_level()) / factor;
-    Ok((masked, Mask { coeffs, factor, target }))
+    masked.scale = ctx.scale_at(level) / factor;
+    Ok((masked, Mask { coeffs, factor, level, target }))
 }
 
-/// Removes the mask from the owner's re-encryption: the value at the top level, on the scale
-/// the mask was made for.
+/// Removes the mask from the owner's re-encryption: the value at the mask's level, on the
+/// scale the mask was made for.
 pub fn unmask(fresh: &Ciphertext, mask: &Mask) -> Result<Ciphertext> {
     let ctx = fresh.context();
-    let top = ctx.max_level();
-    if fresh.size() != 2 || fresh.level() != top || fresh.scale() != ctx.scale_at(top) {
+    let level = mask.level;
+    if fresh.size() != 2 || fresh.level() != level || fresh.scale() != ctx.scale_at(level) {
         return Err(Error::InvalidInput(
             "the refreshed ciphertext does not match its mask (level, scale or size)".into(),
         ));
     }
     let lifted = mask.coeffs.iter().map(|&c| scale_round(c, mask.factor)).collect::<Result<Vec<_>>>()?;
     let mut out = fresh.clone();
-    let r = integer_poly(ctx, &lifted, top);
-    parallel::install(|| out.polys[0].sub_assign(&r, ctx.q_moduli(top)));
+    let r = integer_poly(ctx, &lifted, level);
+    parallel::install(|| out.polys[0].sub_assign(&r, ctx.q_moduli(level)));
     out.seed = None;
     out.scale = mask.target;
     Ok(out)
@@ -161,8 +176,14 @@ pub(crate) fn integer_poly(ctx: &Context, coeffs: &[i128], level: usize) -> RnsP
 }
 
 impl Refresher for SecretKey {
-    fn refresh(&self, masked: Vec<Ciphertext>) -> Result<Vec<Ciphertext>> {
+    fn refresh(&self, masked: Vec<Ciphertext>, level: usize) -> Result<Vec<Ciphertext>> {
         let ctx = self.context().clone();
+        if level > ctx.max_level() {
+            return Err(Error::InvalidInput(format!(
+                "a refresh request asks for level {level}, the parameters stop at {}",
+                ctx.max_level()
+            )));
+        }
         masked
             .iter()
             .map(|ct| {
@@ -189,15 +210,14 @@ impl Refresher for SecretKey {
                         composer.compose_i128(&residues)
                     })
                     .collect();
-                let top = ctx.max_level();
-                // Lift to the top level's canonical scale by the factor the request asks for.
-                let factor = ctx.scale_at(top) / ct.scale();
+                // Lift to the level's canonical scale by the factor the request asks for.
+                let factor = ctx.scale_at(level) / ct.scale();
                 let coeffs = coeffs.iter().map(|&c| scale_round(c, factor)).collect::<Result<Vec<_>>>()?;
                 let lifted = Plaintext::from_poly(
                     &ctx,
-                    integer_poly(&ctx, &coeffs, top),
-                    top,
-                    ctx.scale_at(top),
+                    integer_poly(&ctx, &coeffs, level),
+                    level,
+                    ctx.scale_at(level),
                     ct.slots(),
                 );
                 self.encrypt_symmetric(&lifted)
@@ -207,18 +227,33 @@ impl Refresher for SecretKey {
 }
 
 /// LSP side of a whole round trip with an in-process owner (tests, benchmarks, `simulate`-free
-/// single-machine runs): mask, let `owner` re-encrypt, unmask. The values come back at the top
-/// level and its canonical scale.
-pub fn refresh_all(values: Vec<Ciphertext>, owner: &dyn Refresher) -> Result<Vec<Ciphertext>> {
-    let scale = values.first().map(|v| v.context().scale_at(v.context().max_level()));
-    refresh_all_at(values, owner, scale.unwrap_or(1.0))
+/// single-machine runs): mask, let `owner` re-encrypt, unmask. The values come back at
+/// `level` and its canonical scale.
+pub fn refresh_all(values: Vec<Ciphertext>, owner: &dyn Refresher, level: usize) -> Result<Vec<Ciphertext>> {
+    let scale = values.first().map(|v| v.context().scale_at(level));
+    refresh_all_at(values, owner, level, scale.unwrap_or(1.0))
 }
 
-/// [`refresh_all`] landing on `scale` at the top level.
-pub fn refresh_all_at(values: Vec<Ciphertext>, owner: &dyn Refresher, scale: f64) -> Result<Vec<Ciphertext>> {
+/// [`refresh_all`] landing on `scale` at `level`, one ciphertext each.
+pub fn refresh_all_at(
+    values: Vec<Ciphertext>,
+    owner: &dyn Refresher,
+    level: usize,
+    scale: f64,
+) -> Result<Vec<Ciphertext>> {
+    round_trip(values.iter().map(|v| (v, scale)), owner, level)
+}
+
+/// Masks each value for its target scale at `level`, has `owner` re-encrypt them all in one
+/// request, and unmasks its reply.
+fn round_trip<'a>(
+    values: impl Iterator<Item = (&'a Ciphertext, f64)>,
+    owner: &dyn Refresher,
+    level: usize,
+) -> Result<Vec<Ciphertext>> {
     let (masked, masks): (Vec<_>, Vec<_>) =
-        values.iter().map(|v| mask_for(v, scale)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
-    let fresh = owner.refresh(masked)?;
+        values.map(|(v, scale)| mask_for(v, level, scale)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+    let fresh = owner.refresh(masked, level)?;
     if fresh.len() != masks.len() {
         return Err(Error::InvalidInput(format!(
             "the owner returned {} ciphertexts for {} refresh requests",
@@ -227,4 +262,79 @@ pub fn refresh_all_at(values: Vec<Ciphertext>, owner: &dyn Refresher, scale: f64
         )));
     }
     fresh.iter().zip(&masks).map(|(f, m)| unmask(f, m)).collect()
+}
+
+/// How values travel through a refresh, the one rule every backend counts by: consecutive
+/// values at one level share a complex ciphertext. One entry per ciphertext sent: the index of
+/// its first value and whether the next value rides in its imaginary part.
+pub fn wire_pairs(levels: &[usize]) -> Vec<(usize, bool)> {
+    let mut sent = Vec::with_capacity(levels.len().div_ceil(2));
+    let mut i = 0;
+    while i < levels.len() {
+        let paired = i + 1 < levels.len() && levels[i] == levels[i + 1];
+        sent.push((i, paired));
+        i += 1 + paired as usize;
+    }
+    sent
+}
+
+/// What a paired refresh sent: ciphertexts each way and the conjugations that separated pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub ciphertexts: u64,
+    pub conjugations: u64,
+}
+
+/// [`refresh_all`] with the values paired as [`wire_pairs`] says (a pair whose scales differ
+/// travels as two ciphertexts): half the bytes each way, one conjugation per pair (`keys`
+/// must hold the conjugation key when any pair forms).
+pub fn refresh_paired(
+    values: Vec<Ciphertext>,
+    owner: &dyn Refresher,
+    level: usize,
+    keys: Option<&GaloisKeys>,
+) -> Result<(Vec<Ciphertext>, Sent)> {
+    let Some(ctx) = values.first().map(|v| v.context().clone()) else {
+        return Ok((Vec::new(), Sent::default()));
+    };
+    let floor = refresh_level(&ctx);
+    let levels: Vec<usize> = values.iter().map(|v| v.level()).collect();
+    // Each sent ciphertext: the values it carries (1 or 2) and its target scale.
+    let mut carried = Vec::new();
+    let mut sent = Vec::new();
+    for (i, paired) in wire_pairs(&levels) {
+        let scale = ctx.scale_at(level);
+        if paired && same_scale(values[i].scale(), values[i + 1].scale()) && values[i].level() >= floor {
+            let (a, b) = (drop_level(&values[i], floor)?, drop_level(&values[i + 1], floor)?);
+            sent.push((Cow::Owned(add(&a, &mul_by_i(&b))?), scale / 2.0));
+            carried.push(2);
+        } else {
+            for v in &values[i..i + 1 + paired as usize] {
+                sent.push((Cow::Borrowed(v), scale));
+                carried.push(1);
+            }
+        }
+    }
+    let fresh = round_trip(sent.iter().map(|(v, s)| (v.as_ref(), *s)), owner, level)?;
+    drop(sent);
+    drop(values);
+    let mut out = Vec::with_capacity(carried.iter().sum());
+    let mut conjugations = 0;
+    for (z, &count) in fresh.into_iter().zip(&carried) {
+        if count == 1 {
+            out.push(z);
+            continue;
+        }
+        let keys = keys.ok_or_else(|| {
+            Error::MissingKey("a paired refresh needs the conjugation key (conjugate=True)".into())
+        })?;
+        let zc = conjugate(&z, keys)?;
+        let mut re = add(&z, &zc)?;
+        re.scale = z.scale() * 2.0;
+        let mut im = mul_by_i(&sub(&zc, &z)?);
+        im.scale = z.scale() * 2.0;
+        out.extend([re, im]);
+        conjugations += 1;
+    }
+    Ok((out, Sent { ciphertexts: carried.len() as u64, conjugations }))
 }

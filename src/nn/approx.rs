@@ -520,7 +520,9 @@ impl Approximation {
             if b.lowest_level(&refs) >= need + floor {
                 Ok(values)
             } else {
-                b.refresh(values)
+                // The top level: a narrow chain is one or two ciphertexts, so round trips
+                // cost more than their bytes.
+                b.refresh(values, b.max_level())
             }
         };
         let pair = |mut v: Vec<B::Value>| {

@@ -1,9 +1,11 @@
 //! Masked refreshes over bytes: the provider's [`Refresher`] that sends its masked
 //! ciphertexts to a remote owner, and the owner's answer.
 //!
-//! Wire format (little-endian): magic "BFRF", version u8 = 1, kind u8 (0: request, 1: reply),
-//! count u32, then per ciphertext a u32 length and its `ckks::serial` encoding. Decoders check
-//! every length and reject trailing bytes; a reply must hold as many ciphertexts as the request.
+//! Wire format (little-endian): magic "BFRF", version u8 = 2, kind u8 (0: request, 1: reply),
+//! level u8 (where the owner re-encrypts: the levels the values still need), count u32, then
+//! per ciphertext a u32 length and its `ckks::serial` encoding. Decoders check every length
+//! and reject trailing bytes; a reply must hold as many ciphertexts as the request, at the
+//! level it asked for.
 
 use crate::ckks::serial::{read_ciphertext_list, write_ciphertext_list};
 use crate::ckks::{Ciphertext, Context, SecretKey};
@@ -11,22 +13,24 @@ use crate::error::{Error, Result};
 use crate::he::refresh::Refresher;
 
 const MAGIC: &[u8; 4] = b"BFRF";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const REQUEST: u8 = 0;
 const REPLY: u8 = 1;
-const HEADER: usize = 10;
+const HEADER: usize = 11;
 
-fn encode(kind: u8, cts: &[Ciphertext]) -> Vec<u8> {
+fn encode(kind: u8, level: usize, cts: &[Ciphertext]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.push(kind);
+    out.push(u8::try_from(level).expect("a chain has fewer than 256 levels"));
     out.extend_from_slice(&(cts.len() as u32).to_le_bytes());
     write_ciphertext_list(&mut out, cts);
     out
 }
 
-fn decode(ctx: &Context, kind: u8, bytes: &[u8]) -> Result<Vec<Ciphertext>> {
+/// The level a message names and its ciphertexts.
+fn decode(ctx: &Context, kind: u8, bytes: &[u8]) -> Result<(usize, Vec<Ciphertext>)> {
     let what = if kind == REQUEST { "refresh request" } else { "refresh reply" };
     let malformed = |m: &str| Error::Malformed(format!("{what}: {m}"));
     if bytes.len() < HEADER || &bytes[..4] != MAGIC {
@@ -38,15 +42,19 @@ fn decode(ctx: &Context, kind: u8, bytes: &[u8]) -> Result<Vec<Ciphertext>> {
     if bytes[5] != kind {
         return Err(malformed(&format!("message kind {} where {kind} was expected", bytes[5])));
     }
-    let count = u32::from_le_bytes(bytes[6..10].try_into().expect("4 bytes")) as usize;
-    read_ciphertext_list(ctx, &bytes[HEADER..], count, what)
+    let level = bytes[6] as usize;
+    if level > ctx.max_level() {
+        return Err(malformed(&format!("level {level} is above the top level {}", ctx.max_level())));
+    }
+    let count = u32::from_le_bytes(bytes[7..11].try_into().expect("4 bytes")) as usize;
+    Ok((level, read_ciphertext_list(ctx, &bytes[HEADER..], count, what)?))
 }
 
 /// The owner's side: decrypt each masked ciphertext (uniformly random-looking values) and
-/// re-encrypt it at the top level.
+/// re-encrypt it at the level the request names.
 pub fn answer(sk: &SecretKey, request: &[u8]) -> Result<Vec<u8>> {
-    let masked = decode(sk.context(), REQUEST, request)?;
-    Ok(encode(REPLY, &sk.refresh(masked)?))
+    let (level, masked) = decode(sk.context(), REQUEST, request)?;
+    Ok(encode(REPLY, level, &sk.refresh(masked, level)?))
 }
 
 /// The provider's side: each refresh is one round trip through `send` (request bytes in,
@@ -63,9 +71,12 @@ impl<F: Fn(Vec<u8>) -> Result<Vec<u8>> + Send + Sync> RemoteOwner<F> {
 }
 
 impl<F: Fn(Vec<u8>) -> Result<Vec<u8>> + Send + Sync> Refresher for RemoteOwner<F> {
-    fn refresh(&self, masked: Vec<Ciphertext>) -> Result<Vec<Ciphertext>> {
-        let reply = (self.send)(encode(REQUEST, &masked))?;
-        let fresh = decode(&self.ctx, REPLY, &reply)?;
+    fn refresh(&self, masked: Vec<Ciphertext>, level: usize) -> Result<Vec<Ciphertext>> {
+        let reply = (self.send)(encode(REQUEST, level, &masked))?;
+        let (replied, fresh) = decode(&self.ctx, REPLY, &reply)?;
+        if replied != level || fresh.iter().any(|c| c.level() != level) {
+            return Err(Error::Malformed(format!("refresh reply: not at the level {level} requested")));
+        }
         if fresh.len() != masked.len() {
             return Err(Error::Malformed(format!(
                 "refresh reply: {} ciphertexts for {} requested",
@@ -93,24 +104,36 @@ mod tests {
         let level = crate::he::refresh::refresh_level(&ctx);
         let ct = sk.encrypt_symmetric(&Plaintext::encode(&ctx, &values, Some(level), None).unwrap()).unwrap();
         let owner = RemoteOwner::new(ctx.clone(), |req: Vec<u8>| answer(&sk, &req));
-        let fresh = refresh_all(vec![ct], &owner).unwrap();
-        assert_eq!(fresh[0].level(), ctx.max_level());
-        let out = sk.decrypt(&fresh[0]).unwrap().decode();
-        for (a, b) in out.iter().zip(&values) {
-            assert!((a.re - b.re).abs() < 1e-4, "{a:?} vs {b:?}");
+        let top = ctx.max_level();
+        // The owner re-encrypts at the level the request names, any from the floor to the top.
+        for target in level..=top {
+            let fresh = refresh_all(vec![ct.clone()], &owner, target).unwrap();
+            assert_eq!(fresh[0].level(), target);
+            let out = sk.decrypt(&fresh[0]).unwrap().decode();
+            for (a, b) in out.iter().zip(&values) {
+                assert!((a.re - b.re).abs() < 1e-4, "{a:?} vs {b:?} at level {target}");
+            }
         }
-        // A reply with the wrong kind, a truncated one and an empty one are refused.
+        // A reply with the wrong kind, a truncated one, an empty one and one at another level
+        // than asked are refused; so is a request above the top level.
         let bad = RemoteOwner::new(ctx.clone(), |req: Vec<u8>| Ok(req));
-        let ct = sk.encrypt_symmetric(&Plaintext::encode(&ctx, &values, Some(level), None).unwrap()).unwrap();
-        assert!(matches!(refresh_all(vec![ct.clone()], &bad), Err(Error::Malformed(_))));
+        assert!(matches!(refresh_all(vec![ct.clone()], &bad, top), Err(Error::Malformed(_))));
         let short = RemoteOwner::new(ctx.clone(), |req: Vec<u8>| {
             let mut r = answer(&sk, &req)?;
             r.pop();
             Ok(r)
         });
-        assert!(matches!(refresh_all(vec![ct.clone()], &short), Err(Error::Malformed(_))));
-        let empty = RemoteOwner::new(ctx.clone(), |_| Ok(encode(REPLY, &[])));
-        assert!(matches!(refresh_all(vec![ct], &empty), Err(Error::Malformed(_))));
+        assert!(matches!(refresh_all(vec![ct.clone()], &short, top), Err(Error::Malformed(_))));
+        let empty = RemoteOwner::new(ctx.clone(), |_| Ok(encode(REPLY, top, &[])));
+        assert!(matches!(refresh_all(vec![ct.clone()], &empty, top), Err(Error::Malformed(_))));
+        let elsewhere = RemoteOwner::new(ctx.clone(), |req: Vec<u8>| {
+            let (_, masked) = decode(sk.context(), REQUEST, &req)?;
+            Ok(encode(REPLY, top, &sk.refresh(masked, top)?))
+        });
+        assert!(matches!(refresh_all(vec![ct], &elsewhere, level), Err(Error::Malformed(_))));
+        let mut above = encode(REQUEST, top, &[]);
+        above[6] = top as u8 + 1;
+        assert!(matches!(answer(&sk, &above), Err(Error::Malformed(_))));
         assert!(answer(&sk, b"BFRF").is_err());
     }
 }

@@ -8,11 +8,12 @@
 //! 2. **Fresh randomness.** A public-key encryption of zero is added, so the returned
 //!    ciphertext is distributed like a fresh one, whatever key switches produced it.
 //! 3. **Noise flooding.** A polynomial with integer coefficients uniform in
-//!    [-2^flood_bits, 2^flood_bits) is added to c0, drowning the evaluation's own noise
-//!    (rescaling rounding, about 2^6 per coefficient at N = 2^15) that could depend on the
-//!    weights. Flooding spends precision: at a 30-bit scale the default 8 bits leave about
-//!    12 bits, the approximations' own accuracy. See docs/security.md for what it does and
-//!    does not guarantee.
+//!    [-2^flood_bits, 2^flood_bits) is added to c0, drowning the last rescaling's rounding
+//!    (about 2^6 per coefficient at N = 2^15) but not the noise the whole evaluation
+//!    accumulated (2^15-2^20 at a 2^30 scale), which also depends on the weights: a
+//!    heuristic, not a statistical guarantee. Flooding spends precision: at a 30-bit scale
+//!    the default 8 bits leave about 12 bits, the approximations' own accuracy. See
+//!    docs/security.md for what it does and does not guarantee.
 
 use std::collections::BTreeMap;
 

@@ -59,6 +59,8 @@ fn cost_dict<'py>(py: Python<'py>, c: &Cost) -> PyResult<Bound<'py, PyDict>> {
     d.set_item("linear_terms", c.linear_terms)?;
     d.set_item("refresh_rounds", c.refresh_rounds)?;
     d.set_item("refreshed_ciphertexts", c.refreshed_ciphertexts)?;
+    d.set_item("refreshed_by_level", c.refreshed_by_level.clone())?;
+    d.set_item("conjugations", c.conjugations)?;
     d.set_item("lowest_level", c.lowest_level)?;
     // Measured wall seconds by kind of operation (encrypted evaluations only).
     let seconds = PyDict::new(py);

@@ -62,7 +62,7 @@ fn sanitize_batch(
 }
 
 /// The owner's answer to a masked-refresh request: decrypt (masked, noise-like values) and
-/// re-encrypt at the top level.
+/// re-encrypt at the level the request names.
 #[pyfunction]
 fn answer_refresh<'py>(
     py: Python<'py>,

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from blindfed.cli import main
@@ -26,6 +27,31 @@ def test_e2e_bench_reports_ratios_against_plaintext(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["samples"] == 24 and report["ratios"]["simulate/plaintext"] > 0
     assert "simulate/plaintext" in capsys.readouterr().out
+
+
+def test_e2e_precision_compares_every_block_and_what_the_owner_received():
+    """Two runs drawn alike record the same blocks; the report finds a planted error."""
+    pytest.importorskip("torch")
+    from blindfed import zoo
+    from blindfed.bench import e2e
+    from blindfed.recipes import digits_for_mnist_model
+
+    student = zoo.load_student()
+    data = digits_for_mnist_model("train")
+    images, labels = data.images[:12], data.labels[:12]
+    a = e2e._protocol("simulate", student, images, labels)["_outputs"]
+    b = e2e._protocol("simulate", student, images, labels)["_outputs"]
+    blocks = student.config.depth
+    assert sorted(a["blocks"]) == list(range(blocks))
+    assert blocks - 1 in a["received"]  # the last block is always revealed
+    rows = e2e.precision(a, b)
+    assert len(rows) == blocks + len(a["received"])
+    assert all(r["max_abs_error"] == 0.0 for r in rows)
+    planted = b["blocks"][1].copy()
+    planted[3, 5, 7] += 1e-3 * np.ptp(planted)
+    b["blocks"][1] = planted
+    row = next(r for r in e2e.precision(a, b) if r["block"] == 1 and r["output"] == "block output")
+    assert row["error_over_range"] == pytest.approx(1e-3, rel=0.05)
 
 
 def test_bad_bench_sets_are_rejected():

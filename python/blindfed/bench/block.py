@@ -1,8 +1,9 @@
 """``blindfed bench block``: one encrypted transformer block, end to end, per sample.
 
 For each shape the provider evaluates one full group (as many samples as one ciphertext
-packs) on CKKS ciphertexts; the owner encrypts, answers the masked refreshes and decrypts in
-the same process. Reported per sample: seconds (amortised over the group), bytes each way,
+packs) on CKKS ciphertexts; the owner encrypts, answers the masked refreshes (over bytes, as
+over a network, so their traffic is measured) and decrypts in the same process. Reported per
+sample: seconds (amortised over the group), bytes each way (measured where executed),
 key switches; per session: evaluation-key bytes; per process: peak memory. Shapes too large
 to run here are estimated from the tracer's exact operation counts times unit costs measured
 at the planned parameters on this machine (the same estimator is also applied to the shapes
@@ -19,6 +20,7 @@ import time
 import numpy as np
 
 from blindfed import ckks, num_threads
+from blindfed._core import answer_refresh
 from blindfed.approx import StudentSpec
 from blindfed.bench.timing import median_seconds
 from blindfed.block import SHAPES, Block, PackedBatch, random_weights
@@ -111,6 +113,8 @@ def time_breakdown(cost: dict, units: dict[str, float]) -> dict[str, float]:
         "relinearizations": cost["relinearizations"] * units["key_switch"],
         "rotations": (cost["rotations"] - hoisted) * units["rotation"]
         + hoisted * units["hoisted_rotation"],
+        # A conjugation (separating a refreshed pair) is one key switch, as a rotation.
+        "conjugations": cost["conjugations"] * units["rotation"],
         "tensor_products": cost["tensor_products"] * units["tensor_product"],
         "plain_products": cost["plain_products"] * units["plain_product"],
         "linear_terms": cost["linear_terms"] * units["linear_term"],
@@ -120,16 +124,22 @@ def time_breakdown(cost: dict, units: dict[str, float]) -> dict[str, float]:
 
 def traffic(plan: dict, shape: dict[str, int]) -> dict[str, float]:
     """Bytes per sample of one full group each way: the input (seeded, complex-packed), the
-    output, and the masked refreshes."""
+    output, and the masked refreshes (requests at the refresh level, seeded replies at the
+    level each refresh asked for)."""
     params = plan["parameters"]
     per = plan["samples_per_group"]
-    refresh = plan["cost"]["refreshed_ciphertexts"]
+    cost = plan["cost"]
     # Complex packing: two features per ciphertext each way.
     cts = math.ceil(shape["width"] / 2)
     up = cts * _ciphertext_bytes(params, params.max_level, seeded=True)
     down = cts * _ciphertext_bytes(params, 0, seeded=False)
-    refresh_down = refresh * _ciphertext_bytes(params, plan["refresh_level"], seeded=False)
-    refresh_up = refresh * _ciphertext_bytes(params, params.max_level, seeded=True)
+    refresh_down = cost["refreshed_ciphertexts"] * _ciphertext_bytes(
+        params, plan["refresh_level"], seeded=False
+    )
+    refresh_up = sum(
+        count * _ciphertext_bytes(params, level, seeded=True)
+        for level, count in cost["refreshed_by_level"].items()
+    )
     return {
         "input_bytes_per_sample": up / per,
         "upload_bytes_per_sample": (up + refresh_up) / per,
@@ -186,9 +196,19 @@ def run_shape(name: str, *, execute: bool, seed: int = 0) -> dict:
     packed = PackedBatch.encrypt(sk, x)
     report["encrypt_seconds_per_sample"] = (time.perf_counter() - t) / per
     report["upload_bytes_per_sample_measured"] = len(packed.to_bytes()) / per
+    # The owner answers over bytes, as over a network: the refresh traffic is measured.
+    refresh_bytes = {"up": 0, "down": 0}
+
+    def owner(request: bytes) -> bytes:
+        reply = answer_refresh(sk, request)
+        refresh_bytes["down"] += len(request)
+        refresh_bytes["up"] += len(reply)
+        return reply
+
     t = time.perf_counter()
-    out, cost = block.evaluate(packed, keys, sk)
+    out, cost = block.evaluate(packed, keys, owner)
     seconds = time.perf_counter() - t
+    report["upload_bytes_per_sample_measured"] += refresh_bytes["up"] / per
     report["seconds_per_sample"] = seconds / per
     report["group_seconds"] = seconds
     report["measured_cost"] = cost
@@ -197,7 +217,9 @@ def run_shape(name: str, *, execute: bool, seed: int = 0) -> dict:
         kind: seconds / per for kind, seconds in cost.get("seconds", {}).items()
     }
     reply = out.at_level(0)
-    report["download_bytes_per_sample_measured"] = len(reply.to_bytes()) / per
+    report["download_bytes_per_sample_measured"] = (
+        len(reply.to_bytes()) + refresh_bytes["down"]
+    ) / per
     t = time.perf_counter()
     y = reply.decrypt(sk)
     report["decrypt_seconds_per_sample"] = (time.perf_counter() - t) / per
@@ -250,14 +272,16 @@ def format_table(report: dict) -> str:
         secs = r.get("seconds_per_sample")
         slowdown = r.get("slowdown_vs_plaintext")
         keys = r.get("evaluation_key_bytes", r["evaluation_key_bytes_estimate"]) / 2**20
+        up = r.get("upload_bytes_per_sample_measured", r["upload_bytes_per_sample"])
+        down = r.get("download_bytes_per_sample_measured", r["download_bytes_per_sample"])
         err = r.get("error_relative_to_range")
         lines.append(
             f"{r['shape']:<9} {r['mode']:<9} 2^{r['log_n']:<3} {r['levels']:>3}  "
             f"{'-' if secs is None else f'{secs:8.2f}':>8}  "
             f"{'-' if slowdown is None else f'{slowdown:11.0f}':>11}  "
             f"{r['estimated_seconds_per_sample']:12.2f}  "
-            f"{r['key_switches_per_sample']:9.1f}  {r['upload_bytes_per_sample'] / 1e6:5.2f}  "
-            f"{r['download_bytes_per_sample'] / 1e6:7.2f}  {keys:7.0f}  "
+            f"{r['key_switches_per_sample']:9.1f}  {up / 1e6:5.2f}  "
+            f"{down / 1e6:7.2f}  {keys:7.0f}  "
             f"{'-' if err is None else f'{err:.1e}'}"
         )
     for r in report["results"]:
