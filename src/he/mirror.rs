@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 use super::backend::{canonical_step, Backend};
 use super::cost::Cost;
-use super::refresh::{wire_pairs, Sent};
+use super::refresh::{check_target, wire_pairs, Sent};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MirrorValue {
@@ -233,12 +233,7 @@ impl Backend for Mirror {
         if self.max_level == 0 {
             return Err(Error::OutOfLevels("a refresh needs at least one level".into()));
         }
-        if level > self.max_level {
-            return Err(Error::InvalidInput(format!(
-                "a refresh cannot land above the top level {}, {level} was asked",
-                self.max_level
-            )));
-        }
+        check_target(level, self.max_level)?;
         if let Some(v) = values.iter().find(|v| v.level < self.refresh_level) {
             return Err(Error::OutOfLevels(format!(
                 "a masked refresh needs level {} or above, the value is at {}",

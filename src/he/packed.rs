@@ -37,6 +37,22 @@ pub struct PackedBatch {
     pub groups: Vec<Vec<Ciphertext>>,
 }
 
+/// a + i b: two real ciphertexts at one level and scale in one (free: i is X^(N/2)).
+pub(crate) fn join_complex(a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+    add(a, &mul_by_i(b))
+}
+
+/// The real and imaginary parts of `z` as real ciphertexts, by one conjugation: z + conj z and
+/// i (conj z - z) are 2 Re z and 2 Im z, so both land on twice z's scale.
+pub(crate) fn split_complex(z: &Ciphertext, keys: &GaloisKeys) -> Result<(Ciphertext, Ciphertext)> {
+    let zc = conjugate(z, keys)?;
+    let mut re = add(z, &zc)?;
+    re.scale = z.scale() * 2.0;
+    let mut im = mul_by_i(&sub(&zc, z)?);
+    im.scale = z.scale() * 2.0;
+    Ok((re, im))
+}
+
 fn pairs(features: &[Vec<f64>]) -> Vec<Vec<Complex>> {
     features
         .chunks(2)
@@ -120,13 +136,9 @@ impl PackedBatch {
             .map(|cts| {
                 let mut real = Vec::with_capacity(features);
                 for z in cts {
-                    let zc = conjugate(z, keys)?;
-                    let mut re = add(z, &zc)?;
-                    re.scale = z.scale() * 2.0;
+                    let (re, im) = split_complex(z, keys)?;
                     real.push(re);
                     if real.len() < features {
-                        let mut im = mul_by_i(&sub(&zc, z)?);
-                        im.scale = z.scale() * 2.0;
                         real.push(im);
                     }
                 }
@@ -158,7 +170,7 @@ impl PackedBatch {
                         .map(|pair| {
                             let re = adjust_level(&pair[0], level)?;
                             match pair.get(1) {
-                                Some(im) => add(&re, &mul_by_i(&adjust_level(im, level)?)),
+                                Some(im) => join_complex(&re, &adjust_level(im, level)?),
                                 None => Ok(re),
                             }
                         })

@@ -24,13 +24,15 @@ use std::borrow::Cow;
 
 use rand_core::RngCore;
 
-use crate::ckks::evaluator::{add, conjugate, drop_level, mul_by_i, same_scale, sub};
+use crate::ckks::evaluator::{drop_level, same_scale};
 use crate::ckks::{Ciphertext, Context, GaloisKeys, Plaintext, SecretKey};
 use crate::error::{Error, Result};
 use crate::math::crt::CrtComposer;
 use crate::math::poly::RnsPoly;
 use crate::math::sampling::os_rng;
 use crate::parallel;
+
+use super::packed::{join_complex, split_complex};
 
 /// The owner's half of a refresh: decrypt each masked ciphertext and re-encrypt the same
 /// integer polynomial at `level`.
@@ -93,6 +95,16 @@ pub fn refresh_level(ctx: &Context) -> usize {
     level
 }
 
+/// A refresh lands at most at the top level `top`.
+pub(crate) fn check_target(level: usize, top: usize) -> Result<()> {
+    if level > top {
+        return Err(Error::InvalidInput(format!(
+            "a refresh cannot land above the top level {top}, {level} was asked"
+        )));
+    }
+    Ok(())
+}
+
 fn mask_bits(ctx: &Context, level: usize) -> u32 {
     let bits: f64 = ctx.params.q[..=level].iter().map(|&q| (q as f64).log2()).sum();
     bits.floor() as u32 - 3
@@ -115,12 +127,7 @@ pub fn mask_for(ct: &Ciphertext, level: usize, target: f64) -> Result<(Ciphertex
             ct.level()
         )));
     }
-    if level > ctx.max_level() {
-        return Err(Error::InvalidInput(format!(
-            "a refresh cannot land above the top level {}, {level} was asked",
-            ctx.max_level()
-        )));
-    }
+    check_target(level, ctx.max_level())?;
     if ct.size() != 2 {
         return Err(Error::InvalidInput("relinearise before refreshing".into()));
     }
@@ -178,12 +185,7 @@ pub(crate) fn integer_poly(ctx: &Context, coeffs: &[i128], level: usize) -> RnsP
 impl Refresher for SecretKey {
     fn refresh(&self, masked: Vec<Ciphertext>, level: usize) -> Result<Vec<Ciphertext>> {
         let ctx = self.context().clone();
-        if level > ctx.max_level() {
-            return Err(Error::InvalidInput(format!(
-                "a refresh request asks for level {level}, the parameters stop at {}",
-                ctx.max_level()
-            )));
-        }
+        check_target(level, ctx.max_level())?;
         masked
             .iter()
             .map(|ct| {
@@ -302,11 +304,11 @@ pub fn refresh_paired(
     // Each sent ciphertext: the values it carries (1 or 2) and its target scale.
     let mut carried = Vec::new();
     let mut sent = Vec::new();
+    let scale = ctx.scale_at(level);
     for (i, paired) in wire_pairs(&levels) {
-        let scale = ctx.scale_at(level);
         if paired && same_scale(values[i].scale(), values[i + 1].scale()) && values[i].level() >= floor {
             let (a, b) = (drop_level(&values[i], floor)?, drop_level(&values[i + 1], floor)?);
-            sent.push((Cow::Owned(add(&a, &mul_by_i(&b))?), scale / 2.0));
+            sent.push((Cow::Owned(join_complex(&a, &b)?), scale / 2.0));
             carried.push(2);
         } else {
             for v in &values[i..i + 1 + paired as usize] {
@@ -328,11 +330,7 @@ pub fn refresh_paired(
         let keys = keys.ok_or_else(|| {
             Error::MissingKey("a paired refresh needs the conjugation key (conjugate=True)".into())
         })?;
-        let zc = conjugate(&z, keys)?;
-        let mut re = add(&z, &zc)?;
-        re.scale = z.scale() * 2.0;
-        let mut im = mul_by_i(&sub(&zc, &z)?);
-        im.scale = z.scale() * 2.0;
+        let (re, im) = split_complex(&z, keys)?;
         out.extend([re, im]);
         conjugations += 1;
     }
