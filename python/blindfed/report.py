@@ -161,6 +161,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         if len(rounds) > len(shown):
             out += [f"({len(rounds) - len(shown)} middle rounds in report.json.)", ""]
+        s = fed.get("settings") or {}
+        if s:
+            preset = f"preset {s['preset']}" if s.get("preset") else "the defaults"
+            out += [
+                f"Optimisation ({preset}, chosen on a validation split by `blindfed tune`): "
+                f"SGD at client lr {s['lr']:g} (x{s['gamma']:g} from rounds "
+                f"{s['milestones'] or 'never'}), {s['local-epochs']} local epochs; server "
+                f"optimiser {s['server-optimizer']} at lr {s['server-lr']:g}.",
+                "",
+            ]
     out += [f"Total wall time {report['seconds']:.0f} s.", ""]
     return "\n".join(out)
 

@@ -30,12 +30,16 @@ def test_the_demo_reports_and_resumes(tmp_path, capsys):
     blocks = report["online"]["per_block"]
     assert [b["samples"] for b in blocks] == [210] * 4 and blocks[-1]["revealed_samples"] == 210
     assert set(report["baselines"]) >= {"linear_probe", "lora", "full_finetune", "student_head"}
+    assert set(report["baselines"]) >= {"fedavg_linear_probe", "fedavg_lora"}
     assert all(0 <= b["accuracy"] <= 100 for b in report["baselines"].values())
+    assert report["baselines"]["fedavg_lora"]["rounds"] == 2
+    # The federation's optimisation settings are in the report (the tuned preset's).
+    assert report["federation"]["settings"]["lr"] > 0
     # The summary and the report say which mode ran; simulate is never called execute.
     assert "BlindFed" in printed and "simulate" in printed and "execute" not in printed
     markdown = (out / "report.md").read_text()
     assert markdown.startswith("# blindfed demo report (simulate mode)")
-    assert "Simulate mode" in markdown and "LoRA" in markdown
+    assert "Simulate mode" in markdown and "LoRA" in markdown and "FedAvg of LoRA" in markdown
     for name in ("accuracy_per_round.png", "blocks.png"):
         assert (out / name).read_bytes()[:8] == PNG
     # Asked for one more round with the same output directory: the provider resumes after

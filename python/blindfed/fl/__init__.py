@@ -1,11 +1,18 @@
 """Federated adaptation: several owners adapt one provider's model together.
 
-- :mod:`~blindfed.fl.fedavg`: weighted FedAvg of adapters and heads, the paper's schedule.
+- :mod:`~blindfed.fl.fedavg`: weighted FedAvg of adapters and heads, the learning-rate
+  schedule, the bounds a secure sum must keep; :mod:`~blindfed.fl.server_opt`: the server's
+  step on the secure sum (FedAvg, FedAvgM, FedAdam).
 - :mod:`~blindfed.fl.owner_data`, :mod:`~blindfed.fl.owner_node`: an owner's data and its
   state on its own disk (keys, cached block outputs, secure-aggregation rounds).
 - :mod:`~blindfed.fl.server`: the provider's side (online phase, rounds, checkpoints) over
   any transport; :class:`~blindfed.fl.server.LocalTransport` runs owners in this process.
 - :mod:`~blindfed.fl.dispatch`: the actions an owner answers.
+- :mod:`~blindfed.fl.run`: a federation's settings (run-config keys, presets) and roles.
+- :mod:`~blindfed.fl.baselines`: FedAvg of linear probing, LoRA and full fine-tuning of the
+  teacher (plaintext, not double-blind), over :mod:`~blindfed.fl.secure_sum` (a SecAgg round
+  in one process).
+- :mod:`~blindfed.fl.tune`: ``blindfed tune``, learning rates chosen on a validation split.
 - :mod:`~blindfed.fl.app`: the Flower ServerApp and ClientApp (``flwr`` 1.42, Python 3.11+);
   :mod:`~blindfed.fl.deploy`: Flower's deployment runtime on one machine.
 

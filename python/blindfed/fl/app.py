@@ -18,6 +18,7 @@ in simulations of the embedded default, ``partition-id`` / ``num-partitions``.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -65,11 +66,14 @@ def _from_record(content: RecordDict) -> Payload:
 
 
 class GridTransport:
-    """The server's :class:`~blindfed.fl.server.Transport` over a Flower grid."""
+    """The server's :class:`~blindfed.fl.server.Transport` over a Flower grid. While a stage
+    waits, it says every ``report_every`` seconds which owners it is still waiting for."""
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, *, report_every: float = 30.0, poll: float = 0.1) -> None:
         self.grid = grid
         self.rounds = 0
+        self.report_every = report_every
+        self.poll = poll
 
     def nodes(self) -> list[int]:
         return sorted(self.grid.get_node_ids())
@@ -84,13 +88,32 @@ class GridTransport:
             )
             for n, q in requests.items()
         ]
+        ids = list(self.grid.push_messages(messages))
+        waiting = dict(zip(ids, requests, strict=True))
+        start = time.monotonic()
+        reported = start
         replies: dict[int, Payload] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=timeout):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                log.warning("owner %s failed %s: %s", node, action, reply.error.reason)
-                continue
-            replies[node] = _from_record(reply.content)
+        while waiting and time.monotonic() - start < timeout:
+            for reply in self.grid.pull_messages(list(waiting)):
+                node = waiting.pop(reply.metadata.reply_to_message_id, None)
+                if node is None:
+                    continue
+                if reply.has_error():
+                    log.warning("owner %s failed %s: %s", node, action, reply.error.reason)
+                    continue
+                replies[node] = _from_record(reply.content)
+            now = time.monotonic()
+            if waiting and now - reported >= self.report_every:
+                reported = now
+                log.info(
+                    "%s: waiting for owners %s (%.0f of %.0f s)",
+                    action,
+                    sorted(waiting.values()),
+                    now - start,
+                    timeout,
+                )
+            if waiting:
+                time.sleep(self.poll)
         return replies
 
 

@@ -36,22 +36,38 @@ def _refresh(node: OwnerNode, me: int, req: Payload) -> Payload:
     return {"reply": node.refresh(req["request"])}
 
 
+def _refused(node: OwnerNode, me: int, req: Payload) -> Payload:
+    node.refused(str(req["reason"]))
+    return {}
+
+
 def _fit(node: OwnerNode, me: int, req: Payload) -> Payload:
     config = json.loads(req["config"])
-    advert = node.fit(int(req["round"]), me, np.asarray(req["model"]), config, req["params"])
+    advert = node.fit(
+        int(req["round"]),
+        me,
+        np.asarray(req["model"]),
+        config,
+        req["params"],
+        attempt=_attempt(req),
+    )
     return {"advert": advert}
 
 
+def _attempt(req: Payload) -> int:
+    return int(req.get("attempt", 0))
+
+
 def _share(node: OwnerNode, me: int, req: Payload) -> Payload:
-    return {"bundle": node.share(int(req["round"]), req["roster"])}
+    return {"bundle": node.share(int(req["round"]), req["roster"], attempt=_attempt(req))}
 
 
 def _mask(node: OwnerNode, me: int, req: Payload) -> Payload:
-    return {"masked": node.mask(int(req["round"]), req["inbox"])}
+    return {"masked": node.mask(int(req["round"]), req["inbox"], attempt=_attempt(req))}
 
 
 def _unmask(node: OwnerNode, me: int, req: Payload) -> Payload:
-    return {"answer": node.unmask(int(req["round"]), req["request"])}
+    return {"answer": node.unmask(int(req["round"]), req["request"], attempt=_attempt(req))}
 
 
 def _evaluate(node: OwnerNode, me: int, req: Payload) -> Payload:
@@ -65,6 +81,7 @@ ACTIONS: dict[str, Callable[[OwnerNode, int, Payload], Payload]] = {
     "hello": _hello,
     "pass": _pass,
     "refresh": _refresh,
+    "refused": _refused,
     "fit": _fit,
     "share": _share,
     "mask": _mask,

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from blindfed.fl.server_opt import ServerOptimizer
 from blindfed.nn.adapter import AdaptedClassifier, train_epoch
 
 __all__ = [
     "LocalTraining",
     "Schedule",
     "apply_sum",
+    "check_sum",
     "contribution",
     "get_vector",
     "local_update",
@@ -113,9 +115,36 @@ def contribution(delta: np.ndarray, seen_blocks: np.ndarray, samples: int) -> np
     return np.concatenate([samples * np.asarray(delta, dtype=np.float64), seen, [samples]])
 
 
-def apply_sum(model: AdaptedClassifier, total: np.ndarray) -> int:
+def check_sum(total: np.ndarray, contributors: int, blocks: int, update_bound: float) -> None:
+    """Refuses a secure sum that ``contributors`` honest contributions cannot add up to: each
+    entry of ``n * delta`` and the sample count are held to ``update_bound`` per owner (the
+    fixed-point encoding refuses more), each seen-block flag to [0, 1]. A corrupted unmasking
+    answer makes a sum far outside these bounds; applying it would wreck the model."""
+    total = np.asarray(total, dtype=np.float64)
+    limit = contributors * update_bound
+    values, seen, samples = total[: -blocks - 1], total[-blocks - 1 : -1], total[-1]
+    if not np.isfinite(total).all():
+        raise ValueError("secure aggregation: the unmasked sum has NaN or infinite entries")
+    worst = float(np.abs(values).max(initial=0.0))
+    if worst > limit:
+        raise ValueError(
+            f"secure aggregation: the unmasked sum reaches {worst:.3g}, beyond what "
+            f"{contributors} owners may contribute ({contributors} x {update_bound:g}); "
+            "an unmasking answer was corrupted"
+        )
+    if ((seen < -0.5) | (seen > contributors + 0.5)).any() or not 0.5 <= samples <= limit:
+        raise ValueError(
+            f"secure aggregation: the sum's block flags or sample count ({samples:.3g}) are "
+            f"not what {contributors} owners can contribute"
+        )
+
+
+def apply_sum(
+    model: AdaptedClassifier, total: np.ndarray, optimizer: ServerOptimizer | None = None
+) -> int:
     """Applies a secure sum of contributions to the global model; returns the samples it
-    covers. Blocks any contributor saw stay seen."""
+    covers. The weighted mean update takes a step of ``optimizer`` (default: plain FedAvg).
+    Blocks any contributor saw stay seen."""
     size = sum(p.numel() for p in model.parameters())
     blocks = model.blocks
     if np.shape(total) != (size + blocks + 1,):
@@ -123,6 +152,7 @@ def apply_sum(model: AdaptedClassifier, total: np.ndarray) -> int:
     samples = round(float(total[-1]))
     if samples <= 0:
         raise ValueError(f"the sum covers {samples} samples")
-    set_vector(model, get_vector(model) + total[:size] / samples)
+    optimizer = optimizer or ServerOptimizer()
+    set_vector(model, optimizer.step(get_vector(model), total[:size] / samples))
     model.seen_blocks.copy_(torch.as_tensor(total[size : size + blocks] > 0.5))
     return samples

@@ -61,6 +61,28 @@ class OwnerData:
         )
         os.replace(tmp, path)
 
+    def holdout(self, fraction: float = 0.2, *, seed: int = 0) -> OwnerData:
+        """For choosing hyperparameters without the test split: a seeded ``fraction`` of each
+        label's training images becomes the test split (the validation split), the rest the
+        training split; the real test split is left out entirely."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+        rng = np.random.default_rng(seed)
+        held = np.zeros(len(self.train_labels), dtype=bool)
+        for label in np.unique(self.train_labels):
+            where = np.flatnonzero(self.train_labels == label)
+            held[rng.permutation(where)[: round(fraction * len(where))]] = True
+        if held.all() or not held.any():
+            raise ValueError(
+                f"holding out {fraction:g} of {len(held)} training images leaves a split empty"
+            )
+        return OwnerData(
+            self.train_images[~held],
+            self.train_labels[~held],
+            self.train_images[held],
+            self.train_labels[held],
+        )
+
     @classmethod
     def digits_share(
         cls,

@@ -17,6 +17,7 @@ Every method takes and returns bytes or plain values, so any transport can carry
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -32,6 +33,8 @@ from blindfed.protocol import DataOwner
 from blindfed.protocol.messages import Offer, decode
 
 __all__ = ["OwnerNode"]
+
+log = logging.getLogger("blindfed.fl")
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -135,6 +138,12 @@ class OwnerNode:
     def refresh(self, request: bytes) -> bytes:
         return self.owner().answer_refresh(request)
 
+    def refused(self, reason: str) -> None:
+        """The provider left this owner out of the online phase: the reason is logged and
+        kept in ``refused.txt`` (the owner's operator reads it; the next session retries)."""
+        log.error("owner %s: %s", self.name, reason)
+        (self.directory / "refused.txt").write_text(reason + "\n")
+
     def outputs(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The block outputs (samples, blocks, tokens, width) and labels of a split (the test
         split in the order of ``data.test_images``)."""
@@ -154,8 +163,12 @@ class OwnerNode:
 
     # ---- a round of federated training ----------------------------------------------------
 
-    def _round(self, round: int) -> Path:
-        path = self.directory / "rounds" / str(round)
+    def _round(self, round: int, attempt: int = 0) -> Path:
+        """A round's state; a retried round (``attempt`` > 0) starts a new secure aggregation
+        and keeps it apart."""
+        if attempt < 0:
+            raise ValueError(f"attempt must be >= 0, got {attempt}")
+        path = self.directory / "rounds" / (str(round) if attempt == 0 else f"{round}.{attempt}")
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -166,12 +179,14 @@ class OwnerNode:
         model_vector: np.ndarray,
         config: dict[str, Any],
         secagg_params: bytes,
+        *,
+        attempt: int = 0,
     ) -> bytes:
         """Trains the global model locally, keeps the contribution on disk and returns the
         first secure-aggregation message (its public keys)."""
         from blindfed.fl.fedavg import LocalTraining, contribution, local_update, set_vector
 
-        path = self._round(round)
+        path = self._round(round, attempt)
         digest = hashlib.sha256(np.ascontiguousarray(model_vector, dtype=np.float64)).hexdigest()
         done = path / "contribution.npy"
         if not done.exists() or (path / "model.sha256").read_text() != digest:
@@ -220,20 +235,20 @@ class OwnerNode:
             raise ValueError(f"round {path.name}: a second, different {name[:-4]} message")
         stored.write_bytes(message)
 
-    def share(self, round: int, roster: bytes) -> bytes:
-        path = self._round(round)
+    def share(self, round: int, roster: bytes, *, attempt: int = 0) -> bytes:
+        path = self._round(round, attempt)
         agg, _ = self._secagg(path, "share")
         self._record(path, "roster.bin", roster)
         return agg.share(roster)
 
-    def mask(self, round: int, inbox: bytes) -> bytes:
-        path = self._round(round)
+    def mask(self, round: int, inbox: bytes, *, attempt: int = 0) -> bytes:
+        path = self._round(round, attempt)
         agg, _ = self._secagg(path, "mask")
         self._record(path, "inbox.bin", inbox)
         return agg.mask(inbox, np.load(path / "contribution.npy"))
 
-    def unmask(self, round: int, request: bytes) -> bytes:
-        path = self._round(round)
+    def unmask(self, round: int, request: bytes, *, attempt: int = 0) -> bytes:
+        path = self._round(round, attempt)
         agg, _ = self._secagg(path, "unmask")
         self._record(path, "unmask.bin", request)
         answer = agg.unmask(request)

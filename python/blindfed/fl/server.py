@@ -23,14 +23,34 @@ import numpy as np
 
 from blindfed._core import SecAggParams, SecAggServer
 from blindfed.fl.dispatch import Payload, answer
-from blindfed.fl.fedavg import LocalTraining, Schedule, apply_sum, get_vector, make_model
+from blindfed.fl.fedavg import (
+    LocalTraining,
+    Schedule,
+    apply_sum,
+    check_sum,
+    get_vector,
+    make_model,
+)
 from blindfed.fl.owner_node import OwnerNode
+from blindfed.fl.server_opt import ServerOptimizer
 from blindfed.protocol import Provider
 from blindfed.protocol.messages import ForwardRequest, Offer, OwnerHello, decode
 
-__all__ = ["FederationConfig", "FederationServer", "LocalTransport", "Transport"]
+__all__ = [
+    "FederationConfig",
+    "FederationServer",
+    "LocalTransport",
+    "RoundFailedError",
+    "Transport",
+]
 
 log = logging.getLogger("blindfed.fl")
+
+
+class RoundFailedError(RuntimeError):
+    """A round that cannot complete: too few owners answered a stage in time, or its secure
+    sum was refused. The server retries it (a fresh secure aggregation, longer deadlines)
+    before giving up."""
 
 
 class Transport(Protocol):
@@ -46,12 +66,17 @@ class Transport(Protocol):
 
 @dataclass
 class FederationConfig:
-    """A federation's settings (defaults: the paper's schedule)."""
+    """A federation's settings (defaults: the paper's schedule and plain FedAvg; the
+    run-config presets of :mod:`blindfed.fl.run` fill them in)."""
 
     rounds: int = 50
     lr: float = 1e-3
     milestones: tuple[int, ...] = (25, 40)
     gamma: float = 0.1
+    #: the server's step on the secure sum (:mod:`blindfed.fl.server_opt`).
+    server_optimizer: str = "fedavg"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
     local: LocalTraining = field(default_factory=LocalTraining)
     rank: int = 8
     classes: int = 10
@@ -63,9 +88,18 @@ class FederationConfig:
     #: the largest |n * delta| an owner may contribute per entry (fixed point refuses more).
     update_bound: float = 2.0**20
     frac_bits: int = 20
+    #: seconds an owner has to answer a stage; attempt a of a retried round waits 2^a times it.
     timeout: float = 600.0
+    #: retries of a round that fails (too few owners in time, a refused sum) before the run
+    #: stops; owners that left are waited for (``timeout``) before each retry.
+    retries: int = 2
     eval_every: int = 1
     seed: int = 0
+
+    def make_server_optimizer(self) -> ServerOptimizer:
+        return ServerOptimizer(
+            self.server_optimizer, lr=self.server_lr, momentum=self.server_momentum
+        )
 
     @property
     def schedule(self) -> Schedule:
@@ -132,6 +166,7 @@ class FederationServer:
         #: the online phase of this run: seconds and the evaluation-key bytes each owner sent.
         self.online: dict[str, Any] = {"seconds": 0.0, "key_bytes": {}}
         self.model = make_model(len(provider.blocks), provider.width, config.classes, config.rank)
+        self.optimizer = config.make_server_optimizer()
         self.history: list[dict[str, Any]] = []
         self.completed = 0
         self._load()
@@ -159,6 +194,7 @@ class FederationServer:
 
             set_vector(self.model, z["vector"])
             self.model.seen_blocks.copy_(torch.as_tensor(z["seen"]))
+            self.optimizer.load(z)
         self.completed, self.history = state["round"], state["history"]
         self._say(f"resuming after round {self.completed}")
 
@@ -167,7 +203,12 @@ class FederationServer:
 
         name = f"weights-{self.completed}.npz"
         buf = io.BytesIO()
-        np.savez(buf, vector=get_vector(self.model), seen=self.model.seen_blocks.numpy())
+        np.savez(
+            buf,
+            vector=get_vector(self.model),
+            seen=self.model.seen_blocks.numpy(),
+            **self.optimizer.state(),
+        )
         _atomic_write(self.state_dir / name, buf.getvalue())
         state = {"round": self.completed, "weights": name, "history": self.history}
         _atomic_write(self.state_dir / "checkpoint.json", json.dumps(state, indent=1).encode())
@@ -193,11 +234,15 @@ class FederationServer:
             # registered.
             reply = hellos.pop(n)
             session = decode(offers[n], Offer).session
-            if decode(reply["hello"], OwnerHello).session != session:
-                log.warning("owner %s answered for another session: left out", n)
+            try:
+                hello = reply["hello"]
+                if decode(hello, OwnerHello).session != session:
+                    raise ValueError("the hello answers another session")
+                self.provider.register(hello)
+            except Exception as e:  # one owner's bad bytes never stop the others
+                self._refuse(transport, n, session, "hello", e)
                 continue
-            self.provider.register(reply["hello"])
-            self.online["key_bytes"][n] = len(reply["hello"])
+            self.online["key_bytes"][n] = len(hello)
             sessions[n] = session
         pending: dict[int, bytes] = {n: b"" for n in sessions}
         started = time.perf_counter()
@@ -207,22 +252,31 @@ class FederationServer:
                 log.warning("owner %s left during the online phase", n)
             pending = {}
             for n, reply in replies.items():
-                request = reply["request"]
-                if not request:
-                    ready.append(n)
-                    continue
-                # The session is bound to the owner that opened it (its authenticated node).
-                if decode(request, ForwardRequest).session != sessions[n]:
-                    log.warning("owner %s sent a request for another session: left out", n)
-                    continue
                 try:
+                    request = reply["request"]
+                    if not request:
+                        ready.append(n)
+                        continue
+                    # The session is bound to the owner that opened it (its authenticated node).
+                    if decode(request, ForwardRequest).session != sessions[n]:
+                        raise ValueError("the request names another session")
                     pending[n] = self.provider.forward(request, self._refresher(transport, n))
-                except (KeyError, ValueError) as e:
-                    log.warning("owner %s left out of the online phase: %s", n, e)
+                except Exception as e:  # as above: that owner is out, the others go on
+                    self._refuse(transport, n, sessions[n], "forward request", e)
             elapsed = time.perf_counter() - started
             self._say(f"online phase: {len(pending)} owners passing ({elapsed:.0f} s)")
         self.online["seconds"] = time.perf_counter() - started
         return sorted(ready)
+
+    def _refuse(
+        self, transport: Transport, node: int, session: str, what: str, error: Exception
+    ) -> None:
+        """Leaves ``node`` out of the online phase (its session and keys dropped) and tells it
+        why (its ``refused`` action); the other owners' passes go on."""
+        self.provider.close(session)
+        reason = f"the provider refused its {what}: {type(error).__name__}: {error}"
+        log.warning("owner %s left out of the online phase: %s", node, reason)
+        transport.ask("refused", {node: {"reason": reason}}, self.config.timeout)
 
     def _refresher(self, transport: Transport, node: int) -> Callable[[bytes], bytes]:
         def refresh(request: bytes) -> bytes:
@@ -240,13 +294,37 @@ class FederationServer:
         nodes = self._wait_for_owners(transport)
         ready = self.online_phase(transport, nodes)
         for r in range(self.completed + 1, self.config.rounds + 1):
-            alive = sorted(set(ready) & set(transport.nodes()))
-            self.history.append(self.round(transport, r, alive))
+            self.history.append(self._round_with_retries(transport, r, ready))
             self.completed = r
             self._save()
             if self._on_round is not None:
                 self._on_round(self.history[-1])
         return self.history
+
+    def _round_with_retries(self, transport: Transport, r: int, ready: list[int]) -> dict:
+        cfg = self.config
+        first: list[int] | None = None
+        for attempt in range(cfg.retries + 1):
+            alive = sorted(set(ready) & set(transport.nodes()))
+            first = alive if first is None else first
+            try:
+                entry = self.round(transport, r, alive, attempt=attempt)
+                # Dropped: the round's owners (at its first attempt) that are not in the sum.
+                dropped = sorted(set(first) - set(entry["survivors"]))
+                return {**entry, "dropped": dropped, "attempts": attempt + 1}
+            except RoundFailedError as e:
+                if attempt == cfg.retries:
+                    raise
+                self._say(f"{e}; retrying (attempt {attempt + 2} of {cfg.retries + 1})")
+                self._wait_for_ready(transport, ready)
+        raise AssertionError("unreachable")
+
+    def _wait_for_ready(self, transport: Transport, ready: list[int]) -> None:
+        """Up to ``timeout`` for enough of the ready owners to be connected again."""
+        deadline = time.monotonic() + self.config.timeout
+        need = max(self.config.min_owners, 2)
+        while len(set(ready) & set(transport.nodes())) < need and time.monotonic() < deadline:
+            time.sleep(1.0)
 
     def _wait_for_owners(self, transport: Transport) -> list[int]:
         deadline = time.monotonic() + self.config.timeout
@@ -258,12 +336,18 @@ class FederationServer:
             time.sleep(1.0)
         return nodes
 
-    def round(self, transport: Transport, r: int, owners: list[int]) -> dict[str, Any]:
-        """One round of local training and secure aggregation over ``owners``."""
+    def round(
+        self, transport: Transport, r: int, owners: list[int], *, attempt: int = 0
+    ) -> dict[str, Any]:
+        """One round of local training and secure aggregation over ``owners``; raises
+        :class:`RoundFailedError` when it cannot complete. Owners that do not answer a stage within
+        the deadline (``timeout``, doubled at every retry) are left out of the round from that
+        stage on, while at least the threshold remain."""
         cfg = self.config
         if len(owners) < max(cfg.min_owners, 2):
-            raise RuntimeError(f"round {r}: {len(owners)} owners, {cfg.min_owners} needed")
+            raise RoundFailedError(f"round {r}: {len(owners)} owners, {cfg.min_owners} needed")
         t0 = time.perf_counter()
+        timeout = cfg.timeout * 2**attempt
         vector = get_vector(self.model)
         length = len(vector) + self.model.blocks + 1
         threshold = cfg.threshold or max(2, len(owners) // 2 + 1)
@@ -274,37 +358,49 @@ class FederationServer:
             cfg.update_bound,
             frac_bits=cfg.frac_bits,
             neighbours=cfg.neighbours,
-            context=f"blindfed:{secrets.token_hex(8)}:{r}".encode(),
+            context=f"blindfed:{secrets.token_hex(8)}:{r}:{attempt}".encode(),
         )
         agg = SecAggServer(params)
         traffic = {n: 0 for n in owners}
 
         def ask(action: str, requests: dict[int, Payload]) -> dict[int, Payload]:
-            replies = transport.ask(action, requests, cfg.timeout)
+            for q in requests.values():
+                q.update(round=r, attempt=attempt)
+            replies = transport.ask(action, requests, timeout)
             for n, q in requests.items():
                 traffic[n] += _size(q) + (_size(replies[n]) if n in replies else 0)
+            missing = sorted(set(requests) - set(replies))
+            if missing:
+                self._say(
+                    f"round {r}: no {action} answer from owners {missing} within {timeout:.0f} s"
+                    f"; {len(replies)} go on ({threshold} needed)"
+                )
+            if len(replies) < threshold:
+                raise RoundFailedError(
+                    f"round {r}: {len(replies)} of {len(requests)} owners answered {action} "
+                    f"within {timeout:.0f} s, {threshold} needed"
+                )
             return replies
 
-        fit = ask(
-            "fit",
-            {
-                n: {
-                    "round": r,
-                    "model": vector,
-                    "config": cfg.owner_config(r),
-                    "params": params.to_bytes(),
-                }
-                for n in owners
-            },
-        )
-        roster = agg.roster({n: v["advert"] for n, v in fit.items()})
-        shared = ask("share", {n: {"round": r, "roster": roster} for n in fit})
-        inboxes = agg.route({n: v["bundle"] for n, v in shared.items()})
-        masked = ask("mask", {n: {"round": r, "inbox": box} for n, box in inboxes.items()})
-        request = agg.collect({n: v["masked"] for n, v in masked.items()})
-        answers = ask("unmask", {n: {"round": r, "request": request} for n in agg.survivors})
-        total = agg.aggregate({n: v["answer"] for n, v in answers.items()})
-        samples = apply_sum(self.model, total)
+        try:
+            fit = ask(
+                "fit",
+                {
+                    n: {"model": vector, "config": cfg.owner_config(r), "params": params.to_bytes()}
+                    for n in owners
+                },
+            )
+            roster = agg.roster({n: v["advert"] for n, v in fit.items()})
+            shared = ask("share", {n: {"roster": roster} for n in fit})
+            inboxes = agg.route({n: v["bundle"] for n, v in shared.items()})
+            masked = ask("mask", {n: {"inbox": box} for n, box in inboxes.items()})
+            request = agg.collect({n: v["masked"] for n, v in masked.items()})
+            answers = ask("unmask", {n: {"request": request} for n in agg.survivors})
+            total = agg.aggregate({n: v["answer"] for n, v in answers.items()})
+            check_sum(total, len(agg.survivors), self.model.blocks, cfg.update_bound)
+        except ValueError as e:  # the core's SecAgg errors and a refused sum
+            raise RoundFailedError(f"round {r}: {e}") from e
+        samples = apply_sum(self.model, total, self.optimizer)
         if self.audit:
             (self.state_dir / "audit").mkdir(exist_ok=True)
             np.save(self.state_dir / "audit" / f"round_{r}.npy", total)
@@ -377,6 +473,9 @@ class LocalTransport:
             node = self.owners[n]
             if self.fresh:
                 node = OwnerNode(node.directory, node.data, name=node.name)
-            replies[n] = answer(node, n, action, request)
+            try:
+                replies[n] = answer(node, n, action, request)
+            except Exception as e:  # as over Flower: a failed owner is absent from the replies
+                log.warning("owner %s failed %s: %s: %s", n, action, type(e).__name__, e)
         self.asked.append(action)
         return replies

@@ -207,6 +207,10 @@ class Provider:
                 raise MessageError("OwnerHello: needs public, relinearisation and rotation keys")
         session.owner, session.keys = msg.owner, keys
 
+    def close(self, session: str) -> None:
+        """Ends a session and drops its evaluation keys (an unknown session is a no-op)."""
+        self._sessions.pop(session, None)
+
     def _session(self, name: str) -> _Session:
         try:
             return self._sessions[name]

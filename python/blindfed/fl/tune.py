@@ -1,0 +1,290 @@
+"""``blindfed tune``: every learning rate of the demo chosen on a validation split.
+
+The split: each owner of the embedded default (``owners`` owners, Dirichlet(``alpha``) shares
+of the digits' training split, seed ``seed``) holds out a seeded ``fraction`` of each label's
+training images (:meth:`~blindfed.fl.owner_data.OwnerData.holdout`). Candidates train on the
+rest and are scored on the held-out images; the test split is never loaded. Three parts:
+
+- ``blindfed``: the federation itself (simulate mode, the real server, owners and SecAgg),
+  client learning rate x server optimiser (:data:`BLINDFED_GRID`), scored by the final
+  round's validation accuracy; the winner is the ``digits`` preset of :mod:`blindfed.fl.run`.
+- ``central``: the centralised baselines' learning rates (:mod:`blindfed.baselines`), trained
+  on the union of the owners' remaining images.
+- ``federated``: the federated baselines' client learning rates (:mod:`blindfed.fl.baselines`).
+
+Results go to ``out/tune.json`` as each candidate finishes; running again with the same
+``out`` skips the candidates already there (resumable). Ties go to the earlier candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BLINDFED_GRID", "CENTRAL_GRID", "FEDERATED_GRID", "PARTS", "TuneConfig", "run_tune"]
+
+log = logging.getLogger("blindfed.fl")
+
+PARTS: tuple[str, ...] = ("blindfed", "central", "federated")
+
+_SERVERS: tuple[dict[str, Any], ...] = (
+    {"server-optimizer": "fedavg", "server-lr": 1.0},
+    {"server-optimizer": "fedavgm", "server-lr": 1.0, "server-momentum": 0.9},
+    {"server-optimizer": "fedadam", "server-lr": 3e-3},
+)
+
+#: BlindFed's candidates: run-config keys over the ``paper`` preset's.
+BLINDFED_GRID: tuple[dict[str, Any], ...] = tuple(
+    {"lr": lr, **server} for server in _SERVERS for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+)
+
+#: The centralised baselines' learning rates (:class:`~blindfed.baselines.BaselineConfig`
+#: fields) and the methods that each one drives.
+CENTRAL_GRID: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
+    "head_lr": (("linear_probe", "student_head"), (3e-3, 1e-2, 3e-2)),
+    "lora_lr": (("lora",), (1e-3, 3e-3, 1e-2)),
+    "lr": (("full_finetune",), (3e-4, 1e-3, 3e-3)),
+}
+
+#: The federated baselines' client learning rates.
+FEDERATED_GRID: dict[str, tuple[float, ...]] = {
+    "fedavg_linear_probe": (3e-2, 1e-1, 3e-1, 1.0, 3.0),
+    "fedavg_lora": (3e-3, 1e-2, 3e-2, 1e-1),
+    "fedavg_full_finetune": (3e-3, 1e-2, 3e-2),
+}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    out: str = "blindfed-tune"
+    owners: int = 3
+    alpha: float = 1.0
+    seed: int = 0
+    rounds: int = 50
+    fraction: float = 0.2
+    #: BlindFed's candidates are scored by their mean over this many validation splits
+    #: (held-out draws ``seed``, ``seed + 1``, ...): one split of 288 digits moves by a digit
+    #: (0.35 points) between neighbouring candidates. The baselines use the first split.
+    splits: int = 3
+    parts: tuple[str, ...] = PARTS
+
+    def __post_init__(self) -> None:
+        unknown = set(self.parts) - set(PARTS)
+        if unknown or not self.parts:
+            raise ValueError(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+        if self.splits < 1:
+            raise ValueError(f"splits must be >= 1, got {self.splits}")
+        if self.owners < 2 or self.rounds < 1:
+            raise ValueError(f"need >= 2 owners and >= 1 round, got {self.owners}, {self.rounds}")
+
+
+class _Rows:
+    """``tune.json``: the settings and every finished candidate, written after each one."""
+
+    def __init__(self, path: Path, config: TuneConfig) -> None:
+        self.path = path
+        settings = {k: v for k, v in asdict(config).items() if k not in ("out", "parts")}
+        state = json.loads(path.read_text()) if path.exists() else {}
+        if state and state.get("settings") != settings:
+            raise ValueError(f"{path} was made with other settings {state['settings']}")
+        self.state = {"settings": settings, "split": "validation", "rows": [], **state}
+
+    def find(self, part: str, method: str, setting: dict[str, Any], split: int = 0) -> float | None:
+        for row in self.state["rows"]:
+            key = (row["part"], row["method"], row["setting"], row.get("split", 0))
+            if key == (part, method, setting, split):
+                return float(row["validation_accuracy"])
+        return None
+
+    def add(
+        self, part: str, method: str, setting: dict[str, Any], accuracy: float, split: int = 0
+    ) -> None:
+        self.state["rows"].append(
+            {
+                "part": part,
+                "method": method,
+                "setting": setting,
+                "split": split,
+                "validation_accuracy": accuracy,
+            }
+        )
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        os.replace(tmp, self.path)
+
+
+def _best(scored: Sequence[tuple[Any, float]]) -> Any:
+    return max(enumerate(scored), key=lambda e: (e[1][1], -e[0]))[1][0]
+
+
+def run_tune(config: TuneConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Runs the chosen parts; returns (and writes) ``{"settings", "split", "rows", "chosen"}``."""
+    import numpy as np
+
+    say = progress or print
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _Rows(out / "tune.json", config)
+    splits = [_split(config, j) for j in range(config.splits)]
+    shares = splits[0]
+    say(
+        f"tune: {config.owners} owners, {sum(len(s.train_labels) for s in shares)} training and "
+        f"{sum(len(s.test_labels) for s in shares)} validation digits per split, "
+        f"{config.splits} splits (the test split unused)"
+    )
+    chosen: dict[str, Any] = rows.state.get("chosen", {})
+    if "blindfed" in config.parts:
+        chosen["blindfed"] = _blindfed(config, splits, rows, out, say)
+    if "central" in config.parts:
+        train_x = np.concatenate([s.train_images for s in shares])
+        train_y = np.concatenate([s.train_labels for s in shares])
+        val_x = np.concatenate([s.test_images for s in shares])
+        val_y = np.concatenate([s.test_labels for s in shares])
+        chosen["central"] = _central(config, (train_x, train_y, val_x, val_y), rows, say)
+    if "federated" in config.parts:
+        chosen["federated"] = _federated(config, shares, rows, chosen.get("blindfed"), say)
+    rows.state["chosen"] = chosen
+    rows.save()
+    return rows.state
+
+
+def _split(config: TuneConfig, j: int) -> list:
+    """Validation split ``j``: the owners' shares (as in the demo) with draw ``seed + j``
+    held out."""
+    from blindfed.fl.owner_data import OwnerData
+
+    return [
+        OwnerData.digits_share(k, config.owners, alpha=config.alpha, seed=config.seed).holdout(
+            config.fraction, seed=config.seed + j
+        )
+        for k in range(config.owners)
+    ]
+
+
+def _blindfed(config: TuneConfig, splits: list, rows: _Rows, out: Path, say: Callable) -> dict:
+    from blindfed import zoo
+
+    student = zoo.load_student()
+    scored = []
+    for i, candidate in enumerate(BLINDFED_GRID):
+        accuracies = []
+        for j, shares in enumerate(splits):
+            accuracy = rows.find("blindfed", "blindfed", candidate, j)
+            if accuracy is None:
+                accuracy = _federate(config, candidate, shares, student, out, f"{i}-{j}", j)
+                rows.add("blindfed", "blindfed", candidate, accuracy, j)
+            accuracies.append(accuracy)
+        mean = sum(accuracies) / len(accuracies)
+        shown = ", ".join(f"{a:.1f}" for a in accuracies)
+        say(f"blindfed {candidate}: {mean:.1f} % on validation (splits: {shown})")
+        scored.append((candidate, mean))
+    return _best(scored)
+
+
+def _federate(
+    config: TuneConfig,
+    candidate: dict[str, Any],
+    shares: list,
+    student: Any,
+    out: Path,
+    name: str,
+    split: int,
+) -> float:
+    """One BlindFed federation on one validation split; its final round's accuracy."""
+    from blindfed.fl.owner_node import OwnerNode
+    from blindfed.fl.run import PRESETS, merge_settings, provide
+    from blindfed.fl.server import LocalTransport, RoundFailedError
+
+    owners = out / ("owners" if split == 0 else f"owners-split{split}")
+    nodes = {}
+    for k, share in enumerate(shares):
+        directory = owners / f"owner-{k}"
+        # Each candidate's rounds start afresh; the cached block outputs are kept.
+        shutil.rmtree(directory / "rounds", ignore_errors=True)
+        nodes[k + 1] = OwnerNode(directory, share, name=str(k + 1))
+    settings = merge_settings(
+        {},
+        {
+            **PRESETS["paper"],
+            **candidate,
+            "rounds": config.rounds,
+            "min-owners": config.owners,
+            "mode": "simulate",
+            "seed": config.seed,
+            "state-dir": str(out / "blindfed" / f"candidate-{name}"),
+        },
+    )
+    try:
+        result = provide(settings, LocalTransport(nodes), {"student": student})
+    except (RoundFailedError, ValueError) as e:
+        # Diverged (an owner's update is not finite, so it cannot be encoded): it scores 0.
+        log.warning("candidate %s on split %d failed: %s", candidate, split, e)
+        return 0.0
+    return float(result["history"][-1]["accuracy"])
+
+
+def _central(config: TuneConfig, data: tuple, rows: _Rows, say: Callable) -> dict:
+    from blindfed.baselines import BaselineConfig, run_baselines
+
+    chosen = {}
+    for field_name, (methods, values) in CENTRAL_GRID.items():
+        scored = []
+        for value in values:
+            setting = {field_name: value}
+            accuracies = [rows.find("central", m, setting) for m in methods]
+            if None in accuracies:
+                results = run_baselines(
+                    *data,
+                    methods=methods,
+                    config=BaselineConfig(seed=config.seed, **setting),  # type: ignore[arg-type]
+                )
+                accuracies = [results[m]["accuracy"] for m in methods]
+                for m, a in zip(methods, accuracies, strict=True):
+                    rows.add("central", m, setting, a)
+            mean = sum(accuracies) / len(accuracies)  # type: ignore[arg-type]
+            say(f"central {'/'.join(methods)} {setting}: {mean:.1f} % on validation")
+            scored.append((value, mean))
+        chosen[field_name] = _best(scored)
+    return chosen
+
+
+def _federated(
+    config: TuneConfig, shares: list, rows: _Rows, blindfed: dict | None, say: Callable
+) -> dict:
+    """With BlindFed's chosen server optimiser (when that part ran), so that the baselines
+    and BlindFed differ only in what the owners train."""
+    from blindfed import zoo
+    from blindfed.fl.baselines import FederatedBaselineConfig, run_federated
+
+    teacher = zoo.load("mnist_vit")
+    server = {k: v for k, v in (blindfed or {}).items() if k.startswith("server-")}
+    chosen = {}
+    for method, values in FEDERATED_GRID.items():
+        scored = []
+        for lr in values:
+            setting = {"lr": lr, **server}
+            accuracy = rows.find("federated", method, setting)
+            if accuracy is None:
+                cfg = FederatedBaselineConfig(
+                    rounds=config.rounds,
+                    lr={method: lr},
+                    seed=config.seed,
+                    **{k.replace("-", "_"): v for k, v in server.items()},
+                )
+                accuracy = run_federated(shares, teacher, methods=(method,), config=cfg)[method][
+                    "accuracy"
+                ]
+                rows.add("federated", method, setting, accuracy)
+            say(f"federated {method} lr {lr:g}: {accuracy:.1f} % on validation")
+            scored.append((lr, accuracy))
+        chosen[method] = _best(scored)
+    return chosen
