@@ -280,6 +280,7 @@ def tune_cmd(args: argparse.Namespace) -> int:
             seed=args.seed,
             rounds=args.rounds,
             fraction=args.fraction,
+            **({"splits": args.splits} if args.splits is not None else {}),
             parts=tuple(p for p in args.parts.split(",") if p),
         )
     except ValueError as e:
@@ -425,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fraction", type=float, default=0.2, help="validation share of each owner's training"
     )
+    p.add_argument("--splits", type=int, help="validation splits BlindFed is scored on (default 3)")
     p.add_argument("--parts", default="blindfed,central,federated", help="what to tune")
     p.add_argument("--seed", type=int, default=0, help="data split and training seed")
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")

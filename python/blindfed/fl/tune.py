@@ -7,7 +7,8 @@ rest and are scored on the held-out images; the test split is never loaded. Thre
 
 - ``blindfed``: the federation itself (simulate mode, the real server, owners and SecAgg),
   client learning rate x server optimiser (:data:`BLINDFED_GRID`), scored by the final
-  round's validation accuracy; the winner is the ``digits`` preset of :mod:`blindfed.fl.run`.
+  round's validation accuracy averaged over ``splits`` validation splits; the winner is the
+  ``digits`` preset of :mod:`blindfed.fl.run`.
 - ``central``: the centralised baselines' learning rates (:mod:`blindfed.baselines`), trained
   on the union of the owners' remaining images.
 - ``federated``: the federated baselines' client learning rates (:mod:`blindfed.fl.baselines`).
