@@ -443,11 +443,11 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
             progress=say,
         )
         from blindfed.fl.baselines import FederatedBaselineConfig, run_federated
-        from blindfed.fl.run import merge_settings
+        from blindfed.fl.run import federation_config, merge_settings
 
         say("baselines: plaintext, federated (FedAvg, secure aggregation), the same owners")
-        federated = FederatedBaselineConfig.from_settings(
-            merge_settings({}, _settings(config, out))
+        federated = FederatedBaselineConfig.from_federation(
+            federation_config(merge_settings({}, _settings(config, out)))
         )
         report["baselines"].update(
             run_federated(shares, teacher, methods=DEMO_FEDERATED, config=federated, progress=say)

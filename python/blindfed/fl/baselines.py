@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from blindfed.baselines import _accuracy, _copy, _head_inputs, _new_head, add_lo
 from blindfed.fl.fedavg import LocalTraining, Schedule
 from blindfed.fl.owner_data import OwnerData
 from blindfed.fl.secure_sum import secure_sum
+from blindfed.fl.server import FederationConfig
 from blindfed.fl.server_opt import ServerOptimizer
 from blindfed.nn.vit import ViT
 
@@ -89,26 +90,19 @@ class FederatedBaselineConfig:
             raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
 
     @classmethod
-    def from_settings(cls, s: dict[str, Any], **kw: Any) -> FederatedBaselineConfig:
-        """The baselines of a federation run with run-config settings ``s`` (merged, see
-        :func:`blindfed.fl.run.merge_settings`): the same rounds, schedule shape, local
-        training and server optimiser; their own client learning rates."""
-        from blindfed.fl.run import milestones
-
+    def from_federation(cls, fed: FederationConfig, **kw: Any) -> FederatedBaselineConfig:
+        """The baselines of a federation run with ``fed``: the same rounds, schedule shape,
+        local training (without BlindFed's block dropout) and server optimiser; their own
+        client learning rates."""
         return cls(
-            rounds=int(s["rounds"]),
-            milestones=milestones(s["milestones"]),
-            gamma=float(s["gamma"]),
-            local=LocalTraining(
-                epochs=int(s["local-epochs"]),
-                batch_size=int(s["batch-size"]),
-                momentum=float(s["momentum"]),
-                block_dropout=0.0,
-            ),
-            server_optimizer=str(s["server-optimizer"]),
-            server_lr=float(s["server-lr"]),
-            server_momentum=float(s["server-momentum"]),
-            seed=int(s["seed"]),
+            rounds=fed.rounds,
+            milestones=tuple(fed.milestones),
+            gamma=fed.gamma,
+            local=replace(fed.local, block_dropout=0.0),
+            server_optimizer=fed.server_optimizer,
+            server_lr=fed.server_lr,
+            server_momentum=fed.server_momentum,
+            seed=fed.seed,
             **kw,
         )
 

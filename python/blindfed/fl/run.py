@@ -23,6 +23,7 @@ from typing import Any
 __all__ = [
     "DEFAULTS",
     "PRESETS",
+    "federation_config",
     "merge_settings",
     "milestones",
     "online_local",
@@ -117,26 +118,12 @@ def _check_hooks(hooks: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(hooks or {})
 
 
-def _server(s: Mapping[str, Any], hooks: dict[str, Any]) -> Any:
-    """The provider (its student from ``hooks`` or an LSP-local path) and its federation."""
-    from blindfed import zoo
+def federation_config(s: Mapping[str, Any]) -> Any:
+    """The :class:`~blindfed.fl.server.FederationConfig` of merged run-config settings."""
     from blindfed.fl.fedavg import LocalTraining
-    from blindfed.fl.server import FederationConfig, FederationServer
-    from blindfed.nn.student import Student
-    from blindfed.protocol import Provider
+    from blindfed.fl.server import FederationConfig
 
-    student = hooks.get("student")
-    if student is None:
-        # LSP-local weights: a path on this machine, or the package's own student.
-        student = Student.load(s["student"]).eval() if s["student"] else zoo.load_student()
-    provider = Provider(
-        student,
-        mode=s["mode"],
-        privacy=bool(s["privacy"]),
-        on_block=hooks.get("on_block"),
-        on_stage=hooks.get("on_stage"),
-    )
-    config = FederationConfig(
+    return FederationConfig(
         rounds=int(s["rounds"]),
         lr=float(s["lr"]),
         milestones=milestones(s["milestones"]),
@@ -157,9 +144,29 @@ def _server(s: Mapping[str, Any], hooks: dict[str, Any]) -> Any:
         retries=int(s["retries"]),
         seed=int(s["seed"]),
     )
+
+
+def _server(s: Mapping[str, Any], hooks: dict[str, Any]) -> Any:
+    """The provider (its student from ``hooks`` or an LSP-local path) and its federation."""
+    from blindfed import zoo
+    from blindfed.fl.server import FederationServer
+    from blindfed.nn.student import Student
+    from blindfed.protocol import Provider
+
+    student = hooks.get("student")
+    if student is None:
+        # LSP-local weights: a path on this machine, or the package's own student.
+        student = Student.load(s["student"]).eval() if s["student"] else zoo.load_student()
+    provider = Provider(
+        student,
+        mode=s["mode"],
+        privacy=bool(s["privacy"]),
+        on_block=hooks.get("on_block"),
+        on_stage=hooks.get("on_stage"),
+    )
     return FederationServer(
         provider,
-        config,
+        federation_config(s),
         s["state-dir"],
         audit=bool(s["audit"]),
         progress=hooks.get("progress"),

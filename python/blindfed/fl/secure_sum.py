@@ -20,7 +20,13 @@ import numpy as np
 
 from blindfed._core import SecAggOwner, SecAggParams, SecAggServer
 
-__all__ = ["secure_sum"]
+__all__ = ["majority", "secure_sum"]
+
+
+def majority(owners: int) -> int:
+    """The default unmasking threshold of a round with ``owners`` owners: a majority, and
+    at least 2."""
+    return max(2, owners // 2 + 1)
 
 
 def secure_sum(
@@ -40,7 +46,7 @@ def secure_sum(
         raise ValueError(f"vectors must be 1-d and of one length, got shapes {sorted(lengths)}")
     params = SecAggParams(
         owners,
-        max(2, len(owners) // 2 + 1),
+        majority(len(owners)),
         next(iter(lengths))[0],
         bound,
         frac_bits=frac_bits,

@@ -32,6 +32,7 @@ from blindfed.fl.fedavg import (
     make_model,
 )
 from blindfed.fl.owner_node import OwnerNode
+from blindfed.fl.secure_sum import majority
 from blindfed.fl.server_opt import ServerOptimizer
 from blindfed.protocol import Provider
 from blindfed.protocol.messages import ForwardRequest, Offer, OwnerHello, decode
@@ -350,7 +351,7 @@ class FederationServer:
         timeout = cfg.timeout * 2**attempt
         vector = get_vector(self.model)
         length = len(vector) + self.model.blocks + 1
-        threshold = cfg.threshold or max(2, len(owners) // 2 + 1)
+        threshold = cfg.threshold or majority(len(owners))
         params = SecAggParams(
             owners,
             threshold,

@@ -176,14 +176,14 @@ def _cell(config: StudyConfig, key: dict[str, Any], out: Path) -> float:
         return float(result["history"][-1]["accuracy"])
     from blindfed import zoo
     from blindfed.fl.baselines import FederatedBaselineConfig, run_federated
-    from blindfed.fl.run import merge_settings
+    from blindfed.fl.run import federation_config, merge_settings
 
     settings = merge_settings({}, {"rounds": config.rounds, "seed": config.seed})
     results = run_federated(
         _shares(config, owners, alpha),
         zoo.load("mnist_vit"),
         methods=(method,),
-        config=FederatedBaselineConfig.from_settings(settings),
+        config=FederatedBaselineConfig.from_federation(federation_config(settings)),
     )
     return float(results[method]["accuracy"])
 
