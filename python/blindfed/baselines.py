@@ -7,8 +7,10 @@ data (in the demo: the union of the owners' training digits, scored on the test 
 
 - ``teacher_zero_shot``, ``student_zero_shot``: no training; the models' own MNIST heads on the
   test images (the digits are 0-9 like MNIST, so this is a meaningful floor).
-- ``linear_probe``: the teacher frozen; a new linear head on its final-norm class token (the
-  input of :meth:`blindfed.nn.vit.ViT.head_logits`' ``head``).
+- ``linear_probe``: the teacher frozen; a new linear head on its final-norm tokens, read out as
+  :class:`BaselineConfig`'s ``probe_readout`` says (the class token, the input of
+  :meth:`blindfed.nn.vit.ViT.head_logits`' ``head``; the mean of the patch tokens; or both;
+  :data:`blindfed.nn.adapter.READOUTS`).
 - ``student_head``: the same on the frozen FHE-friendly student (its torch forward path, the
   polynomial approximations in eval mode): "the student without adapters".
 - ``lora``: LoRA (Hu et al. 2021) of rank ``r`` on the attention ``qkv`` and ``proj`` linears
@@ -31,7 +33,8 @@ tuned rate per method. The learning rates were chosen on a validation split, nev
 split (``blindfed tune``: 20 % of each owner's training digits held out, 3 owners,
 Dirichlet(1); accuracy on the 288 held-out digits): full fine-tuning ``lr`` from (3e-4, 1e-3,
 3e-3): 99.0, 99.3, 99.0 %; LoRA ``lora_lr`` from (1e-3, 3e-3, 1e-2): 98.6, 99.3, 98.3 %; the
-probes' head ``head_lr`` from (3e-3, 1e-2, 3e-2), mean of the two probes: 95.7, 96.2, 96.9 %.
+probes' head ``head_lr`` from (3e-3, 1e-2, 3e-2), mean of the two probes: 95.7, 96.2, 96.9 %;
+then their ``probe_readout`` at that rate (docs/federation.md has the figures).
 The probes' lone head trains on fixed features for 50 epochs (at its plateau).
 
 >>> from blindfed.baselines import METHODS, BaselineConfig
@@ -57,6 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from blindfed.nn.adapter import check_readout, read_out, readout_width
 from blindfed.nn.student import Student
 from blindfed.nn.vit import ViT
 
@@ -104,7 +108,9 @@ class BaselineConfig:
     ``epochs`` and ``lr`` (AdamW) are for LoRA and full fine-tuning, which run the model every
     step; ``probe_epochs`` and ``head_lr`` for the probes (``linear_probe``, ``student_head``),
     whose new head trains on features computed once, so that they are trained to their plateau
-    at little cost. ``lora_rank`` is ``r`` (``alpha = r``). ``threads``: torch's intra-op
+    at little cost, and ``probe_readout`` is how their head reads the final-norm tokens (the
+    same choice BlindFed's head has; LoRA and full fine-tuning keep the model's own class-token
+    head). ``lora_rank`` is ``r`` (``alpha = r``). ``threads``: torch's intra-op
     threads while :func:`run_baselines` runs (restored after; ``None`` leaves them alone). The
     default is one: on these small matrices the threads' synchronisation costs more than they
     gain, by far when the other cores are busy (two epochs of full fine-tuning on the 1,438
@@ -117,6 +123,7 @@ class BaselineConfig:
     lora_lr: float = 3e-3
     head_lr: float = 3e-2
     probe_epochs: int = 50
+    probe_readout: str = "cls+mean"
     weight_decay: float = 1e-4
     lora_rank: int = 8
     seed: int = 0
@@ -135,6 +142,7 @@ class BaselineConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        check_readout(self.probe_readout, "probe_readout")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 
@@ -254,12 +262,14 @@ def _methods(methods: Iterable[str]) -> tuple[str, ...]:
 # ---- training and scoring -----------------------------------------------------------------------
 
 
-def _new_head(model: ViT, seed: int) -> nn.Linear:
-    """A fresh ``nn.Linear`` like ``model.head``, drawn under ``seed`` on the model's device."""
+def _new_head(model: ViT, seed: int, readout: str = "cls") -> nn.Linear:
+    """A fresh ``nn.Linear`` like ``model.head`` (reading ``readout``'s features), drawn under
+    ``seed`` on the model's device."""
     old = model.head
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = nn.Linear(old.in_features, old.out_features, dtype=old.weight.dtype)
+        inputs = readout_width(old.in_features, readout)
+        head = nn.Linear(inputs, old.out_features, dtype=old.weight.dtype)
     return head.to(old.weight.device)
 
 
@@ -286,18 +296,24 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _head_inputs(model: ViT, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """What ``model.head`` receives in the model's own forward pass: the class token after the
-    final norm (read with a hook, so the model's forward path runs unchanged)."""
+def _head_inputs(
+    model: ViT, images: torch.Tensor, readout: str = "cls", batch: int = 256
+) -> torch.Tensor:
+    """The model's final-norm tokens in its own forward pass, read out by ``readout`` (with
+    ``"cls"``: what ``model.head`` receives). Read with a hook, so the forward path runs
+    unchanged."""
     seen: list[torch.Tensor] = []
-    hook = model.head.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    hook = model.norm.register_forward_hook(
+        lambda _, __, out: seen.append(read_out(out.detach(), readout))
+    )
     try:
         with _evaluating(model):
             for i in range(0, len(images), batch):
                 model(images[i : i + batch])
     finally:
         hook.remove()
-    return torch.cat(seen) if seen else images.new_zeros(0, model.head.in_features)
+    width = readout_width(model.head.in_features, readout)
+    return torch.cat(seen) if seen else images.new_zeros(0, width)
 
 
 @torch.no_grad()
@@ -348,8 +364,9 @@ def _probe(
 ) -> tuple[float, int]:
     """A new head on the frozen ``model``'s final features (computed once; ``model`` is only
     read)."""
-    features, test_features = _head_inputs(model, x), _head_inputs(model, xt)
-    head = _new_head(model, cfg.seed)
+    readout = cfg.probe_readout
+    features, test_features = _head_inputs(model, x, readout), _head_inputs(model, xt, readout)
+    head = _new_head(model, cfg.seed, readout)
     count = _fit(head, head, features, y, cfg, cfg.head_lr, cfg.probe_epochs)
     return _accuracy(head, test_features, yt), count
 
@@ -373,8 +390,9 @@ def _label(method: str, config: BaselineConfig) -> str:
     return {
         "teacher_zero_shot": "Teacher zero-shot (its own MNIST head)",
         "student_zero_shot": "Student zero-shot (its own MNIST head)",
-        "linear_probe": "Linear probe on the frozen teacher",
-        "student_head": "New head on the frozen student (no adapters)",
+        "linear_probe": f"Linear probe on the frozen teacher (readout {config.probe_readout})",
+        "student_head": "New head on the frozen student (no adapters, readout "
+        f"{config.probe_readout})",
         "lora": f"LoRA (rank {config.lora_rank}) on the teacher",
         "full_finetune": "Full fine-tuning of the teacher",
     }[method]

@@ -62,7 +62,10 @@ def demo(args: argparse.Namespace) -> int:
             threads=args.threads,
             seed=args.seed,
             progress=args.progress,
-            settings={"preset": args.preset} if args.preset else {},
+            settings={
+                **({"preset": args.preset} if args.preset else {}),
+                **({"readout": args.readout} if args.readout else {}),
+            },
         )
     except ValueError as err:
         print(f"blindfed: {err}", file=sys.stderr)
@@ -281,7 +284,7 @@ def tune_cmd(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             fraction=args.fraction,
             **({"splits": args.splits} if args.splits is not None else {}),
-            parts=tuple(p for p in args.parts.split(",") if p),
+            **({"parts": tuple(p for p in args.parts.split(",") if p)} if args.parts else {}),
         )
     except ValueError as e:
         print(f"blindfed tune: {e}", file=sys.stderr)
@@ -330,8 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="learning rates and server optimiser: digits (the default, chosen on a validation "
-        "split by blindfed tune) or paper (the paper's schedule for CIFAR)",
+        help="learning rates, server optimiser and readout: digits (the default, chosen on a "
+        "validation split by blindfed tune) or paper (the paper's schedule for CIFAR)",
+    )
+    p.add_argument(
+        "--readout",
+        help="what the head reads of the last block: cls (the class token), mean (of the patch "
+        "tokens) or cls+mean (default: the preset's)",
     )
     p.add_argument(
         "--distill-epochs",
@@ -427,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         "--fraction", type=float, default=0.2, help="validation share of each owner's training"
     )
     p.add_argument("--splits", type=int, help="validation splits BlindFed is scored on (default 3)")
-    p.add_argument("--parts", default="blindfed,central,federated", help="what to tune")
+    p.add_argument(
+        "--parts", help="what to tune, comma-separated (default: every part of blindfed.fl.tune)"
+    )
     p.add_argument("--seed", type=int, default=0, help="data split and training seed")
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
     p.add_argument("--json", help="also write the results here (they are always in --out)")

@@ -92,6 +92,11 @@ class DemoConfig:
             value = getattr(self, name)
             if value is not None and value < self.owners:
                 raise ValueError(f"{name} must give every owner a sample, got {value}")
+        from blindfed.fl.run import federation_config, merge_settings
+
+        # Settings a run would refuse (unknown keys, presets, readouts) are refused now, not
+        # after the online phase.
+        federation_config(merge_settings({}, self.settings))
 
 
 class _Bars:
@@ -466,10 +471,12 @@ def summary(report: dict[str, Any]) -> str:
     """The short table printed at the end of the demo."""
     from blindfed.report import accuracy_rows
 
-    lines = [f"{'method':58} {'setting':48} {'accuracy':>9}"]
-    for name, setting, acc in accuracy_rows(report):
+    rows = accuracy_rows(report)
+    width = max([len("method"), *(len(name) for name, _, _ in rows)])
+    lines = [f"{'method':{width}} {'setting':48} {'accuracy':>9}"]
+    for name, setting, acc in rows:
         shown = "-" if acc is None else f"{acc:.1f} %"
-        lines.append(f"{name:58} {setting:48} {shown:>9}")
+        lines.append(f"{name:{width}} {setting:48} {shown:>9}")
     online = report["online"]
     samples = sum(o["train_samples"] + o["test_samples"] for o in report["owners"])
     lines.append("")

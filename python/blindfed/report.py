@@ -57,9 +57,10 @@ def accuracy_rows(report: dict[str, Any]) -> list[tuple[str, str, float | None]]
     rows: list[tuple[str, str, float | None]] = []
     fed = report.get("federation") or {}
     if fed.get("rounds"):
+        readout = (fed.get("settings") or {}).get("readout", "cls")
         rows.append(
             (
-                f"BlindFed (adapters rank {report['settings']['rank']}, "
+                f"BlindFed (adapters rank {report['settings']['rank']}, readout {readout}, "
                 f"{len(fed['rounds'])} rounds, {len(report['owners'])} owners)",
                 f"double-blind, federated, {report['mode']}",
                 fed["rounds"][-1].get("accuracy"),
@@ -168,7 +169,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"Optimisation ({preset}, chosen on a validation split by `blindfed tune`): "
                 f"SGD at client lr {s['lr']:g} (x{s['gamma']:g} from rounds "
                 f"{s['milestones'] or 'never'}), {s['local-epochs']} local epochs; server "
-                f"optimiser {s['server-optimizer']} at lr {s['server-lr']:g}.",
+                f"optimiser {s['server-optimizer']} at lr {s['server-lr']:g}; readout "
+                f"{s.get('readout', 'cls')} (the head on the class token, `cls`, the mean of "
+                "the patch tokens, `mean`, or both).",
                 "",
             ]
     out += [f"Total wall time {report['seconds']:.0f} s.", ""]

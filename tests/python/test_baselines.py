@@ -23,6 +23,8 @@ from blindfed.recipes import digits_for_mnist_model  # noqa: E402
 # LoRA of rank 8 on qkv (64 -> 192) and proj (64 -> 64) of each of the 4 blocks, and the head.
 LORA_FACTORS = 4 * (8 * 64 + 192 * 8 + 8 * 64 + 64 * 8)
 HEAD = 64 * 10 + 10
+#: The probes' head reads the class token and the mean of the patch tokens by default.
+PROBE_HEAD = 2 * 64 * 10 + 10
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +137,8 @@ def test_every_method_reports_what_it_promises(run, teacher):
     expected = {
         "teacher_zero_shot": 0,
         "student_zero_shot": 0,
-        "linear_probe": HEAD,
-        "student_head": HEAD,
+        "linear_probe": PROBE_HEAD,
+        "student_head": PROBE_HEAD,
         "lora": LORA_FACTORS + HEAD,
         "full_finetune": full,
     }

@@ -110,6 +110,59 @@ def test_presets_fill_the_keys_they_name_and_explicit_overrides_win():
         milestones("25;40")
 
 
+def test_readouts_read_what_they_name_and_travel_to_the_owners():
+    from blindfed.baselines import BaselineConfig, run_baselines
+    from blindfed.nn.adapter import READOUTS, AdaptedClassifier, read_out
+
+    tokens = torch.randn(5, 4, 3)
+    assert torch.equal(read_out(tokens, "cls"), tokens[:, 0])
+    assert torch.allclose(read_out(tokens, "mean"), tokens[:, 1:].mean(1))
+    assert read_out(tokens, "cls+mean").shape == (5, 6)
+    with pytest.raises(ValueError, match="unknown readout 'max'"):
+        read_out(tokens, "max")
+    with pytest.raises(ValueError, match="patch tokens"):
+        read_out(tokens[:, :1], "mean")
+    # The head reads what the readout gives; only the class token's path matters under "cls".
+    outputs = torch.randn(2, 3, 4, 8)
+    for readout in READOUTS:
+        torch.manual_seed(0)
+        model = AdaptedClassifier(3, 8, 5, rank=2, readout=readout)
+        assert model.head.in_features == (16 if readout == "cls+mean" else 8)
+        moved = outputs.clone()
+        moved[:, :, 1:] += torch.randn_like(moved[:, :, 1:])
+        changed = not torch.allclose(model(outputs), model(moved))
+        assert changed == (readout != "cls")
+    # The run config names it; the federation's owners build the same model from their config.
+    settings = merge_settings({}, {"readout": "mean"})
+    fed = __import__("blindfed.fl.run", fromlist=["x"]).federation_config(settings)
+    assert fed.readout == "mean" and '"readout": "mean"' in fed.owner_config(1)
+    assert merge_settings({}, {"preset": "paper"})["readout"] == "cls"
+    with pytest.raises(ValueError, match="unknown readout"):
+        make_model(2, 8, 3, 1, "max")
+    from blindfed.demo import DemoConfig
+
+    with pytest.raises(ValueError, match="unknown readout 'max'"):
+        DemoConfig(settings={"readout": "max"})  # refused before any pass runs
+    # The probes offer the same readouts (a head twice as wide on cls+mean).
+    rng = np.random.default_rng(0)
+    images = rng.random((30, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, 30)
+    widths = {
+        readout: run_baselines(
+            images,
+            labels,
+            images[:10],
+            labels[:10],
+            methods=("linear_probe",),
+            config=BaselineConfig(probe_epochs=1, probe_readout=readout),
+        )["linear_probe"]["trainable_parameters"]
+        for readout in READOUTS
+    }
+    assert widths == {"cls": 650, "mean": 650, "cls+mean": 1290}
+    with pytest.raises(ValueError, match="probe_readout"):
+        BaselineConfig(probe_readout="max")
+
+
 def test_secure_sum_in_process_is_the_fixed_point_sum():
     rng = np.random.default_rng(0)
     vectors = {i: rng.uniform(-3, 3, 50) for i in (4, 9, 11)}
@@ -148,15 +201,30 @@ def test_federated_baselines_train_through_secure_aggregation_and_leave_the_teac
 def test_tune_scores_candidates_on_validation_and_resumes(tmp_path, monkeypatch):
     from blindfed.fl import tune
 
-    monkeypatch.setattr(tune, "BLINDFED_GRID", ({"lr": 1e-3}, {"lr": 3e-2}))
-    monkeypatch.setattr(tune, "CENTRAL_GRID", {"head_lr": (("linear_probe",), (1e-3, 1e-2))})
+    stages = {"blindfed": ({"lr": 1e-3}, {"lr": 3e-2}), "readout": ({"readout": "mean"},)}
+    monkeypatch.setattr(tune, "BLINDFED_STAGES", stages)
+    monkeypatch.setattr(
+        tune,
+        "CENTRAL_GRID",
+        {
+            "head_lr": (("linear_probe",), (1e-3, 1e-2)),
+            "probe_readout": (("linear_probe",), ("cls", "mean")),
+        },
+    )
     monkeypatch.setattr(tune, "FEDERATED_GRID", {"fedavg_linear_probe": (1e-3, 1e-1)})
     cfg = tune.TuneConfig(out=str(tmp_path / "t"), owners=2, rounds=2, fraction=0.2, splits=2)
     report = tune.run_tune(cfg, progress=lambda _: None)
     rows = report["rows"]
-    # BlindFed: 2 candidates x 2 validation splits; the baselines: 2 candidates on split 0.
-    assert report["split"] == "validation" and len(rows) == 4 + 2 + 2
+    # BlindFed: 2 candidates x 2 validation splits, then 1 readout x 2 splits; the baselines
+    # on split 0: 2 rates then 2 readouts (central), 2 rates then 3 readouts (federated).
+    assert report["split"] == "validation" and len(rows) == 4 + 2 + 4 + 5
     assert sorted(r["split"] for r in rows if r["part"] == "blindfed") == [0, 0, 1, 1]
+    # A stage's candidates lie over the previous stage's choice.
+    assert report["chosen"]["readout"] == {**report["chosen"]["blindfed"], "readout": "mean"}
+    # The probes' readout is tried at the rate chosen before it.
+    head_lr = report["chosen"]["central"]["head_lr"]
+    assert {"head_lr": head_lr, "probe_readout": "mean"} in [r["setting"] for r in rows]
+    assert report["chosen"]["federated"]["probe_readout"] in ("cls", "mean", "cls+mean")
 
     def mean(part, setting):
         scored = [
@@ -164,7 +232,7 @@ def test_tune_scores_candidates_on_validation_and_resumes(tmp_path, monkeypatch)
         ]
         return sum(scored) / len(scored)
 
-    best = max(tune.BLINDFED_GRID, key=lambda c: mean("blindfed", c))
+    best = max(stages["blindfed"], key=lambda c: mean("blindfed", c))
     assert report["chosen"]["blindfed"] == best
     lrs = tune.FEDERATED_GRID["fedavg_linear_probe"]
     best_lr = max(lrs, key=lambda lr: mean("federated", {"lr": lr}))

@@ -14,9 +14,10 @@ owners, the same rounds and the same secure aggregation as BlindFed's federation
 - the final round's model is scored on the union of the owners' test images.
 
 Methods (new heads and LoRA factors drawn from ``seed``; the teacher is never modified):
-``fedavg_linear_probe`` (a new head on the frozen teacher's final class token, features computed
-once), ``fedavg_lora`` (rank-r LoRA on every block's ``qkv`` and ``proj`` plus a new head) and
-``fedavg_full_finetune`` (every weight plus a new head). Learning rates: see
+``fedavg_linear_probe`` (a new head on the frozen teacher's final-norm tokens read out as
+``probe_readout`` says, features computed once), ``fedavg_lora`` (rank-r LoRA on every
+block's ``qkv`` and ``proj`` plus a new head) and ``fedavg_full_finetune`` (every weight plus a
+new head). Learning rates: see
 :class:`FederatedBaselineConfig` (chosen on the validation split by ``blindfed tune``).
 """
 
@@ -37,6 +38,7 @@ from blindfed.fl.owner_data import OwnerData
 from blindfed.fl.secure_sum import secure_sum
 from blindfed.fl.server import FederationConfig
 from blindfed.fl.server_opt import ServerOptimizer
+from blindfed.nn.adapter import check_readout
 from blindfed.nn.vit import ViT
 
 __all__ = ["FEDERATED_METHODS", "FEDERATED_SETTING", "FederatedBaselineConfig", "run_federated"]
@@ -73,6 +75,8 @@ class FederatedBaselineConfig:
     server_lr: float = 1.0
     server_momentum: float = 0.9
     lora_rank: int = 8
+    #: how the linear probe's head reads the teacher's final tokens (chosen on validation).
+    probe_readout: str = "mean"
     update_bound: float = 2.0**20
     seed: int = 0
     #: torch's intra-op threads while the baselines run (restored after; None: left alone).
@@ -88,6 +92,7 @@ class FederatedBaselineConfig:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+        check_readout(self.probe_readout, "probe_readout")
 
     @classmethod
     def from_federation(cls, fed: FederationConfig, **kw: Any) -> FederatedBaselineConfig:
@@ -112,7 +117,8 @@ class FederatedBaselineConfig:
 
 def _label(method: str, config: FederatedBaselineConfig) -> str:
     return {
-        "fedavg_linear_probe": "FedAvg of a linear probe on the frozen teacher",
+        "fedavg_linear_probe": "FedAvg of a linear probe on the frozen teacher (readout "
+        f"{config.probe_readout})",
         "fedavg_lora": f"FedAvg of LoRA (rank {config.lora_rank}) on the teacher",
         "fedavg_full_finetune": "FedAvg of full fine-tuning of the teacher",
     }[method]
@@ -123,9 +129,10 @@ class _Task:
 
     def __init__(self, method: str, teacher: ViT, config: FederatedBaselineConfig) -> None:
         self.probe = method == "fedavg_linear_probe"
+        self.readout = config.probe_readout
         if self.probe:
             self.teacher = teacher
-            self.model: nn.Module = _new_head(teacher, config.seed)
+            self.model: nn.Module = _new_head(teacher, config.seed, self.readout)
         else:
             model = _copy(teacher)
             model.head = _new_head(model, config.seed)
@@ -142,7 +149,7 @@ class _Task:
     def inputs(self, images: np.ndarray) -> torch.Tensor:
         """What the trained model reads: the frozen features for a probe, else the images."""
         x = torch.as_tensor(images, dtype=torch.float32)
-        return _head_inputs(self.teacher, x) if self.probe else x
+        return _head_inputs(self.teacher, x, self.readout) if self.probe else x
 
     def vector(self) -> np.ndarray:
         return nn.utils.parameters_to_vector(self.params).detach().double().numpy()

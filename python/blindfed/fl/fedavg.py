@@ -64,9 +64,12 @@ class LocalTraining:
     block_dropout: float = 0.5
 
 
-def make_model(blocks: int, width: int, classes: int, rank: int) -> AdaptedClassifier:
-    """The federated model: adapters on every block and a head (``rank=0``: the head alone)."""
-    return AdaptedClassifier(blocks, width, classes, rank=rank)
+def make_model(
+    blocks: int, width: int, classes: int, rank: int, readout: str = "cls"
+) -> AdaptedClassifier:
+    """The federated model: adapters on every block and a head reading the last block's
+    features through ``readout`` (``rank=0``: the head alone)."""
+    return AdaptedClassifier(blocks, width, classes, rank=rank, readout=readout)
 
 
 def get_vector(model: nn.Module) -> np.ndarray:

@@ -273,7 +273,13 @@ class OwnerNode:
         from blindfed.fl.fedavg import make_model
 
         offer = self.owner()._require_offer()
-        return make_model(offer.blocks, offer.width, int(config["classes"]), int(config["rank"]))
+        return make_model(
+            offer.blocks,
+            offer.width,
+            int(config["classes"]),
+            int(config["rank"]),
+            str(config["readout"]),
+        )
 
     def forget(self) -> None:
         """Deletes everything this owner keeps for the federation (keys, outputs, rounds)."""

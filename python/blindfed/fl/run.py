@@ -33,12 +33,12 @@ __all__ = [
 ]
 
 #: Named sets of the optimisation settings (client learning rate and its decay, the server's
-#: optimiser). The defaults are ``digits``, chosen on a validation split carved from the
-#: owners' training digits (3 owners, Dirichlet 1; never the test split) by ``blindfed tune``
-#: (:mod:`blindfed.fl.tune`; figures in docs/federation.md). ``paper`` is Tastan &
-#: Nandakumar's schedule (SGD 1e-3, x0.1 at rounds 25 and 40, plain FedAvg), made for 50,000
-#: CIFAR images. A run config's ``preset`` replaces the keys it names; overrides given in
-#: Python replace those in turn.
+#: optimiser, the head's readout). The defaults are ``digits``, chosen on a validation split
+#: carved from the owners' training digits (3 owners, Dirichlet 1; never the test split) by
+#: ``blindfed tune`` (:mod:`blindfed.fl.tune`; figures in docs/federation.md). ``paper`` is
+#: Tastan & Nandakumar's schedule (SGD 1e-3, x0.1 at rounds 25 and 40, plain FedAvg, the
+#: class-token head), made for 50,000 CIFAR images. A run config's ``preset`` replaces the keys
+#: it names; overrides given in Python replace those in turn.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "lr": 1e-3,
@@ -47,14 +47,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "server-optimizer": "fedavg",
         "server-lr": 1.0,
         "server-momentum": 0.9,
+        "readout": "cls",
     },
     "digits": {
-        "lr": 3e-2,
+        "lr": 1e-1,
         "milestones": "25,40",
         "gamma": 0.1,
         "server-optimizer": "fedavg",
         "server-lr": 1.0,
         "server-momentum": 0.9,
+        "readout": "cls+mean",
     },
 }
 
@@ -137,6 +139,7 @@ def federation_config(s: Mapping[str, Any]) -> Any:
             momentum=float(s["momentum"]),
         ),
         rank=int(s["rank"]),
+        readout=str(s["readout"]),
         min_owners=int(s["min-owners"]),
         threshold=int(s["threshold"]) or None,
         neighbours=int(s["neighbours"]) or None,

@@ -34,6 +34,7 @@ from blindfed.fl.fedavg import (
 from blindfed.fl.owner_node import OwnerNode
 from blindfed.fl.secure_sum import majority
 from blindfed.fl.server_opt import ServerOptimizer
+from blindfed.nn.adapter import check_readout
 from blindfed.protocol import Provider
 from blindfed.protocol.messages import ForwardRequest, Offer, OwnerHello, decode
 
@@ -80,6 +81,8 @@ class FederationConfig:
     server_momentum: float = 0.9
     local: LocalTraining = field(default_factory=LocalTraining)
     rank: int = 8
+    #: how the head reads the last block's features (:data:`blindfed.nn.adapter.READOUTS`).
+    readout: str = "cls"
     classes: int = 10
     min_owners: int = 2
     #: shares needed to unmask; None: a majority of the round's owners (at least 2).
@@ -97,6 +100,9 @@ class FederationConfig:
     eval_every: int = 1
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_readout(self.readout)
+
     def make_server_optimizer(self) -> ServerOptimizer:
         return ServerOptimizer(
             self.server_optimizer, lr=self.server_lr, momentum=self.server_momentum
@@ -113,6 +119,7 @@ class FederationConfig:
                 "lr": self.schedule.lr_at(round),
                 "local": asdict(self.local),
                 "rank": self.rank,
+                "readout": self.readout,
                 "classes": self.classes,
             }
         )
@@ -166,11 +173,15 @@ class FederationServer:
         self._on_round = on_round
         #: the online phase of this run: seconds and the evaluation-key bytes each owner sent.
         self.online: dict[str, Any] = {"seconds": 0.0, "key_bytes": {}}
-        self.model = make_model(len(provider.blocks), provider.width, config.classes, config.rank)
+        self.model = self._new_model()
         self.optimizer = config.make_server_optimizer()
         self.history: list[dict[str, Any]] = []
         self.completed = 0
         self._load()
+
+    def _new_model(self) -> Any:
+        c, blocks, width = self.config, len(self.provider.blocks), self.provider.width
+        return make_model(blocks, width, c.classes, c.rank, c.readout)
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -180,12 +191,7 @@ class FederationServer:
             import torch
 
             torch.manual_seed(self.config.seed)
-            self.model = make_model(
-                len(self.provider.blocks),
-                self.provider.width,
-                self.config.classes,
-                self.config.rank,
-            )
+            self.model = self._new_model()
             return
         state = json.loads(path.read_text())
         with np.load(self.state_dir / state["weights"]) as z:

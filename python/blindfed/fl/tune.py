@@ -3,15 +3,19 @@
 The split: each owner of the embedded default (``owners`` owners, Dirichlet(``alpha``) shares
 of the digits' training split, seed ``seed``) holds out a seeded ``fraction`` of each label's
 training images (:meth:`~blindfed.fl.owner_data.OwnerData.holdout`). Candidates train on the
-rest and are scored on the held-out images; the test split is never loaded. Three parts:
+rest and are scored on the held-out images; the test split is never loaded. The parts:
 
 - ``blindfed``: the federation itself (simulate mode, the real server, owners and SecAgg),
-  client learning rate x server optimiser (:data:`BLINDFED_GRID`), scored by the final
-  round's validation accuracy averaged over ``splits`` validation splits; the winner is the
+  client learning rate x server optimiser, scored by the final round's validation accuracy
+  averaged over ``splits`` validation splits;
+- ``readout``: then the head's readout of the last block's tokens (class token, mean of the
+  patch tokens, both; :data:`~blindfed.nn.adapter.READOUTS`) x client learning rate over the
+  first stage's choice, scored the same way (:data:`BLINDFED_STAGES`); the winner is the
   ``digits`` preset of :mod:`blindfed.fl.run`.
 - ``central``: the centralised baselines' learning rates (:mod:`blindfed.baselines`), trained
-  on the union of the owners' remaining images.
-- ``federated``: the federated baselines' client learning rates (:mod:`blindfed.fl.baselines`).
+  on the union of the owners' remaining images, then the probes' readout at the chosen rate.
+- ``federated``: the federated baselines' client learning rates (:mod:`blindfed.fl.baselines`),
+  and the federated linear probe's readout x rate.
 
 Results go to ``out/tune.json`` as each candidate finishes; running again with the same
 ``out`` skips the candidates already there (resumable). Ties go to the earlier candidate.
@@ -28,11 +32,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BLINDFED_GRID", "CENTRAL_GRID", "FEDERATED_GRID", "PARTS", "TuneConfig", "run_tune"]
+from blindfed.nn.adapter import READOUTS
+
+__all__ = [
+    "BLINDFED_STAGES",
+    "CENTRAL_GRID",
+    "FEDERATED_GRID",
+    "PARTS",
+    "TuneConfig",
+    "run_tune",
+]
 
 log = logging.getLogger("blindfed.fl")
-
-PARTS: tuple[str, ...] = ("blindfed", "central", "federated")
 
 _SERVERS: tuple[dict[str, Any], ...] = (
     {"server-optimizer": "fedavg", "server-lr": 1.0},
@@ -40,15 +51,27 @@ _SERVERS: tuple[dict[str, Any], ...] = (
     {"server-optimizer": "fedadam", "server-lr": 3e-3},
 )
 
-#: BlindFed's candidates: run-config keys over the ``paper`` preset's.
-BLINDFED_GRID: tuple[dict[str, Any], ...] = tuple(
-    {"lr": lr, **server} for server in _SERVERS for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
-)
+#: BlindFed's candidates in stages, tuned one after the other: a stage's candidates are
+#: run-config keys laid over the previous stage's choice (the first stage's over the ``paper``
+#: preset). ``blindfed``: client learning rate x server optimiser; ``readout``: the head's
+#: readout x client learning rate (over the server optimiser chosen first).
+BLINDFED_STAGES: dict[str, tuple[dict[str, Any], ...]] = {
+    "blindfed": tuple(
+        {"lr": lr, **server} for server in _SERVERS for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+    ),
+    "readout": tuple(
+        {"readout": readout, "lr": lr} for readout in READOUTS for lr in (1e-2, 3e-2, 1e-1)
+    ),
+}
 
-#: The centralised baselines' learning rates (:class:`~blindfed.baselines.BaselineConfig`
-#: fields) and the methods that each one drives.
-CENTRAL_GRID: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
+PARTS: tuple[str, ...] = (*BLINDFED_STAGES, "central", "federated")
+
+#: The centralised baselines' settings (:class:`~blindfed.baselines.BaselineConfig` fields),
+#: the methods that each one drives and its candidates, chosen in this order (a field is tried
+#: with the values already chosen for the fields before it that drive the same methods).
+CENTRAL_GRID: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {
     "head_lr": (("linear_probe", "student_head"), (3e-3, 1e-2, 3e-2)),
+    "probe_readout": (("linear_probe", "student_head"), tuple(READOUTS)),
     "lora_lr": (("lora",), (1e-3, 3e-3, 1e-2)),
     "lr": (("full_finetune",), (3e-4, 1e-3, 3e-3)),
 }
@@ -143,8 +166,12 @@ def run_tune(config: TuneConfig, progress: Callable[[str], None] | None = None) 
         f"{config.splits} splits (the test split unused)"
     )
     chosen: dict[str, Any] = rows.state.get("chosen", {})
-    if "blindfed" in config.parts:
-        chosen["blindfed"] = _blindfed(config, splits, rows, out, say)
+    base: dict[str, Any] = {}
+    for part, stage in BLINDFED_STAGES.items():
+        if part in config.parts:
+            grid = tuple({**base, **c} for c in stage)
+            chosen[part] = _blindfed(config, splits, rows, out, say, part, grid)
+        base = chosen.get(part, base)
     if "central" in config.parts:
         train_x = np.concatenate([s.train_images for s in shares])
         train_y = np.concatenate([s.train_labels for s in shares])
@@ -171,22 +198,40 @@ def _split(config: TuneConfig, j: int) -> list:
     ]
 
 
-def _blindfed(config: TuneConfig, splits: list, rows: _Rows, out: Path, say: Callable) -> dict:
+def _servers(blindfed: dict | None) -> dict[str, Any]:
+    """The server-optimiser keys the ``blindfed`` part chose (the ``digits`` preset's if it
+    has not run)."""
+    from blindfed.fl.run import PRESETS
+
+    chosen = blindfed or PRESETS["digits"]
+    return {k: v for k, v in chosen.items() if k.startswith("server-")}
+
+
+def _blindfed(
+    config: TuneConfig,
+    splits: list,
+    rows: _Rows,
+    out: Path,
+    say: Callable,
+    part: str,
+    grid: Sequence[dict[str, Any]],
+) -> dict:
     from blindfed import zoo
 
     student = zoo.load_student()
     scored = []
-    for i, candidate in enumerate(BLINDFED_GRID):
+    for i, candidate in enumerate(grid):
         accuracies = []
         for j, shares in enumerate(splits):
-            accuracy = rows.find("blindfed", "blindfed", candidate, j)
+            accuracy = rows.find(part, "blindfed", candidate, j)
             if accuracy is None:
-                accuracy = _federate(config, candidate, shares, student, out, f"{i}-{j}", j)
-                rows.add("blindfed", "blindfed", candidate, accuracy, j)
+                name = f"{i}-{j}" if part == "blindfed" else f"{part}-{i}-{j}"
+                accuracy = _federate(config, candidate, shares, student, out, name, j)
+                rows.add(part, "blindfed", candidate, accuracy, j)
             accuracies.append(accuracy)
         mean = sum(accuracies) / len(accuracies)
         shown = ", ".join(f"{a:.1f}" for a in accuracies)
-        say(f"blindfed {candidate}: {mean:.1f} % on validation (splits: {shown})")
+        say(f"{part} {candidate}: {mean:.1f} % on validation (splits: {shown})")
         scored.append((candidate, mean))
     return _best(scored)
 
@@ -236,11 +281,16 @@ def _federate(
 def _central(config: TuneConfig, data: tuple, rows: _Rows, say: Callable) -> dict:
     from blindfed.baselines import BaselineConfig, run_baselines
 
-    chosen = {}
+    chosen: dict[str, Any] = {}
     for field_name, (methods, values) in CENTRAL_GRID.items():
+        before = {
+            f: chosen[f]
+            for f, (drives, _) in CENTRAL_GRID.items()
+            if f in chosen and set(drives) & set(methods)
+        }
         scored = []
         for value in values:
-            setting = {field_name: value}
+            setting = {**before, field_name: value}
             accuracies = [rows.find("central", m, setting) for m in methods]
             if None in accuracies:
                 results = run_baselines(
@@ -262,30 +312,42 @@ def _federated(
     config: TuneConfig, shares: list, rows: _Rows, blindfed: dict | None, say: Callable
 ) -> dict:
     """With BlindFed's chosen server optimiser (when that part ran), so that the baselines
-    and BlindFed differ only in what the owners train."""
+    and BlindFed differ only in what the owners train; then the linear probe's readout at its
+    chosen rate."""
     from blindfed import zoo
     from blindfed.fl.baselines import FederatedBaselineConfig, run_federated
 
     teacher = zoo.load("mnist_vit")
-    server = {k: v for k, v in (blindfed or {}).items() if k.startswith("server-")}
-    chosen = {}
+    server = _servers(blindfed)
+
+    def score(method: str, setting: dict[str, Any], **fields: Any) -> float:
+        accuracy = rows.find("federated", method, setting)
+        if accuracy is None:
+            cfg = FederatedBaselineConfig(
+                rounds=config.rounds,
+                seed=config.seed,
+                **{k.replace("-", "_"): v for k, v in server.items()},
+                **fields,
+            )
+            result = run_federated(shares, teacher, methods=(method,), config=cfg)
+            accuracy = float(result[method]["accuracy"])
+            rows.add("federated", method, setting, accuracy)
+        return accuracy
+
+    chosen: dict[str, Any] = {}
     for method, values in FEDERATED_GRID.items():
         scored = []
         for lr in values:
-            setting = {"lr": lr, **server}
-            accuracy = rows.find("federated", method, setting)
-            if accuracy is None:
-                cfg = FederatedBaselineConfig(
-                    rounds=config.rounds,
-                    lr={method: lr},
-                    seed=config.seed,
-                    **{k.replace("-", "_"): v for k, v in server.items()},
-                )
-                accuracy = run_federated(shares, teacher, methods=(method,), config=cfg)[method][
-                    "accuracy"
-                ]
-                rows.add("federated", method, setting, accuracy)
+            accuracy = score(method, {"lr": lr, **server}, lr={method: lr})
             say(f"federated {method} lr {lr:g}: {accuracy:.1f} % on validation")
             scored.append((lr, accuracy))
         chosen[method] = _best(scored)
+    probe, lr = "fedavg_linear_probe", chosen["fedavg_linear_probe"]
+    scored = []
+    for readout in READOUTS:
+        setting = {"lr": lr, "probe_readout": readout, **server}
+        accuracy = score(probe, setting, lr={probe: lr}, probe_readout=readout)
+        say(f"federated {probe} lr {lr:g}, readout {readout}: {accuracy:.1f} % on validation")
+        scored.append((readout, accuracy))
+    chosen["probe_readout"] = _best(scored)
     return chosen

@@ -1,9 +1,15 @@
 """Low-rank parallel adapters and the classification head an owner trains on block outputs.
 
 g_l(z) = alpha * W_up GELU(W_down z);  h_l = g_l(b_l + h_{l-1}) + h_{l-1},  h_0 = 0; the head
-reads the class token of LayerNorm(b_L + h_L). Block outputs b_l are the frozen student's
+reads LayerNorm(b_L + h_L) through a *readout* (:data:`READOUTS`): its class token (the paper's),
+the mean of its patch tokens, or both side by side. Block outputs b_l are the frozen student's
 (decrypted by the owner; zeros where a block was hidden), so no gradient goes through the
 foundation model. ``rank=0`` gives linear probing: the head on b_L alone.
+
+Why a mean readout can pay: the adapters act on every token, but with the class-token readout
+only the class token's path reaches the head, so whatever the adapters could make of the
+patch tokens the owner already holds is thrown away. Which readout the digits use is chosen on
+a validation split (``blindfed tune``, part ``readout``).
 
 >>> import torch
 >>> from blindfed.nn.adapter import AdaptedClassifier
@@ -21,13 +27,51 @@ import torch
 from torch import nn
 
 __all__ = [
+    "READOUTS",
     "AdaptedClassifier",
     "ParallelAdapter",
     "TrainConfig",
     "accuracy",
+    "check_readout",
+    "read_out",
+    "readout_width",
     "train",
     "train_epoch",
 ]
+
+
+#: How a head may read a (batch, tokens, width) sequence whose token 0 is the class token:
+#: the class token, the mean of the patch tokens, or both side by side.
+READOUTS: tuple[str, ...] = ("cls", "mean", "cls+mean")
+
+
+def check_readout(readout: str, name: str = "readout") -> str:
+    """``readout`` if it is one of :data:`READOUTS`; a ``ValueError`` naming ``name`` if not."""
+    if readout not in READOUTS:
+        raise ValueError(f"unknown {name} {readout!r}; known: {', '.join(READOUTS)}")
+    return readout
+
+
+def readout_width(width: int, readout: str) -> int:
+    """The features a head reads under ``readout`` from tokens of ``width``."""
+    return width * (2 if check_readout(readout) == "cls+mean" else 1)
+
+
+def read_out(tokens: torch.Tensor, readout: str) -> torch.Tensor:
+    """(batch, tokens, width) -> (batch, :func:`readout_width`): the class token, the mean of
+    the patch tokens (tokens 1 on), or both concatenated.
+
+    >>> t = torch.arange(12.0).reshape(1, 3, 4)
+    >>> read_out(t, "mean").tolist()
+    [[6.0, 7.0, 8.0, 9.0]]
+    """
+    cls = tokens[:, 0]
+    if check_readout(readout) == "cls":
+        return cls
+    if tokens.shape[1] < 2:
+        raise ValueError(f"readout {readout!r} needs patch tokens, got {tokens.shape[1]} token")
+    mean = tokens[:, 1:].mean(dim=1)
+    return mean if readout == "mean" else torch.cat([cls, mean], dim=-1)
 
 
 class ParallelAdapter(nn.Module):
@@ -52,15 +96,22 @@ class AdaptedClassifier(nn.Module):
     """Adapters for every block and a head; input (batch, blocks, tokens, width)."""
 
     def __init__(
-        self, blocks: int, width: int, classes: int, *, rank: int = 8, alpha: float = 1.0
+        self,
+        blocks: int,
+        width: int,
+        classes: int,
+        *,
+        rank: int = 8,
+        alpha: float = 1.0,
+        readout: str = "cls",
     ) -> None:
         super().__init__()
-        self.blocks, self.width = blocks, width
+        self.blocks, self.width, self.readout = blocks, width, check_readout(readout)
         self.adapters = nn.ModuleList(
             ParallelAdapter(width, rank, alpha) for _ in range(blocks if rank > 0 else 0)
         )
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, classes)
+        self.head = nn.Linear(readout_width(width, readout), classes)
         # Blocks revealed somewhere in the training data; the others are read as hidden, so a
         # block revealed only at inference cannot feed adapters that never saw it.
         self.register_buffer("seen_blocks", torch.ones(blocks, dtype=torch.bool))
@@ -75,7 +126,7 @@ class AdaptedClassifier(nn.Module):
         h = torch.zeros_like(outputs[:, 0])
         for index, adapter in enumerate(self.adapters):
             h = adapter(outputs[:, index] + h) + h
-        return self.head(self.norm(outputs[:, -1] + h)[:, 0])
+        return self.head(read_out(self.norm(outputs[:, -1] + h), self.readout))
 
 
 @dataclass
