@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from blindfed import _core
+from blindfed.atomic import write_atomically
 from blindfed.nn.student import Student
 from blindfed.nn.vit import ViT
 
@@ -236,10 +237,7 @@ def _checkpoint_path(directory: Path) -> Path:
 
 def _save_checkpoint(directory: Path, blob: dict[str, Any]) -> None:
     # Write then rename: a crash mid-write leaves the previous checkpoint intact.
-    path = _checkpoint_path(directory)
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    write_atomically(_checkpoint_path(directory), lambda f: torch.save(blob, f))
 
 
 def distill(

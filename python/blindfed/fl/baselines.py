@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from blindfed.baselines import _accuracy, _copy, _head_inputs, _new_head, add_lora
-from blindfed.fl.fedavg import LocalTraining, Schedule
+from blindfed.fl.fedavg import LocalTraining, Schedule, get_vector, set_vector
 from blindfed.fl.owner_data import OwnerData
 from blindfed.fl.secure_sum import secure_sum
 from blindfed.fl.server import FederationConfig
@@ -152,10 +152,10 @@ class _Task:
         return _head_inputs(self.teacher, x, self.readout) if self.probe else x
 
     def vector(self) -> np.ndarray:
-        return nn.utils.parameters_to_vector(self.params).detach().double().numpy()
+        return get_vector(self.params)
 
     def load(self, vector: np.ndarray) -> None:
-        nn.utils.vector_to_parameters(torch.as_tensor(vector, dtype=torch.float32), self.params)
+        set_vector(self.params, vector)
 
 
 def _local(

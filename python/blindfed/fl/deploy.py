@@ -140,6 +140,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from blindfed.atomic import write_atomically
+
 ConfigValue = str | int | float | bool
 
 CONNECTION_NAME = "blindfed"
@@ -170,13 +172,6 @@ class NodeKey:
 
     private_key: Path
     public_key: Path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
 
 
 def make_certificates(
@@ -282,14 +277,16 @@ def make_certificates(
         server_key=directory / "server.key",
     )
     certs.ca_cert.write_bytes(ca_cert.public_bytes(pem))
-    _write_private(
+    write_atomically(
         certs.ca_key,
         ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, no_pass),
+        private=True,
     )
     certs.server_cert.write_bytes(server_cert.public_bytes(pem))
-    _write_private(
+    write_atomically(
         certs.server_key,
         server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, no_pass),
+        private=True,
     )
     return certs
 
@@ -310,13 +307,14 @@ def make_node_keys(directory: Path, count: int, *, prefix: str = "owner") -> lis
     for i in range(count):
         key = ec.generate_private_key(ec.SECP384R1())
         node_key = NodeKey(directory / f"{prefix}-{i}.key", directory / f"{prefix}-{i}.pub")
-        _write_private(
+        write_atomically(
             node_key.private_key,
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.OpenSSH,
                 serialization.NoEncryption(),
             ),
+            private=True,
         )
         public = key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH

@@ -11,6 +11,7 @@ sample count) as one vector; the secure sum of those vectors is all the aggregat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,18 +73,24 @@ def make_model(
     return AdaptedClassifier(blocks, width, classes, rank=rank, readout=readout)
 
 
-def get_vector(model: nn.Module) -> np.ndarray:
-    """The trainable parameters as one float64 vector (a fixed order: ``model.parameters()``)."""
-    return torch.nn.utils.parameters_to_vector(model.parameters()).detach().double().numpy()
+def _parameters(model: nn.Module | Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    return list(model.parameters() if isinstance(model, nn.Module) else model)
 
 
-def set_vector(model: nn.Module, vector: np.ndarray) -> None:
-    size = sum(p.numel() for p in model.parameters())
+def get_vector(model: nn.Module | Iterable[nn.Parameter]) -> np.ndarray:
+    """The trainable parameters as one float64 vector, in a fixed order: ``model.parameters()``
+    (or the parameters given, e.g. only those that train)."""
+    params = _parameters(model)
+    return torch.nn.utils.parameters_to_vector(params).detach().double().numpy()
+
+
+def set_vector(model: nn.Module | Iterable[nn.Parameter], vector: np.ndarray) -> None:
+    """Loads what :func:`get_vector` gives back into the same parameters."""
+    params = _parameters(model)
+    size = sum(p.numel() for p in params)
     if np.shape(vector) != (size,):
         raise ValueError(f"expected a vector of {size} parameters, got shape {np.shape(vector)}")
-    torch.nn.utils.vector_to_parameters(
-        torch.as_tensor(vector, dtype=torch.float32), model.parameters()
-    )
+    torch.nn.utils.vector_to_parameters(torch.as_tensor(vector, dtype=torch.float32), params)
 
 
 def local_update(

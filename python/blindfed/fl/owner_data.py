@@ -8,11 +8,12 @@ scikit-learn's digits training split and an even share of the test split.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from blindfed.atomic import write_atomically
 
 __all__ = ["OwnerData"]
 
@@ -51,15 +52,13 @@ class OwnerData:
         """Writes the arrays :meth:`load` reads (atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(
-            tmp,
-            train_images=self.train_images,
-            train_labels=self.train_labels,
-            test_images=self.test_images,
-            test_labels=self.test_labels,
-        )
-        os.replace(tmp, path)
+        arrays = {
+            "train_images": self.train_images,
+            "train_labels": self.train_labels,
+            "test_images": self.test_images,
+            "test_labels": self.test_labels,
+        }
+        write_atomically(path, lambda f: np.savez(f, **arrays))
 
     def holdout(self, fraction: float = 0.2, *, seed: int = 0) -> OwnerData:
         """For choosing hyperparameters without the test split: a seeded ``fraction`` of each

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
 import shutil
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from blindfed import ckks
 from blindfed._core import SecAggOwner, SecAggParams
+from blindfed.atomic import write_atomically
 from blindfed.fl.owner_data import OwnerData
 from blindfed.protocol import DataOwner
 from blindfed.protocol.messages import Offer, decode
@@ -37,21 +37,10 @@ __all__ = ["OwnerNode"]
 log = logging.getLogger("blindfed.fl")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomically writes a file only its owner may read."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _shred(path: Path) -> None:
     """Overwrites then removes a secret file (best effort: file systems may keep copies)."""
     if path.exists():
-        _write_private(path, bytes(path.stat().st_size))
+        write_atomically(path, bytes(path.stat().st_size), private=True)
         path.unlink()
 
 
@@ -78,8 +67,8 @@ class OwnerNode:
         seed = secrets.token_bytes(32)
         owner = DataOwner(self.name, cache_dir=self.directory / "passes")
         hello = owner.hello(offer, key_seed=seed)
-        _write_private(self.directory / "key_seed", seed)
-        _write_private(self.directory / "offer.bin", offer)
+        write_atomically(self.directory / "key_seed", seed, private=True)
+        write_atomically(self.directory / "offer.bin", offer, private=True)
         self._owner = owner
         return hello
 
@@ -206,11 +195,11 @@ class OwnerNode:
             (path / "model.sha256").write_text(digest)
             for stale in ("roster.bin", "inbox.bin", "unmask.bin"):
                 (path / stale).unlink(missing_ok=True)
-        _write_private(path / "params.bin", secagg_params)
+        write_atomically(path / "params.bin", secagg_params, private=True)
         (path / "me").write_text(str(me))
         seed = path / "seed"
         if not seed.exists():
-            _write_private(seed, secrets.token_bytes(32))
+            write_atomically(seed, secrets.token_bytes(32), private=True)
         return self._secagg(path, "advertise")[1]
 
     def _secagg(self, path: Path, upto: str) -> tuple[SecAggOwner, bytes]:

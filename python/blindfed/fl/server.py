@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from blindfed._core import SecAggParams, SecAggServer
+from blindfed.atomic import write_atomically
 from blindfed.fl.dispatch import Payload, answer
 from blindfed.fl.fedavg import (
     LocalTraining,
@@ -131,15 +131,6 @@ def _size(payload: Payload) -> int:
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class FederationServer:
     """Runs a federation from ``state_dir`` (LSP-local), resuming after the last completed
     round if a checkpoint is there.
@@ -216,9 +207,9 @@ class FederationServer:
             seen=self.model.seen_blocks.numpy(),
             **self.optimizer.state(),
         )
-        _atomic_write(self.state_dir / name, buf.getvalue())
+        write_atomically(self.state_dir / name, buf.getvalue())
         state = {"round": self.completed, "weights": name, "history": self.history}
-        _atomic_write(self.state_dir / "checkpoint.json", json.dumps(state, indent=1).encode())
+        write_atomically(self.state_dir / "checkpoint.json", json.dumps(state, indent=1).encode())
         for old in self.state_dir.glob("weights-*.npz"):
             if old.name != name:
                 old.unlink()
@@ -298,7 +289,7 @@ class FederationServer:
 
     def run(self, transport: Transport) -> list[dict[str, Any]]:
         """The online phase, then the remaining rounds; returns the history (one dict a round)."""
-        nodes = self._wait_for_owners(transport)
+        nodes = self._connected(transport, strict=True)
         ready = self.online_phase(transport, nodes)
         for r in range(self.completed + 1, self.config.rounds + 1):
             self.history.append(self._round_with_retries(transport, r, ready))
@@ -323,25 +314,26 @@ class FederationServer:
                 if attempt == cfg.retries:
                     raise
                 self._say(f"{e}; retrying (attempt {attempt + 2} of {cfg.retries + 1})")
-                self._wait_for_ready(transport, ready)
+                self._connected(transport, ready)
         raise AssertionError("unreachable")
 
-    def _wait_for_ready(self, transport: Transport, ready: list[int]) -> None:
-        """Up to ``timeout`` for enough of the ready owners to be connected again."""
-        deadline = time.monotonic() + self.config.timeout
+    def _connected(
+        self, transport: Transport, among: list[int] | None = None, *, strict: bool = False
+    ) -> list[int]:
+        """The connected owners (those of ``among`` if given), after waiting up to ``timeout``
+        for at least ``min_owners`` (and 2) of them; ``strict``: too few is a TimeoutError."""
         need = max(self.config.min_owners, 2)
-        while len(set(ready) & set(transport.nodes())) < need and time.monotonic() < deadline:
-            time.sleep(1.0)
-
-    def _wait_for_owners(self, transport: Transport) -> list[int]:
         deadline = time.monotonic() + self.config.timeout
-        while len(nodes := sorted(transport.nodes())) < self.config.min_owners:
+        while True:
+            connected = set(transport.nodes())
+            nodes = sorted(connected if among is None else connected & set(among))
+            if len(nodes) >= need:
+                return nodes
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{len(nodes)} owners connected, {self.config.min_owners} needed"
-                )
+                if strict:
+                    raise TimeoutError(f"{len(nodes)} owners connected, {need} needed")
+                return nodes
             time.sleep(1.0)
-        return nodes
 
     def round(
         self, transport: Transport, r: int, owners: list[int], *, attempt: int = 0

@@ -22,12 +22,13 @@ Each finished cell is written to ``out/study.json`` at once; running again with 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from blindfed.atomic import write_atomically
 
 __all__ = ["TABLE1_ROWS", "TABLE3_ROWS", "StudyConfig", "run_study"]
 
@@ -88,9 +89,7 @@ class _Cells:
 
     def put(self, key: dict[str, Any], result: dict[str, Any]) -> None:
         self.state["cells"].append({"key": key, **result})
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(self.state, indent=1).encode())
 
 
 def run_study(config: StudyConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from blindfed.atomic import write_atomically
 from blindfed.nn.adapter import READOUTS
 
 __all__ = [
@@ -141,9 +141,7 @@ class _Rows:
         self.save()
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(self.state, indent=1).encode())
 
 
 def _best(scored: Sequence[tuple[Any, float]]) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import secrets
 import warnings
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import numpy as np
 
 from blindfed import ckks
 from blindfed._core import answer_refresh
+from blindfed.atomic import write_atomically
 from blindfed.block import PackedBatch, owner_normalise
 from blindfed.protocol.messages import BlockOutput, ForwardRequest, Offer, OwnerHello, decode
 from blindfed.protocol.privacy import label_windows
@@ -46,15 +46,6 @@ class BlockOutputs:
     revealed: np.ndarray
     labels: np.ndarray | None
     windows: list[int]
-
-
-def _atomic_save(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class DataOwner:
@@ -380,7 +371,7 @@ class Pass:
 
     def _save_state(self, block: int, aligned: np.ndarray) -> None:
         path = self._owner._cache(self.batch_id)
-        _atomic_save(path / f"block_{block}.npy", lambda f: np.save(f, aligned))
+        write_atomically(path / f"block_{block}.npy", lambda f: np.save(f, aligned))
         state = {
             "session": self._owner._require_offer().session,
             "fingerprint": self.fingerprint,
@@ -388,7 +379,7 @@ class Pass:
             "revealed": [int(i) for i in np.flatnonzero(self._revealed)],
             "canonical": self._canonical.tolist(),
         }
-        _atomic_save(path / "state.json", lambda f: f.write(json.dumps(state).encode()))
+        write_atomically(path / "state.json", lambda f: f.write(json.dumps(state).encode()))
 
 
 def _fingerprint(images: np.ndarray, labels: np.ndarray | None) -> str:
