@@ -26,6 +26,7 @@ MODULES = [
     "blindfed.teacher",
     "blindfed.zoo",
     "blindfed.data",
+    "blindfed.atomic",
     "blindfed.recipes",
     "blindfed.protocol",
     "blindfed.protocol.provider",
