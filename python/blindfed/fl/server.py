@@ -30,6 +30,7 @@ from blindfed.fl.fedavg import (
     check_sum,
     get_vector,
     make_model,
+    set_vector,
 )
 from blindfed.fl.owner_node import OwnerNode
 from blindfed.fl.secure_sum import majority
@@ -164,32 +165,27 @@ class FederationServer:
         self._on_round = on_round
         #: the online phase of this run: seconds and the evaluation-key bytes each owner sent.
         self.online: dict[str, Any] = {"seconds": 0.0, "key_bytes": {}}
-        self.model = self._new_model()
         self.optimizer = config.make_server_optimizer()
         self.history: list[dict[str, Any]] = []
         self.completed = 0
         self._load()
 
-    def _new_model(self) -> Any:
-        c, blocks, width = self.config, len(self.provider.blocks), self.provider.width
-        return make_model(blocks, width, c.classes, c.rank, c.readout)
-
     # ---- checkpoints ----------------------------------------------------------------------
 
     def _load(self) -> None:
-        path = self.state_dir / "checkpoint.json"
-        if not path.exists():
-            import torch
+        """A fresh model drawn under the seed, then the checkpoint's weights if there is one."""
+        import torch
 
+        path = self.state_dir / "checkpoint.json"
+        fresh = not path.exists()
+        if fresh:
             torch.manual_seed(self.config.seed)
-            self.model = self._new_model()
+        c, blocks, width = self.config, len(self.provider.blocks), self.provider.width
+        self.model = make_model(blocks, width, c.classes, c.rank, c.readout)
+        if fresh:
             return
         state = json.loads(path.read_text())
         with np.load(self.state_dir / state["weights"]) as z:
-            import torch
-
-            from blindfed.fl.fedavg import set_vector
-
             set_vector(self.model, z["vector"])
             self.model.seen_blocks.copy_(torch.as_tensor(z["seen"]))
             self.optimizer.load(z)
