@@ -97,6 +97,23 @@ fn insecure_parameters_are_refused_when_decoded_as_secure() {
     assert!(matches!(parameters_from_bytes(&bytes), Err(Error::Insecure(_))));
 }
 
+#[test]
+fn a_parameter_set_naming_too_many_primes_is_refused_before_anything_is_built() {
+    let (ctx, _) = setup();
+    let mut bytes = parameters_to_bytes(&ctx.params);
+    // A 4 KB blob at N = 2^17 with 255 + 255 primes, flagged insecure (test-only): building its
+    // context would take minutes and gigabytes.
+    let (log_n_at, counts_at) = (8, 8 + 2 + 5 + 1);
+    bytes[log_n_at] = 17;
+    bytes.truncate(counts_at);
+    bytes.extend([255, 255]);
+    for i in 0..510u64 {
+        bytes.extend((((i + 1) << 18) + 1).to_le_bytes());
+    }
+    let err = parameters_from_bytes(&bytes).unwrap_err();
+    assert!(matches!(&err, Error::InvalidParameters(m) if m.contains("510 primes")), "{err}");
+}
+
 fn all_encodings() -> Vec<(&'static str, Vec<u8>)> {
     let (ctx, sk) = setup();
     let pt = Plaintext::encode(ctx, &sample_values(), None, None).unwrap();

@@ -10,21 +10,23 @@
 3. **The online phase** (double-blind): every owner's training and test images go through the
    student block by block, in ``execute`` mode on CKKS ciphertexts under the owner's own key
    (``simulate``: the plaintext mirror, and the report says so). Hidden blocks are joined by
-   masked refreshes, revealed outputs are sanitised and permuted.
-   The passes run in this process, through the same server and owner code the Flower apps
-   run (every party on one machine: Flower's simulation runtime would hold each owner's
-   evaluation keys several times over); the owners cache their outputs on their own disks.
-4. **Federated rounds** over Flower's simulation runtime (``runtime="flower"``; ``"local"``:
-   the same server and owner code over an in-process transport): local training of adapters
-   and head, SecAgg+ so the provider learns only the sum, weighted FedAvg, evaluation on the
-   owners' test outputs every round. (The deployment runtime, a SuperLink and SuperNodes as
-   processes, carries the whole protocol, passes included: :mod:`blindfed.fl.deploy`.)
+   masked refreshes, revealed outputs are sanitised and permuted. The owners cache their
+   outputs on their own disks; the provider serves them one after another, holding one
+   owner's evaluation keys at a time.
+4. **Federated rounds**: local training of adapters and head, SecAgg+ so the provider learns
+   only the sum, weighted FedAvg, evaluation on the owners' test outputs every round.
 5. **Baselines** on the same frozen teacher and data, in plaintext and not double-blind:
    centralised (:mod:`blindfed.baselines`) and federated over the same owners, rounds and
    secure aggregation (:mod:`blindfed.fl.baselines`: FedAvg of a linear probe and of LoRA),
    and the paper's figures for reference.
 6. **The report** (:mod:`blindfed.report`): ``report.json``, ``report.md`` and PNG plots in
    ``out``.
+
+Steps 3 and 4 are one federation run over Flower's simulation runtime (``runtime="flower"``:
+the ServerApp in this process, each owner's ClientApp in a Ray worker, every protocol message
+a Flower message) or over an in-process transport (``"local"``: the same server and owner
+code). The deployment runtime, a SuperLink and SuperNodes as processes, runs the same apps:
+:mod:`blindfed.fl.deploy`.
 
 Nothing is lost if the demo is interrupted: owners cache their block outputs and the provider
 checkpoints every round in ``out``, so running it again with the same ``out`` resumes.
@@ -279,30 +281,32 @@ def _federate(
     log_line: Callable[[str], None],
     before_rounds: Callable[[], None],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The online phase in this process, then the rounds over ``runtime``; returns the
+    """The online phase and the rounds, one federation run over ``runtime``; returns the
     online-phase figures and the provider's results."""
-    from blindfed.fl.run import online_local, run_local
+    from blindfed.fl.run import run_local
 
     settings = _settings(config, out)
-    # The online phase runs here, through the same server and owner code as the Flower apps:
-    # with every party on one machine, Flower's simulation runtime would hold each owner's
-    # evaluation keys (0.75 GB in execute mode) several times over, in several processes.
-    online = online_local(
-        settings,
-        config.owners,
-        hooks={
-            "on_block": on_block,
-            "on_stage": on_block.stage,
-            "progress": log_line,
-            "student": student,
-        },
-    )
-    if online["ready"] < config.owners:
-        raise RuntimeError(f"only {online['ready']} of {config.owners} owners finished the passes")
-    before_rounds()
-    hooks = {"on_round": on_round, "progress": log_line, "student": student}
+
+    def on_online(figures: dict[str, Any]) -> None:
+        if figures["ready"] < config.owners:
+            # Raised inside the provider's run: the run stops before its rounds.
+            raise RuntimeError(
+                f"only {figures['ready']} of {config.owners} owners finished the passes"
+            )
+        before_rounds()
+
+    # The ServerApp runs in this process under both runtimes, so the hooks reach it.
+    hooks = {
+        "on_block": on_block,
+        "on_stage": on_block.stage,
+        "on_online": on_online,
+        "on_round": on_round,
+        "progress": log_line,
+        "student": student,
+    }
     if runtime == "local":
-        return online, run_local(settings, config.owners, hooks=hooks)
+        results = run_local(settings, config.owners, hooks=hooks)
+        return results["online"], results
     from flwr.simulation import run_simulation
 
     from blindfed.fl.app import make_apps
@@ -323,7 +327,8 @@ def _federate(
             "the Flower run ended without results (see its log above); run the demo again "
             f"with the same --out to resume, or --runtime local; {results} is missing"
         )
-    return online, json.loads(results.read_text())
+    provided = json.loads(results.read_text())
+    return provided["online"], provided
 
 
 def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:

@@ -93,6 +93,12 @@ fn scale_primes(bits: u32, levels: usize, n: usize, exclude: &[u64]) -> Result<V
 /// a digit under a 60-bit special prime.
 pub const DIGIT_SLACK_BITS: f64 = 1.0;
 
+/// Most primes (ciphertext and special together) a parameter set may hold. The 128-bit bound at
+/// N = 2^16 (1,772 bits) fits at most 59 primes of 30 bits; and since a set's context (its NTT
+/// tables) grows with N times its primes, a decoded set is held to this before anything is
+/// built, insecure test sets included (a 4 KB blob could otherwise name 510 primes at 2^17).
+pub const MAX_PRIMES: usize = 64;
+
 fn log2_sum(primes: &[u64]) -> f64 {
     primes.iter().map(|&q| (q as f64).log2()).sum()
 }
@@ -169,6 +175,12 @@ impl Parameters {
         }
         if self.p.len() > self.q.len() {
             return Err(Error::InvalidParameters("more special primes than ciphertext primes".into()));
+        }
+        if self.q.len() + self.p.len() > MAX_PRIMES {
+            return Err(Error::InvalidParameters(format!(
+                "{} primes, at most {MAX_PRIMES}",
+                self.q.len() + self.p.len()
+            )));
         }
         if !(20..=MAX_MODULUS_BITS).contains(&self.scale_bits) {
             return Err(Error::InvalidParameters(format!("scale_bits {} out of range", self.scale_bits)));

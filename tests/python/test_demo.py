@@ -64,6 +64,28 @@ def test_the_demo_reports_and_resumes(tmp_path, capsys):
     assert all(b["samples"] == 0 for b in again["online"]["per_block"])
 
 
+def test_the_demo_runs_its_passes_and_rounds_through_flower(tmp_path):
+    pytest.importorskip("ray", reason="Flower's simulation runtime needs ray")
+    report = run_demo(
+        DemoConfig(
+            out=str(tmp_path / "demo"),
+            mode="simulate",
+            runtime="flower",
+            rounds=2,
+            train_samples=150,
+            test_samples=60,
+            baselines=False,
+            progress=False,
+        )
+    )
+    assert report["federation"]["runtime"] == "Flower simulation runtime"
+    # The online phase ran inside the Flower run, every block metered through the hooks.
+    blocks = report["online"]["per_block"]
+    assert [b["samples"] for b in blocks] == [210] * 4
+    assert report["online"]["wall_seconds"] > 0
+    assert [r["round"] for r in report["federation"]["rounds"]] == [1, 2]
+
+
 def test_the_report_ranks_methods_and_labels_simulate():
     report = {
         "mode": "simulate",

@@ -76,7 +76,9 @@ def student(make_student):
     return make_student(2)
 
 
-def owners_for(tmp_path, count: int, samples: int = 24) -> dict[int, OwnerNode]:
+def owners_for(
+    tmp_path, count: int, samples: int = 24, *, allow_insecure: bool = False
+) -> dict[int, OwnerNode]:
     rng = np.random.default_rng(0)
     nodes = {}
     for k in range(count):
@@ -85,7 +87,9 @@ def owners_for(tmp_path, count: int, samples: int = 24) -> dict[int, OwnerNode]:
         images = 0.5 * rng.normal(size=(samples, 1, 8, 8)) + 0.3 * labels[:, None, None, None]
         data = OwnerData(images, labels, images[:6], labels[:6])
         node_id = 1000 + 17 * k
-        nodes[node_id] = OwnerNode(tmp_path / f"owner-{k}", data, name=str(node_id))
+        nodes[node_id] = OwnerNode(
+            tmp_path / f"owner-{k}", data, name=str(node_id), allow_insecure=allow_insecure
+        )
     return nodes
 
 
@@ -107,7 +111,12 @@ def test_rounds_sum_exactly_the_survivors_when_an_owner_drops_mid_round(tmp_path
         levels = Provider(student, mode="simulate").parameters.max_level
         parameters = ckks.Parameters(log_n=11, levels=levels, scale_bits=30, insecure=True)
     provider = Provider(student, mode=mode, parameters=parameters, rng=random.Random(0))
-    owners = owners_for(tmp_path / "owners", 3)
+    # The provider serves one owner's passes at a time: one session, one set of keys, open.
+    open_sessions = []
+    serve = provider.forward
+    provider.forward = lambda *args: open_sessions.append(len(provider._sessions)) or serve(*args)
+    # The execute-mode parameters are small test ones, which owners refuse unless allowed.
+    owners = owners_for(tmp_path / "owners", 3, allow_insecure=mode == "execute")
     victim = sorted(owners)[1]
     # The victim crashes after training in round 2, before sending its masked update.
     transport = LocalTransport(
@@ -121,6 +130,9 @@ def test_rounds_sum_exactly_the_survivors_when_an_owner_drops_mid_round(tmp_path
         warnings.simplefilter("ignore")  # insecure test parameters
         history = server.run(transport)
     assert [h["survivors"] for h in history] == [sorted(owners), sorted(set(owners) - {victim})]
+    assert open_sessions and set(open_sessions) == {1}
+    # The rounds need no keys: every session ended with its owner's passes.
+    assert not provider._sessions and server.online["ready"] == 3
     assert history[1]["dropped"] == [victim]
     for h in history:
         survivors = h["survivors"]

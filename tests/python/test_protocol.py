@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import warnings
@@ -16,7 +17,13 @@ from blindfed.block import PackedBatch  # noqa: E402
 from blindfed.nn.adapter import AdaptedClassifier, TrainConfig, accuracy, train  # noqa: E402
 from blindfed.nn.student import Student  # noqa: E402
 from blindfed.protocol import DataOwner, MessageError, Provider  # noqa: E402
-from blindfed.protocol.messages import BlockOutput, ForwardRequest, OwnerHello, decode  # noqa: E402
+from blindfed.protocol.messages import (  # noqa: E402
+    BlockOutput,
+    ForwardRequest,
+    Offer,
+    OwnerHello,
+    decode,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,7 @@ def test_execute_agrees_with_simulate_and_records_only_public_material(student, 
     outs, sent = {}, []
     for mode in ("execute", "simulate"):
         provider = Provider(student, mode=mode, parameters=small_params, rng=random.Random(3))
-        owner = DataOwner("clinic")
+        owner = DataOwner("clinic", allow_insecure=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             hello = owner.hello(provider.offer())
@@ -278,7 +285,7 @@ def test_the_provider_reports_progress_within_each_encrypted_block(student, smal
         on_stage=lambda batch, block, stage: stages.append((batch, block, stage)),
         on_block=lambda event: blocks_served.append(event.block),
     )
-    owner = DataOwner("clinic")
+    owner = DataOwner("clinic", allow_insecure=True)
     connect(provider, owner)
     owner.forward(provider.forward, IMAGES, LABELS)
     heads, width = student.config.heads, student.config.width
@@ -298,7 +305,47 @@ def test_the_provider_reports_progress_within_each_encrypted_block(student, smal
         raise RuntimeError("stop here")
 
     provider = Provider(student, mode="execute", parameters=small_params, on_stage=interrupt)
-    owner = DataOwner("clinic")
+    owner = DataOwner("clinic", allow_insecure=True)
     connect(provider, owner)
     with pytest.raises(ValueError, match=r"progress callback failed.*stop here"):
         owner.forward(provider.forward, IMAGES, LABELS)
+
+
+def test_an_owner_refuses_hostile_offers_with_clear_errors(student, small_params):
+    provider = Provider(student, mode="execute", parameters=small_params)
+    offer = decode(provider.offer(), Offer)
+    # Insecure parameters only where the owner allows them (tests).
+    with pytest.raises(MessageError, match="128-bit"):
+        DataOwner().hello(offer.to_bytes())
+    owner = DataOwner(allow_insecure=True)
+    good = offer.to_bytes()
+    head_len = int.from_bytes(good[6:10], "little")
+    header = json.loads(good[10 : 10 + head_len])
+
+    def with_header(h: dict, replace: tuple[str, str] = ("", "")) -> bytes:
+        head = json.dumps(h).replace(*replace).encode()
+        return good[:6] + len(head).to_bytes(4, "little") + head + good[10 + head_len :]
+
+    hostile = {
+        "a blob named in the header": with_header({**header, "embedding": "x"}),
+        "a deeply nested header": with_header(
+            {**header, "window": "deep"}, ('"deep"', "[" * 30_000 + "]" * 30_000)
+        ),
+        "an integer of 5,000 digits": with_header(
+            {**header, "blocks": "big"}, ('"big"', "9" * 5000)
+        ),
+        "too many rotation steps": with_header({**header, "rotation_steps": list(range(1, 600))}),
+        "a corrupted embedding": Offer(**{**offer.__dict__, "embedding": b"PK\x03\x04junk"}),
+        "an embedding of another shape": Offer(**{**offer.__dict__, "width": offer.width + 1}),
+    }
+    for what, data in hostile.items():
+        data = data.to_bytes() if isinstance(data, Offer) else data
+        with pytest.raises(MessageError):
+            owner.hello(data)
+        assert owner._offer is None, what  # nothing was kept from a refused offer
+    # A parameter blob naming 510 primes at 2^17 is refused at once, before anything is built.
+    blob = bytearray(small_params.to_bytes()[:18])
+    blob[8], blob[16], blob[17] = 17, 255, 255
+    blob += b"".join((((i + 1) << 18) + 1).to_bytes(8, "little") for i in range(510))
+    with pytest.raises(ValueError, match="510 primes"):
+        ckks.Parameters.from_bytes(bytes(blob))

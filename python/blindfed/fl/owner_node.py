@@ -51,13 +51,23 @@ class OwnerNode:
         directory: the owner's private working directory (created if missing).
         data: its training and test images.
         name: how the provider's session knows it.
+        allow_insecure: accept CKKS parameters below 128-bit security (tests only; see
+            :class:`~blindfed.protocol.DataOwner`).
     """
 
-    def __init__(self, directory: str | Path, data: OwnerData, *, name: str = "owner") -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        data: OwnerData,
+        *,
+        name: str = "owner",
+        allow_insecure: bool = False,
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.data = data
         self.name = name
+        self.allow_insecure = allow_insecure
         self._owner: DataOwner | None = None
 
     # ---- the online phase -----------------------------------------------------------------
@@ -65,7 +75,9 @@ class OwnerNode:
     def hello(self, offer: bytes) -> bytes:
         """Joins a new provider session: a new key seed, the public keys in reply."""
         seed = secrets.token_bytes(32)
-        owner = DataOwner(self.name, cache_dir=self.directory / "passes")
+        owner = DataOwner(
+            self.name, cache_dir=self.directory / "passes", allow_insecure=self.allow_insecure
+        )
         hello = owner.hello(offer, key_seed=seed)
         write_atomically(self.directory / "key_seed", seed, private=True)
         write_atomically(self.directory / "offer.bin", offer, private=True)
@@ -78,7 +90,9 @@ class OwnerNode:
             offer, seed = self.directory / "offer.bin", self.directory / "key_seed"
             if not offer.exists():
                 raise RuntimeError("this owner has not joined a provider session yet")
-            owner = DataOwner(self.name, cache_dir=self.directory / "passes")
+            owner = DataOwner(
+                self.name, cache_dir=self.directory / "passes", allow_insecure=self.allow_insecure
+            )
             owner.restore(offer.read_bytes(), seed.read_bytes() if seed.exists() else None)
             self._owner = owner
         return self._owner

@@ -3,14 +3,13 @@
 :func:`provide` is the provider's whole run (the Flower ServerApp calls it with the grid's
 transport); :func:`owner_node` builds an owner from its node config (the Flower ClientApp calls
 it for every message); :func:`run_local` runs both in this process over
-:class:`~blindfed.fl.server.LocalTransport`, for machines without Flower and for studies, and
-:func:`online_local` only the online phase (the demo's, before its rounds over Flower).
+:class:`~blindfed.fl.server.LocalTransport`, for machines without Flower and for studies.
 
 Settings are Flower run-config keys (:data:`DEFAULTS`); ``hooks`` are what a run in this
 process may add and a run config cannot carry: ``student`` (an already loaded student),
 ``on_block`` (the provider's per-block events), ``on_stage`` (the stages within a block, see
-:class:`~blindfed.protocol.Provider`), ``on_round`` (each round's history entry), ``progress``
-(lines of progress).
+:class:`~blindfed.protocol.Provider`), ``on_online`` (the online phase's figures, once it is
+over), ``on_round`` (each round's history entry), ``progress`` (lines of progress).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ __all__ = [
     "federation_config",
     "merge_settings",
     "milestones",
-    "online_local",
     "owner_node",
     "provide",
     "run_local",
@@ -86,7 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "audit": False,
 }
 
-_HOOKS = {"student", "on_block", "on_stage", "on_round", "progress"}
+_HOOKS = {"student", "on_block", "on_stage", "on_online", "on_round", "progress"}
 
 
 def merge_settings(
@@ -174,6 +172,7 @@ def _server(s: Mapping[str, Any], hooks: dict[str, Any]) -> Any:
         audit=bool(s["audit"]),
         progress=hooks.get("progress"),
         on_round=hooks.get("on_round"),
+        on_online=hooks.get("on_online"),
     )
 
 
@@ -182,6 +181,7 @@ def _online_figures(server: Any) -> dict[str, Any]:
     return {
         "seconds": server.online["seconds"],
         "key_bytes_per_owner": max(keys.values()) if keys else 0,
+        "ready": server.online["ready"],
     }
 
 
@@ -250,22 +250,3 @@ def run_local(
 
     s = merge_settings({}, overrides)
     return provide(s, LocalTransport(_local_owners(s, owners)), hooks)
-
-
-def online_local(
-    overrides: Mapping[str, Any] | None,
-    owners: int,
-    *,
-    hooks: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Only the online phase, in this process, for the owners :func:`run_local` would make:
-    afterwards their block outputs are cached in their directories, so a federation over any
-    runtime (Flower's included) goes straight to its rounds. Returns the online-phase figures
-    and the owners that are ready."""
-    from blindfed.fl.server import LocalTransport
-
-    s = merge_settings({}, overrides)
-    nodes = _local_owners(s, owners)
-    server = _server(s, _check_hooks(hooks))
-    ready = server.online_phase(LocalTransport(nodes), sorted(nodes))
-    return {**_online_figures(server), "ready": len(ready)}

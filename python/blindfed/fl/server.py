@@ -144,6 +144,7 @@ class FederationServer:
             server learns anyway).
         progress: called with a line of progress (default: the ``blindfed.fl`` logger).
         on_round: called with each completed round's history entry (progress bars).
+        on_online: called with :attr:`online` once the online phase is over (before round 1).
     """
 
     def __init__(
@@ -155,6 +156,7 @@ class FederationServer:
         audit: bool = False,
         progress: Callable[[str], None] | None = None,
         on_round: Callable[[dict[str, Any]], None] | None = None,
+        on_online: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.provider = provider
         self.config = config
@@ -163,8 +165,10 @@ class FederationServer:
         self.audit = audit
         self._say = progress or log.info
         self._on_round = on_round
-        #: the online phase of this run: seconds and the evaluation-key bytes each owner sent.
-        self.online: dict[str, Any] = {"seconds": 0.0, "key_bytes": {}}
+        #: the online phase of this run: seconds, the evaluation-key bytes each owner sent and
+        #: how many owners are ready for the rounds.
+        self.online: dict[str, Any] = {"seconds": 0.0, "key_bytes": {}, "ready": 0}
+        self._on_online = on_online
         self.optimizer = config.make_server_optimizer()
         self.history: list[dict[str, Any]] = []
         self.completed = 0
@@ -213,61 +217,75 @@ class FederationServer:
     # ---- the online phase -----------------------------------------------------------------
 
     def online_phase(self, transport: Transport, nodes: list[int]) -> list[int]:
-        """Brings every owner's block outputs up to date; returns the owners that are ready."""
+        """Brings every owner's block outputs up to date; returns the owners that are ready.
+
+        Owners are served one after another, each from its key exchange to its last block:
+        the provider holds one owner's evaluation keys (137 MB at the default) and one
+        request at a time however many owners there are, and drops the keys when that
+        owner's passes are done. Nothing is lost by the order: the provider evaluates one
+        request at a time anyway, and an owner's own work between two requests (decrypting,
+        re-encrypting) takes seconds against the minutes of its blocks.
+        """
         timeout = self.config.timeout
         status = transport.ask("status", {n: {} for n in nodes}, timeout)
         ready = [n for n in nodes if n in status and status[n]["ready"]]
         need = [n for n in nodes if n in status and not status[n]["ready"]]
-        if not need:
-            return ready
-        offers = {n: self.provider.offer() for n in need}
-        hellos = transport.ask("hello", {n: {"offer": o} for n, o in offers.items()}, timeout)
-        sessions = {}
-        for n in sorted(hellos):
-            # Evaluation keys are large (0.75 GB at the default): hold each only while it is
-            # registered.
-            reply = hellos.pop(n)
-            session = decode(offers[n], Offer).session
-            try:
-                hello = reply["hello"]
-                if decode(hello, OwnerHello).session != session:
-                    raise ValueError("the hello answers another session")
-                self.provider.register(hello)
-            except Exception as e:  # one owner's bad bytes never stop the others
-                self._refuse(transport, n, session, "hello", e)
-                continue
-            self.online["key_bytes"][n] = len(hello)
-            sessions[n] = session
-        pending: dict[int, bytes] = {n: b"" for n in sessions}
         started = time.perf_counter()
-        while pending:
-            replies = transport.ask("pass", {n: {"reply": r} for n, r in pending.items()}, timeout)
-            for n in set(pending) - set(replies):
-                log.warning("owner %s left during the online phase", n)
-            pending = {}
-            for n, reply in replies.items():
-                try:
-                    request = reply["request"]
-                    if not request:
-                        ready.append(n)
-                        continue
-                    # The session is bound to the owner that opened it (its authenticated node).
-                    if decode(request, ForwardRequest).session != sessions[n]:
-                        raise ValueError("the request names another session")
-                    pending[n] = self.provider.forward(request, self._refresher(transport, n))
-                except Exception as e:  # as above: that owner is out, the others go on
-                    self._refuse(transport, n, sessions[n], "forward request", e)
-            elapsed = time.perf_counter() - started
-            self._say(f"online phase: {len(pending)} owners passing ({elapsed:.0f} s)")
-        self.online["seconds"] = time.perf_counter() - started
+        for k, n in enumerate(need):
+            self._say(f"online phase: owner {n} ({k + 1} of {len(need)})")
+            if self._passes(transport, n):
+                ready.append(n)
+        if need:
+            self.online["seconds"] = time.perf_counter() - started
         return sorted(ready)
 
-    def _refuse(
-        self, transport: Transport, node: int, session: str, what: str, error: Exception
-    ) -> None:
-        """Leaves ``node`` out of the online phase (its session and keys dropped) and tells it
-        why (its ``refused`` action); the other owners' passes go on."""
-        self.provider.close(session)
+    def _passes(self, transport: Transport, node: int) -> bool:
+        """One owner's key exchange and passes, in a session of its own; whether it is ready."""
+        offer = self.provider.offer()
+        session = decode(offer, Offer).session
+        try:
+            return self._serve(transport, node, offer, session)
+        finally:
+            self.provider.close(session)  # its keys go with it
+
+    def _serve(self, transport: Transport, node: int, offer: bytes, session: str) -> bool:
+        timeout = self.config.timeout
+        reply = transport.ask("hello", {node: {"offer": offer}}, timeout).get(node)
+        if reply is None:
+            log.warning("owner %s did not answer the key exchange", node)
+            return False
+        what = "hello"
+        try:
+            hello = reply.pop("hello")
+            if decode(hello, OwnerHello).session != session:
+                raise ValueError("the hello answers another session")
+            self.provider.register(hello)
+            self.online["key_bytes"][node] = len(hello)
+            del hello  # the keys live on in the provider's session only
+            what, forwarded, served = "forward request", b"", 0
+            started = time.perf_counter()
+            while True:
+                replies = transport.ask("pass", {node: {"reply": forwarded}}, timeout)
+                if node not in replies:
+                    log.warning("owner %s left during the online phase", node)
+                    return False
+                request = replies.pop(node)["request"]
+                if not request:
+                    return True
+                # The session is bound to the owner that opened it (its authenticated node).
+                if decode(request, ForwardRequest).session != session:
+                    raise ValueError("the request names another session")
+                forwarded = self.provider.forward(request, self._refresher(transport, node))
+                served += 1
+                elapsed = time.perf_counter() - started
+                self._say(f"online phase: owner {node}, {served} requests served ({elapsed:.0f} s)")
+        except Exception as e:  # one owner's bad bytes never stop the others
+            self._refuse(transport, node, what, e)
+            return False
+
+    def _refuse(self, transport: Transport, node: int, what: str, error: Exception) -> None:
+        """Leaves ``node`` out of the online phase and tells it why (its ``refused`` action);
+        the other owners' passes go on."""
         reason = f"the provider refused its {what}: {type(error).__name__}: {error}"
         log.warning("owner %s left out of the online phase: %s", node, reason)
         transport.ask("refused", {node: {"reason": reason}}, self.config.timeout)
@@ -287,6 +305,9 @@ class FederationServer:
         """The online phase, then the remaining rounds; returns the history (one dict a round)."""
         nodes = self._connected(transport, strict=True)
         ready = self.online_phase(transport, nodes)
+        self.online["ready"] = len(ready)
+        if self._on_online is not None:
+            self._on_online(self.online)
         for r in range(self.completed + 1, self.config.rounds + 1):
             self.history.append(self._round_with_retries(transport, r, ready))
             self.completed = r
@@ -467,7 +488,9 @@ class LocalTransport:
                 continue
             node = self.owners[n]
             if self.fresh:
-                node = OwnerNode(node.directory, node.data, name=node.name)
+                node = OwnerNode(
+                    node.directory, node.data, name=node.name, allow_insecure=node.allow_insecure
+                )
             try:
                 replies[n] = answer(node, n, action, request)
             except Exception as e:  # as over Flower: a failed owner is absent from the replies

@@ -38,6 +38,9 @@ VERSION = 2
 MAX_HEADER = 64 * 1024
 #: Largest blob accepted (keys for a 2^16 ring with many rotations stay well below).
 MAX_BLOB = 4 * 1024**3
+#: Most rotation steps an offer may ask keys for: each costs the owner a key-switching key
+#: (a block needs a few dozen; the cap bounds what a hostile offer can make an owner build).
+MAX_ROTATION_STEPS = 512
 
 
 class MessageError(ValueError):
@@ -90,7 +93,8 @@ class Message:
                 isinstance(v, int) and not isinstance(v, bool) for v in value
             ):
                 raise MessageError(f"{cls.__name__}: field {f.name!r} must be a list of integers")
-        extra = set(header) - {f.name for f in fields(cls)}
+        # A blob's name in the header is unknown there too: blobs travel only as blobs.
+        extra = set(header) - {f.name for f in fields(cls) if f.name not in cls.BLOBS}
         if extra:
             raise MessageError(f"{cls.__name__}: unknown fields {sorted(extra)}")
 
@@ -130,6 +134,14 @@ class Offer(Message):
                 raise MessageError(f"Offer: {name} = {header[name]} is out of range")
         if not 0 <= header["eps"] <= 1:
             raise MessageError(f"Offer: eps = {header['eps']} is out of range")
+        if not 0 <= header["flood_bits"] <= 64:
+            raise MessageError(f"Offer: flood_bits = {header['flood_bits']} is out of range")
+        steps = header["rotation_steps"]
+        if len(steps) > MAX_ROTATION_STEPS or any(abs(k) >= 1 << 20 for k in steps):
+            raise MessageError(
+                f"Offer: {len(steps)} rotation steps (at most {MAX_ROTATION_STEPS}, each below "
+                "2^20 in size)"
+            )
 
 
 @dataclass
@@ -210,7 +222,9 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Any:
         raise MessageError(f"{cls.__name__}: header length {head_len} is out of bounds")
     try:
         header = json.loads(data[10 : 10 + head_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise MessageError(f"{cls.__name__}: header is nested too deeply") from None
+    except ValueError as e:  # not UTF-8, not JSON, or an integer of thousands of digits
         raise MessageError(f"{cls.__name__}: header is not JSON ({e})") from None
     if not isinstance(header, dict):
         raise MessageError(f"{cls.__name__}: header is not an object")

@@ -13,6 +13,7 @@ import io
 import json
 import secrets
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,14 @@ from blindfed import ckks
 from blindfed._core import answer_refresh
 from blindfed.atomic import write_atomically
 from blindfed.block import PackedBatch, owner_normalise
-from blindfed.protocol.messages import BlockOutput, ForwardRequest, Offer, OwnerHello, decode
+from blindfed.protocol.messages import (
+    BlockOutput,
+    ForwardRequest,
+    MessageError,
+    Offer,
+    OwnerHello,
+    decode,
+)
 from blindfed.protocol.privacy import label_windows
 
 __all__ = ["BlockOutputs", "DataOwner", "Pass"]
@@ -55,10 +63,20 @@ class DataOwner:
         name: how the provider knows this owner.
         cache_dir: where block outputs are cached (resume after an interruption); None keeps
             them in memory only.
+        allow_insecure: accept CKKS parameters below 128-bit security (small test sets).
+            Off by default: a dishonest provider could otherwise offer a ring in which the
+            owner's ciphertexts do not protect its data.
     """
 
-    def __init__(self, name: str = "owner", *, cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "owner",
+        *,
+        cache_dir: str | Path | None = None,
+        allow_insecure: bool = False,
+    ) -> None:
         self.name = name
+        self.allow_insecure = allow_insecure
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._offer: Offer | None = None
         self._secret: ckks.SecretKey | None = None
@@ -90,16 +108,17 @@ class DataOwner:
 
     def _accept_offer(self, offer: bytes, key_seed: bytes | None) -> Offer:
         msg = decode(offer, Offer)
-        with np.load(io.BytesIO(msg.embedding), allow_pickle=False) as z:
-            self._embedding = {k: z[k] for k in z.files}
-        self._offer = msg
-        self._secret = None
+        embedding = _load_embedding(msg)
+        secret = None
         if msg.mode == "execute":
             params = ckks.Parameters.from_bytes(msg.parameters)
-            if not params.is_secure:
-                # Tests use small insecure sets; say so loudly rather than silently.
-                warnings.warn("the provider offered insecure (test-only) parameters", stacklevel=3)
-            self._secret = ckks.SecretKey.generate(params, seed=key_seed)
+            if not params.is_secure and not self.allow_insecure:
+                raise MessageError(
+                    f"Offer: the parameters ({params}) are below 128-bit security; an owner "
+                    "accepts them only for tests (DataOwner(allow_insecure=True))"
+                )
+            secret = ckks.SecretKey.generate(params, seed=key_seed)
+        self._offer, self._embedding, self._secret = msg, embedding, secret
         return msg
 
     @property
@@ -380,6 +399,50 @@ class Pass:
             "canonical": self._canonical.tolist(),
         }
         write_atomically(path / "state.json", lambda f: f.write(json.dumps(state).encode()))
+
+
+_EMBEDDING = ("weight", "bias", "cls_token", "pos_embed", "patch_size")
+
+
+def _load_embedding(offer: Offer) -> dict[str, np.ndarray]:
+    """The offer's patch embedding, checked against the offer's shape: stored (uncompressed)
+    ``.npz`` members only, so nothing decoded is larger than the bytes that came."""
+    blob = offer.embedding
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(blob):
+                    raise MessageError(f"Offer: embedding member {info.filename!r} is packed")
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            if sorted(z.files) != sorted(_EMBEDDING):
+                raise MessageError(f"Offer: embedding holds {sorted(z.files)}, not {_EMBEDDING}")
+            e = {k: z[k] for k in _EMBEDDING}
+    except MessageError:
+        raise
+    except Exception as ex:  # zipfile and numpy raise many types on bad bytes
+        raise MessageError(f"Offer: embedding is not an .npz archive ({ex})") from None
+    weight, width, tokens = e["weight"], offer.width, offer.tokens
+    patch = e["patch_size"]
+    ok = (
+        patch.shape == ()
+        and np.issubdtype(patch.dtype, np.integer)
+        and weight.ndim == 4
+        and weight.shape[0] == width
+        and weight.shape[2:] == (int(patch), int(patch))
+        and e["bias"].shape == (width,)
+        and e["cls_token"].shape == (1, 1, width)
+        and e["pos_embed"].shape == (1, tokens, width)
+        and all(
+            e[k].dtype == np.float64 and np.isfinite(e[k]).all()
+            for k in ("weight", "bias", "cls_token", "pos_embed")
+        )
+    )
+    if not ok:
+        shapes = {k: (v.shape, str(v.dtype)) for k, v in e.items()}
+        raise MessageError(
+            f"Offer: embedding {shapes} does not fit {tokens} tokens of width {width}"
+        )
+    return e
 
 
 def _fingerprint(images: np.ndarray, labels: np.ndarray | None) -> str:
