@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from blindfed import __version__, num_threads, set_num_threads
+from blindfed.fl.settings import DEFAULTS, OWNERS
 
 __all__ = ["DEMO_FEDERATED", "DemoConfig", "run_demo"]
 
@@ -59,24 +60,24 @@ class DemoConfig:
     """The demo's settings (the ``blindfed demo`` options)."""
 
     out: str = "blindfed-demo"
-    owners: int = 3
-    rounds: int = 50
+    owners: int = OWNERS
+    rounds: int = DEFAULTS["rounds"]
     mode: str = "execute"
     #: "flower" (Flower's simulation runtime), "local" (in process) or "auto" (Flower if
     #: installed).
     runtime: str = "auto"
-    alpha: float = 1.0
+    alpha: float = DEFAULTS["alpha"]
     #: caps on the whole federation's training and test samples (None: all of digits).
     train_samples: int | None = None
     test_samples: int | None = None
-    rank: int = 8
-    local_epochs: int = 5
+    rank: int = DEFAULTS["rank"]
+    local_epochs: int = DEFAULTS["local-epochs"]
     #: 0: the student shipped with the package; n > 0: distil it again for n epochs.
     distill_epochs: int = 0
     baselines: bool = True
     baseline_epochs: int | None = None
     threads: int = 0
-    seed: int = 0
+    seed: int = DEFAULTS["seed"]
     progress: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
 

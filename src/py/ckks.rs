@@ -14,6 +14,7 @@ use crate::ckks::{
     PublicKey, RelinKey, SecretDistribution, SecretKey,
 };
 use crate::error::Error;
+use crate::he::layout::TokenLayout;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyParameters>()?;
@@ -164,6 +165,11 @@ impl PyParameters {
     #[getter]
     fn log_qp(&self) -> f64 {
         self.ctx.params.log_qp()
+    }
+
+    /// Samples of `tokens` tokens one ciphertext group holds (the token layout's rule).
+    fn samples_per_group(&self, tokens: usize) -> PyResult<usize> {
+        Ok(TokenLayout::new(tokens, 1, self.ctx.params.slots())?.samples_per_group())
     }
 
     /// Whether the set is within the HE Standard's 128-bit bound.

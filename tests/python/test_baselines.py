@@ -13,11 +13,10 @@ from blindfed.baselines import (  # noqa: E402
     PAPER_CIFAR10,
     SETTING,
     BaselineConfig,
-    LoRALinear,
-    add_lora,
     run_baselines,
 )
 from blindfed.distill import accuracy  # noqa: E402
+from blindfed.nn.lora import LoRALinear, add_lora  # noqa: E402
 from blindfed.recipes import digits_for_mnist_model  # noqa: E402
 
 # LoRA of rank 8 on qkv (64 -> 192) and proj (64 -> 64) of each of the 4 blocks, and the head.

@@ -16,7 +16,8 @@ from blindfed.data import dirichlet_partition, natural_partition  # noqa: E402
 from blindfed.fl.fedavg import LocalTraining, Schedule, apply_sum, contribution, get_vector  # noqa: E402
 from blindfed.fl.owner_data import OwnerData  # noqa: E402
 from blindfed.fl.owner_node import OwnerNode  # noqa: E402
-from blindfed.fl.server import FederationConfig, FederationServer, LocalTransport  # noqa: E402
+from blindfed.fl.server import FederationConfig, FederationServer  # noqa: E402
+from blindfed.fl.transport import LocalTransport  # noqa: E402
 from blindfed.protocol import Provider  # noqa: E402
 
 

@@ -12,15 +12,11 @@ from test_federation import config, owners_for  # noqa: E402
 
 from blindfed.fl.fedavg import check_sum, contribution, make_model  # noqa: E402
 from blindfed.fl.owner_data import OwnerData  # noqa: E402
-from blindfed.fl.run import PRESETS, merge_settings, milestones  # noqa: E402
 from blindfed.fl.secure_sum import secure_sum  # noqa: E402
-from blindfed.fl.server import (  # noqa: E402
-    FederationConfig,
-    FederationServer,
-    LocalTransport,
-    RoundFailedError,
-)
+from blindfed.fl.server import FederationConfig, FederationServer, RoundFailedError  # noqa: E402
 from blindfed.fl.server_opt import ServerOptimizer  # noqa: E402
+from blindfed.fl.settings import PRESETS, merge_settings, milestones  # noqa: E402
+from blindfed.fl.transport import LocalTransport  # noqa: E402
 from blindfed.protocol import Provider  # noqa: E402
 
 

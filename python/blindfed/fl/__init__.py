@@ -5,10 +5,12 @@
   step on the secure sum (FedAvg, FedAvgM, FedAdam).
 - :mod:`~blindfed.fl.owner_data`, :mod:`~blindfed.fl.owner_node`: an owner's data and its
   state on its own disk (keys, cached block outputs, secure-aggregation rounds).
-- :mod:`~blindfed.fl.server`: the provider's side (online phase, rounds, checkpoints) over
-  any transport; :class:`~blindfed.fl.server.LocalTransport` runs owners in this process.
+- :mod:`~blindfed.fl.server`: the provider's side (online phase, rounds, checkpoints);
+  :mod:`~blindfed.fl.transport`: how it reaches the owners
+  (:class:`~blindfed.fl.transport.LocalTransport` holds them in this process).
 - :mod:`~blindfed.fl.dispatch`: the actions an owner answers.
-- :mod:`~blindfed.fl.run`: a federation's settings (run-config keys, presets) and roles.
+- :mod:`~blindfed.fl.settings`: a federation's settings (run-config keys, their defaults,
+  presets), the one source of every default; :mod:`~blindfed.fl.run`: its two roles.
 - :mod:`~blindfed.fl.baselines`: FedAvg of linear probing, LoRA and full fine-tuning of the
   teacher (plaintext, not double-blind), over :mod:`~blindfed.fl.secure_sum` (a SecAgg round
   in one process).

@@ -66,7 +66,7 @@ def _from_record(content: RecordDict) -> Payload:
 
 
 class GridTransport:
-    """The server's :class:`~blindfed.fl.server.Transport` over a Flower grid. While a stage
+    """The server's :class:`~blindfed.fl.transport.Transport` over a Flower grid. While a stage
     waits, it says every ``report_every`` seconds which owners it is still waiting for."""
 
     def __init__(self, grid: Grid, *, report_every: float = 30.0, poll: float = 0.1) -> None:

@@ -32,13 +32,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from blindfed.baselines import _accuracy, _copy, _head_inputs, _new_head, add_lora
+from blindfed.baselines import _accuracy, _copy, _head_inputs, _new_head
 from blindfed.fl.fedavg import LocalTraining, Schedule, get_vector, set_vector
 from blindfed.fl.owner_data import OwnerData
 from blindfed.fl.secure_sum import secure_sum
 from blindfed.fl.server import FederationConfig
 from blindfed.fl.server_opt import ServerOptimizer
+from blindfed.fl.settings import DEFAULTS, UPDATE_BOUND, milestones
 from blindfed.nn.adapter import check_readout
+from blindfed.nn.lora import add_lora
 from blindfed.nn.vit import ViT
 
 __all__ = ["FEDERATED_METHODS", "FEDERATED_SETTING", "FederatedBaselineConfig", "run_federated"]
@@ -66,19 +68,19 @@ class FederatedBaselineConfig:
     :data:`LEARNING_RATES`); ``milestones`` and ``gamma`` decay it as BlindFed's schedule does.
     """
 
-    rounds: int = 50
+    rounds: int = DEFAULTS["rounds"]
     lr: dict[str, float] = field(default_factory=dict)
-    milestones: tuple[int, ...] = (25, 40)
-    gamma: float = 0.1
+    milestones: tuple[int, ...] = milestones(DEFAULTS["milestones"])
+    gamma: float = DEFAULTS["gamma"]
     local: LocalTraining = field(default_factory=lambda: LocalTraining(block_dropout=0.0))
-    server_optimizer: str = "fedavg"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
-    lora_rank: int = 8
+    server_optimizer: str = DEFAULTS["server-optimizer"]
+    server_lr: float = DEFAULTS["server-lr"]
+    server_momentum: float = DEFAULTS["server-momentum"]
+    lora_rank: int = DEFAULTS["rank"]
     #: how the linear probe's head reads the teacher's final tokens (chosen on validation).
     probe_readout: str = "mean"
-    update_bound: float = 2.0**20
-    seed: int = 0
+    update_bound: float = UPDATE_BOUND
+    seed: int = DEFAULTS["seed"]
     #: torch's intra-op threads while the baselines run (restored after; None: left alone).
     #: One by default, as for the centralised baselines (:class:`blindfed.baselines.
     #: BaselineConfig`): on these small matrices more threads cost more than they gain.

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from blindfed.fl.server_opt import ServerOptimizer
+from blindfed.fl.settings import DEFAULTS
 from blindfed.nn.adapter import AdaptedClassifier, train_epoch
 
 __all__ = [
@@ -58,9 +59,9 @@ class LocalTraining:
     Dirichlet(1), the paper's learning rates) they reach 90.3 % after 50 rounds, against
     85.0 % for one epoch and 66.9 % for one epoch without momentum."""
 
-    epochs: int = 5
-    batch_size: int = 32
-    momentum: float = 0.9
+    epochs: int = DEFAULTS["local-epochs"]
+    batch_size: int = DEFAULTS["batch-size"]
+    momentum: float = DEFAULTS["momentum"]
     weight_decay: float = 0.0
     block_dropout: float = 0.5
 

@@ -25,12 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from blindfed import ckks
 from blindfed._core import SecAggOwner, SecAggParams
 from blindfed.atomic import write_atomically
 from blindfed.fl.owner_data import OwnerData
 from blindfed.protocol import DataOwner
-from blindfed.protocol.messages import Offer, decode
 
 __all__ = ["OwnerNode"]
 
@@ -102,8 +100,7 @@ class OwnerNode:
         their labels (so the provider may permute within labels), then its test images
         labelled -1 (to infer: their order is kept), so that training and test images share
         groups (a group costs the same however few samples it holds)."""
-        offer = decode((self.directory / "offer.bin").read_bytes(), Offer)
-        group = ckks.Parameters.from_bytes(offer.parameters).slots // offer.tokens
+        group = self.owner().samples_per_group
         d = self.data
         images = np.concatenate([d.train_images, d.test_images])
         labels = np.concatenate(

@@ -3,9 +3,10 @@
 :func:`provide` is the provider's whole run (the Flower ServerApp calls it with the grid's
 transport); :func:`owner_node` builds an owner from its node config (the Flower ClientApp calls
 it for every message); :func:`run_local` runs both in this process over
-:class:`~blindfed.fl.server.LocalTransport`, for machines without Flower and for studies.
+:class:`~blindfed.fl.transport.LocalTransport`, for machines without Flower and for studies.
 
-Settings are Flower run-config keys (:data:`DEFAULTS`); ``hooks`` are what a run in this
+Settings are Flower run-config keys (:data:`~blindfed.fl.settings.DEFAULTS`, with the presets
+and :func:`~blindfed.fl.settings.merge_settings` re-exported here); ``hooks`` are what a run in this
 process may add and a run config cannot carry: ``student`` (an already loaded student),
 ``on_block`` (the provider's per-block events), ``on_stage`` (the stages within a block, see
 :class:`~blindfed.protocol.Provider`), ``on_online`` (the online phase's figures, once it is
@@ -19,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from blindfed.fl.settings import DEFAULTS, PRESETS, merge_settings, milestones
+
 __all__ = [
     "DEFAULTS",
     "PRESETS",
@@ -30,85 +33,7 @@ __all__ = [
     "run_local",
 ]
 
-#: Named sets of the optimisation settings (client learning rate and its decay, the server's
-#: optimiser, the head's readout). The defaults are ``digits``, chosen on a validation split
-#: carved from the owners' training digits (3 owners, Dirichlet 1; never the test split) by
-#: ``blindfed tune`` (:mod:`blindfed.fl.tune`; figures in docs/federation.md). ``paper`` is
-#: Tastan & Nandakumar's schedule (SGD 1e-3, x0.1 at rounds 25 and 40, plain FedAvg, the
-#: class-token head), made for 50,000 CIFAR images. A run config's ``preset`` replaces the keys
-#: it names; overrides given in Python replace those in turn.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {
-        "lr": 1e-3,
-        "milestones": "25,40",
-        "gamma": 0.1,
-        "server-optimizer": "fedavg",
-        "server-lr": 1.0,
-        "server-momentum": 0.9,
-        "readout": "cls",
-    },
-    "digits": {
-        "lr": 1e-1,
-        "milestones": "25,40",
-        "gamma": 0.1,
-        "server-optimizer": "fedavg",
-        "server-lr": 1.0,
-        "server-momentum": 0.9,
-        "readout": "cls+mean",
-    },
-}
-
-#: Run-config keys and their defaults (with the default preset's keys).
-DEFAULTS: dict[str, Any] = {
-    "preset": "",  # "": the keys as given
-    **PRESETS["digits"],
-    "rounds": 50,
-    "local-epochs": 5,
-    "batch-size": 32,
-    "momentum": 0.9,
-    "rank": 8,
-    "min-owners": 2,
-    "threshold": 0,  # 0: a majority of each round's owners
-    "neighbours": 0,  # 0: every pair (SecAgg); k: SecAgg+ over a k-regular graph
-    "timeout": 600.0,
-    "retries": 2,
-    "mode": "simulate",
-    "privacy": True,
-    "student": "",
-    "state-dir": "blindfed-federation",
-    "work-dir": "blindfed-owners",
-    "alpha": 1.0,
-    "seed": 0,
-    "train-samples": 0,
-    "test-samples": 0,
-    "audit": False,
-}
-
 _HOOKS = {"student", "on_block", "on_stage", "on_online", "on_round", "progress"}
-
-
-def merge_settings(
-    run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """The defaults, then the run config, then the chosen preset's keys, then ``overrides``;
-    unknown override keys and presets are an error (a typo would otherwise be ignored
-    silently)."""
-    unknown = set(overrides or {}) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    settings = {**DEFAULTS, **dict(run_config)}
-    preset = (overrides or {}).get("preset", settings["preset"])
-    if preset and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    return {**settings, **PRESETS.get(preset, {}), **(overrides or {}), "preset": preset}
-
-
-def milestones(text: str | int) -> tuple[int, ...]:
-    """The run config's ``milestones`` (``"25,40"``; ``""``: none) as rounds."""
-    try:
-        return tuple(int(m) for m in str(text).split(",") if m.strip())
-    except ValueError:
-        raise ValueError(f"milestones must be rounds separated by commas, got {text!r}") from None
 
 
 def _check_hooks(hooks: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -246,7 +171,7 @@ def run_local(
 ) -> dict[str, Any]:
     """The whole federation in this process: ``owners`` owners of the embedded default
     (partitions 0..owners-1 under ``work-dir``), the provider over an in-process transport."""
-    from blindfed.fl.server import LocalTransport
+    from blindfed.fl.transport import LocalTransport
 
     s = merge_settings({}, overrides)
     return provide(s, LocalTransport(_local_owners(s, owners)), hooks)

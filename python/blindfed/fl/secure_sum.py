@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from blindfed._core import SecAggOwner, SecAggParams, SecAggServer
+from blindfed.fl.settings import FRAC_BITS
 
 __all__ = ["majority", "secure_sum"]
 
@@ -33,7 +34,7 @@ def secure_sum(
     vectors: Mapping[int, np.ndarray],
     *,
     bound: float,
-    frac_bits: int = 20,
+    frac_bits: int = FRAC_BITS,
     neighbours: int | None = None,
 ) -> np.ndarray:
     """The sum of ``vectors`` (owner id -> equal-length float vectors, every entry within

@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from blindfed._core import SecAggParams, SecAggServer
 from blindfed.atomic import write_atomically
-from blindfed.fl.dispatch import Payload, answer
+from blindfed.fl.dispatch import Payload
 from blindfed.fl.fedavg import (
     LocalTraining,
     Schedule,
@@ -32,20 +32,15 @@ from blindfed.fl.fedavg import (
     make_model,
     set_vector,
 )
-from blindfed.fl.owner_node import OwnerNode
 from blindfed.fl.secure_sum import majority
 from blindfed.fl.server_opt import ServerOptimizer
+from blindfed.fl.settings import DEFAULTS, FRAC_BITS, PRESETS, UPDATE_BOUND, milestones
+from blindfed.fl.transport import Transport
 from blindfed.nn.adapter import check_readout
 from blindfed.protocol import Provider
 from blindfed.protocol.messages import ForwardRequest, Offer, OwnerHello, decode
 
-__all__ = [
-    "FederationConfig",
-    "FederationServer",
-    "LocalTransport",
-    "RoundFailedError",
-    "Transport",
-]
+__all__ = ["FederationConfig", "FederationServer", "RoundFailedError"]
 
 log = logging.getLogger("blindfed.fl")
 
@@ -56,50 +51,42 @@ class RoundFailedError(RuntimeError):
     before giving up."""
 
 
-class Transport(Protocol):
-    def nodes(self) -> list[int]:
-        """The owners connected now."""
-        ...
-
-    def ask(self, action: str, requests: dict[int, Payload], timeout: float) -> dict[int, Payload]:
-        """Sends each owner its request; returns the replies that came back in time (an owner
-        that failed or timed out is absent)."""
-        ...
+_PAPER = PRESETS["paper"]
 
 
 @dataclass
 class FederationConfig:
-    """A federation's settings (defaults: the paper's schedule and plain FedAvg; the
-    run-config presets of :mod:`blindfed.fl.run` fill them in)."""
+    """A federation's settings (defaults: the paper's schedule and plain FedAvg, the rest from
+    :data:`~blindfed.fl.settings.DEFAULTS`; the run-config presets fill them in)."""
 
-    rounds: int = 50
-    lr: float = 1e-3
-    milestones: tuple[int, ...] = (25, 40)
-    gamma: float = 0.1
+    rounds: int = DEFAULTS["rounds"]
+    lr: float = _PAPER["lr"]
+    milestones: tuple[int, ...] = milestones(_PAPER["milestones"])
+    gamma: float = _PAPER["gamma"]
     #: the server's step on the secure sum (:mod:`blindfed.fl.server_opt`).
-    server_optimizer: str = "fedavg"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
+    server_optimizer: str = _PAPER["server-optimizer"]
+    server_lr: float = _PAPER["server-lr"]
+    server_momentum: float = _PAPER["server-momentum"]
     local: LocalTraining = field(default_factory=LocalTraining)
-    rank: int = 8
+    rank: int = DEFAULTS["rank"]
     #: how the head reads the last block's features (:data:`blindfed.nn.adapter.READOUTS`).
-    readout: str = "cls"
+    readout: str = _PAPER["readout"]
     classes: int = 10
-    min_owners: int = 2
+    min_owners: int = DEFAULTS["min-owners"]
     #: shares needed to unmask; None: a majority of the round's owners (at least 2).
-    threshold: int | None = None
+    threshold: int | None = DEFAULTS["threshold"] or None
     #: SecAgg+ graph degree; None: every pair of owners (SecAgg).
-    neighbours: int | None = None
+    neighbours: int | None = DEFAULTS["neighbours"] or None
     #: the largest |n * delta| an owner may contribute per entry (fixed point refuses more).
-    update_bound: float = 2.0**20
-    frac_bits: int = 20
+    update_bound: float = UPDATE_BOUND
+    frac_bits: int = FRAC_BITS
     #: seconds an owner has to answer a stage; attempt a of a retried round waits 2^a times it.
-    timeout: float = 600.0
+    timeout: float = DEFAULTS["timeout"]
     #: retries of a round that fails (too few owners in time, a refused sum) before the run
     #: stops; owners that left are waited for (``timeout``) before each retry.
-    retries: int = 2
+    retries: int = DEFAULTS["retries"]
     eval_every: int = 1
-    seed: int = 0
+    seed: int = DEFAULTS["seed"]
 
     def __post_init__(self) -> None:
         check_readout(self.readout)
@@ -454,46 +441,3 @@ class FederationServer:
             "accuracy": 100.0 * correct / total if total else float("nan"),
             "test_samples": total,
         }
-
-
-class LocalTransport:
-    """Owners in this process (tests, studies, the demo's default): ``fail(action, node,
-    round)`` returning True makes that owner drop out at that point, as a crash would;
-    ``fresh`` rebuilds each owner from its directory for every message, as Flower's
-    per-message processes do."""
-
-    def __init__(
-        self,
-        owners: dict[int, OwnerNode],
-        fail: Callable[[str, int, int | None], bool] | None = None,
-        *,
-        fresh: bool = False,
-    ) -> None:
-        self.owners = owners
-        self.fail = fail or (lambda action, node, round: False)
-        self.fresh = fresh
-        self.down: set[int] = set()
-        self.asked: list[str] = []
-
-    def nodes(self) -> list[int]:
-        return sorted(set(self.owners) - self.down)
-
-    def ask(self, action: str, requests: dict[int, Payload], timeout: float) -> dict[int, Payload]:
-        replies = {}
-        for n, request in requests.items():
-            if n in self.down or n not in self.owners:
-                continue
-            if self.fail(action, n, request.get("round")):
-                self.down.add(n)
-                continue
-            node = self.owners[n]
-            if self.fresh:
-                node = OwnerNode(
-                    node.directory, node.data, name=node.name, allow_insecure=node.allow_insecure
-                )
-            try:
-                replies[n] = answer(node, n, action, request)
-            except Exception as e:  # as over Flower: a failed owner is absent from the replies
-                log.warning("owner %s failed %s: %s: %s", n, action, type(e).__name__, e)
-        self.asked.append(action)
-        return replies

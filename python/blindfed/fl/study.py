@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from blindfed.atomic import write_atomically
+from blindfed.fl.settings import DEFAULTS
 
 __all__ = ["TABLE1_ROWS", "TABLE3_ROWS", "StudyConfig", "run_study"]
 
@@ -55,8 +56,8 @@ class StudyConfig:
     owners: int = 5
     alphas: tuple[float, ...] = (100.0, 1.0, 0.01)
     owner_counts: tuple[int, ...] = (10, 20, 50)
-    rounds: int = 50
-    seed: int = 0
+    rounds: int = DEFAULTS["rounds"]
+    seed: int = DEFAULTS["seed"]
     tables: tuple[int, ...] = (1, 3)
     #: caps on all owners' training and test digits (None: all), for quick runs.
     train_samples: int | None = None

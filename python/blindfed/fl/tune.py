@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from blindfed.atomic import write_atomically
+from blindfed.fl.settings import DEFAULTS, OWNERS
 from blindfed.nn.adapter import READOUTS
 
 __all__ = [
@@ -87,10 +88,10 @@ FEDERATED_GRID: dict[str, tuple[float, ...]] = {
 @dataclass(frozen=True)
 class TuneConfig:
     out: str = "blindfed-tune"
-    owners: int = 3
-    alpha: float = 1.0
-    seed: int = 0
-    rounds: int = 50
+    owners: int = OWNERS
+    alpha: float = DEFAULTS["alpha"]
+    seed: int = DEFAULTS["seed"]
+    rounds: int = DEFAULTS["rounds"]
     fraction: float = 0.2
     #: BlindFed's candidates are scored by their mean over this many validation splits
     #: (held-out draws ``seed``, ``seed + 1``, ...): one split of 288 digits moves by a digit
@@ -246,7 +247,8 @@ def _federate(
     """One BlindFed federation on one validation split; its final round's accuracy."""
     from blindfed.fl.owner_node import OwnerNode
     from blindfed.fl.run import PRESETS, merge_settings, provide
-    from blindfed.fl.server import LocalTransport, RoundFailedError
+    from blindfed.fl.server import RoundFailedError
+    from blindfed.fl.transport import LocalTransport
 
     owners = out / ("owners" if split == 0 else f"owners-split{split}")
     nodes = {}

@@ -3,15 +3,8 @@
 Needs ``torch`` (``pip install blindfed[torch]``); the rest of blindfed does not.
 """
 
-from blindfed.nn.approx import (
-    AffineNorm,
-    PolyApprox,
-    PolyGELU,
-    PolyLayerNorm,
-    PolySoftmax,
-    PowerApprox,
-    native_eval,
-)
+from blindfed.nn.approx import PolyApprox, PolyGELU, PolySoftmax, PowerApprox, native_eval
+from blindfed.nn.norm import AffineNorm, PolyLayerNorm
 from blindfed.nn.student import Student
 from blindfed.nn.vit import ViT, ViTConfig
 

@@ -33,7 +33,8 @@ import torch
 
 from blindfed.approx import Approximation, StudentSpec, student_spec
 from blindfed.block import Block as EncryptedBlock
-from blindfed.nn.approx import AffineNorm, PolyApprox, PolyGELU, PolyLayerNorm, PolySoftmax
+from blindfed.nn.approx import PolyApprox, PolyGELU, PolySoftmax
+from blindfed.nn.norm import AffineNorm, PolyLayerNorm
 from blindfed.nn.vit import Functions, ViT, ViTConfig
 from blindfed.protocol.privacy import block_pattern, request_starts
 

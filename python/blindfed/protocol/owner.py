@@ -79,6 +79,7 @@ class DataOwner:
         self.allow_insecure = allow_insecure
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._offer: Offer | None = None
+        self._group = 0
         self._secret: ckks.SecretKey | None = None
         self._embedding: dict[str, np.ndarray] = {}
         self._passes: dict[str, Pass] = {}
@@ -109,9 +110,10 @@ class DataOwner:
     def _accept_offer(self, offer: bytes, key_seed: bytes | None) -> Offer:
         msg = decode(offer, Offer)
         embedding = _load_embedding(msg)
+        params = ckks.Parameters.from_bytes(msg.parameters)
+        group = params.samples_per_group(msg.tokens)
         secret = None
         if msg.mode == "execute":
-            params = ckks.Parameters.from_bytes(msg.parameters)
             if not params.is_secure and not self.allow_insecure:
                 raise MessageError(
                     f"Offer: the parameters ({params}) are below 128-bit security; an owner "
@@ -119,11 +121,19 @@ class DataOwner:
                 )
             secret = ckks.SecretKey.generate(params, seed=key_seed)
         self._offer, self._embedding, self._secret = msg, embedding, secret
+        self._group = group
         return msg
 
     @property
     def mode(self) -> str:
         return self._require_offer().mode
+
+    @property
+    def samples_per_group(self) -> int:
+        """Samples one ciphertext group holds in the offered parameters: a batch this size
+        costs the provider one group per block, whether full or not."""
+        self._require_offer()
+        return self._group
 
     def _require_offer(self) -> Offer:
         if self._offer is None:
@@ -283,8 +293,7 @@ class Pass:
                 raise ValueError(f"expected {n} labels, got shape {labels.shape}")
             order = np.argsort(labels, kind="stable")
             images, labels = images[order], labels[order]
-            group = ckks.Parameters.from_bytes(offer.parameters).slots // offer.tokens
-            self.windows = label_windows(labels.tolist(), offer.window, group)
+            self.windows = label_windows(labels.tolist(), offer.window, owner.samples_per_group)
         else:
             self.windows = [1] * n
         self._images, self.labels = images, labels

@@ -173,7 +173,7 @@ class Provider:
     @property
     def samples_per_group(self) -> int:
         """Samples one ciphertext group holds: a batch this size costs one group per block."""
-        return self.parameters.slots // self.tokens
+        return self.parameters.samples_per_group(self.tokens)
 
     # ---- handshake ------------------------------------------------------------------------
 

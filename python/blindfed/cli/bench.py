@@ -1,0 +1,94 @@
+"""``blindfed bench``: benchmarks, each against a baseline timed in the same run."""
+
+from __future__ import annotations
+
+import argparse
+
+from blindfed import set_num_threads
+from blindfed.cli.common import write_json
+
+
+def _sets(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        pairs = tuple(tuple(int(v) for v in item.split(":")) for item in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOG_N:LEVELS[,...], got {text!r}") from None
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected LOG_N:LEVELS[,...], got {text!r}")
+    return pairs  # type: ignore[return-value]
+
+
+def _names(text: str) -> list[str]:
+    from blindfed.block import SHAPES
+
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown shape(s) {unknown}; choose from {sorted(SHAPES)}"
+        )
+    return names
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Benchmarks against a baseline timed in the same run."""
+    if args.what == "ckks":
+        from blindfed.bench import ckks as ckks_bench
+
+        report = ckks_bench.run(args.sets or ckks_bench.DEFAULT_SETS, repeats=args.repeats)
+        print(ckks_bench.format_table(report))
+        write_json(args.json, report)
+        return 0
+    if args.what == "block":
+        from blindfed.bench import block as block_bench
+
+        set_num_threads(args.threads)
+        report = block_bench.run(tuple(args.shapes), tuple(args.estimate))
+        print(block_bench.format_table(report))
+        write_json(args.json, report)
+        return 0
+    if args.what == "e2e":
+        from blindfed.bench import e2e
+
+        set_num_threads(args.threads)
+        report = e2e.run(args.samples, modes=tuple(args.modes))
+        print(e2e.format_table(report))
+        write_json(args.json, report)
+        return 0
+    raise AssertionError(args.what)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds the command to the ``blindfed`` parser."""
+    p = sub.add_parser("bench", help="benchmarks, each against a baseline in the same run")
+    p.add_argument(
+        "what",
+        choices=["ckks", "block", "e2e"],
+        help="ckks: our CKKS engine vs SEAL; block: one encrypted transformer block per sample "
+        "vs the same block in plaintext; e2e: the online phase on the embedded default, "
+        "execute vs simulate vs plaintext",
+    )
+    p.add_argument("--sets", type=_sets, help="ckks: LOG_N:LEVELS pairs, e.g. 14:7,15:18,16:18")
+    p.add_argument("--repeats", type=int, default=5, help="ckks: timed repetitions per operation")
+    p.add_argument(
+        "--shapes",
+        type=_names,
+        default=["small", "vit_tiny"],
+        help="block: shapes to run encrypted (small, vit_tiny, vit_base)",
+    )
+    p.add_argument(
+        "--estimate",
+        type=_names,
+        default=["vit_base"],
+        help="block: shapes to estimate from exact operation counts (empty: none)",
+    )
+    p.add_argument("--samples", type=int, help="e2e: digits (default: one ciphertext group)")
+    p.add_argument(
+        "--modes",
+        type=lambda t: [m for m in t.split(",") if m],
+        default=["execute", "simulate"],
+        help="e2e: execute and/or simulate (default both)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
+    p.add_argument("--json", help="also write the report as JSON here")
+    p.set_defaults(func=bench)
