@@ -16,6 +16,7 @@ from pathlib import Path
 MODULES = [
     "blindfed",
     "blindfed.ckks",
+    "blindfed.secagg",
     "blindfed.approx",
     "blindfed.block",
     "blindfed.nn.vit",

@@ -295,41 +295,6 @@ fn clear_errors() {
     assert!(matches!(res, Err(Error::MissingKey(_))), "{res:?}");
 }
 
-/// The diagonal method (baby-step giant-step, hoisted rotations) on ciphertexts, for the
-/// rectangular shapes of a block's MLP.
-#[test]
-fn encrypted_diagonal_matvec_matches_f64() {
-    use blindfed::ckks::{Complex, Plaintext};
-    use blindfed::he::diagonal::DiagonalMatrix;
-    let mut r = Rng(21);
-    for (d_out, d_in) in [(32, 8), (8, 32), (16, 16)] {
-        let w = r.vec(d_out * d_in, 0.5, 0.0);
-        let bias = r.vec(d_out, 0.1, 0.0);
-        let m = DiagonalMatrix::new(&w, d_out, d_in, Some(&bias), 1 << 9).unwrap();
-        let o = owner(10, 3, &m.rotation_steps());
-        let backend = Encrypted::new(&o.keys).unwrap();
-        let samples: Vec<Vec<f64>> = (0..3).map(|_| r.vec(d_in, 1.0, 0.0)).collect();
-        let refs: Vec<&[f64]> = samples.iter().map(|v| v.as_slice()).collect();
-        let slots: Vec<Complex> = m.pack(&refs).unwrap().iter().map(|&v| Complex::new(v, 0.0)).collect();
-        let ct = o.sk.encrypt_symmetric(&Plaintext::encode(&o.ctx, &slots, None, None).unwrap()).unwrap();
-        let y = m.apply(&backend, &ct).unwrap();
-        assert_eq!(y.level(), o.ctx.max_level() - 1);
-        let dec: Vec<f64> = o.sk.decrypt(&y).unwrap().decode().iter().map(|z| z.re).collect();
-        let got = m.unpack(&dec, 3).unwrap();
-        for (s, x) in samples.iter().enumerate() {
-            for i in 0..d_out {
-                let want = bias[i] + (0..d_in).map(|j| w[i * d_in + j] * x[j]).sum::<f64>();
-                assert!(
-                    (got[s][i] - want).abs() < 1e-4,
-                    "{d_out}x{d_in} [{s}][{i}]: {} vs {want}",
-                    got[s][i]
-                );
-            }
-        }
-        assert!(backend.cost().hoisted_rotations > 0);
-    }
-}
-
 /// A narrow chain deeper than the ring's levels runs in steps joined by refreshes: the
 /// planner needs only its deepest step to fit, and the result is still the reference's.
 #[test]

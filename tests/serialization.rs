@@ -7,19 +7,12 @@ use blindfed::ckks::{
 };
 use blindfed::Error;
 use proptest::prelude::*;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+
+mod common;
 
 fn setup() -> &'static (Context, SecretKey) {
-    static S: OnceLock<(Context, SecretKey)> = OnceLock::new();
-    S.get_or_init(|| {
-        let mut spec = ParameterSpec::new(6, 2, 30);
-        spec.first_bits = 40;
-        spec.special_bits = 40;
-        spec.insecure = true;
-        let ctx = Context::new(&spec).unwrap();
-        let sk = SecretKey::generate(&ctx);
-        (ctx, sk)
-    })
+    common::small_owner()
 }
 
 fn sample_values() -> Vec<Complex> {

@@ -4,7 +4,6 @@
 pub mod attention;
 pub mod backend;
 pub mod cost;
-pub mod diagonal;
 pub mod encrypted;
 pub mod layout;
 pub mod mirror;

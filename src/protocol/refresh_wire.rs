@@ -50,11 +50,31 @@ fn decode(ctx: &Context, kind: u8, bytes: &[u8]) -> Result<(usize, Vec<Ciphertex
     Ok((level, read_ciphertext_list(ctx, &bytes[HEADER..], count, what)?))
 }
 
+/// A refresh request's bytes: the masked ciphertexts and the level the owner re-encrypts at.
+pub fn encode_request(level: usize, masked: &[Ciphertext]) -> Vec<u8> {
+    encode(REQUEST, level, masked)
+}
+
+/// A refresh request's level and masked ciphertexts; [`Error::Malformed`] for anything else.
+pub fn decode_request(ctx: &Context, bytes: &[u8]) -> Result<(usize, Vec<Ciphertext>)> {
+    decode(ctx, REQUEST, bytes)
+}
+
+/// A refresh reply's bytes: the re-encrypted ciphertexts at the level the request named.
+pub fn encode_reply(level: usize, fresh: &[Ciphertext]) -> Vec<u8> {
+    encode(REPLY, level, fresh)
+}
+
+/// A refresh reply's level and ciphertexts; [`Error::Malformed`] for anything else.
+pub fn decode_reply(ctx: &Context, bytes: &[u8]) -> Result<(usize, Vec<Ciphertext>)> {
+    decode(ctx, REPLY, bytes)
+}
+
 /// The owner's side: decrypt each masked ciphertext (uniformly random-looking values) and
 /// re-encrypt it at the level the request names.
 pub fn answer(sk: &SecretKey, request: &[u8]) -> Result<Vec<u8>> {
-    let (level, masked) = decode(sk.context(), REQUEST, request)?;
-    Ok(encode(REPLY, level, &sk.refresh(masked, level)?))
+    let (level, masked) = decode_request(sk.context(), request)?;
+    Ok(encode_reply(level, &sk.refresh(masked, level)?))
 }
 
 /// The provider's side: each refresh is one round trip through `send` (request bytes in,
@@ -72,8 +92,8 @@ impl<F: Fn(Vec<u8>) -> Result<Vec<u8>> + Send + Sync> RemoteOwner<F> {
 
 impl<F: Fn(Vec<u8>) -> Result<Vec<u8>> + Send + Sync> Refresher for RemoteOwner<F> {
     fn refresh(&self, masked: Vec<Ciphertext>, level: usize) -> Result<Vec<Ciphertext>> {
-        let reply = (self.send)(encode(REQUEST, level, &masked))?;
-        let (replied, fresh) = decode(&self.ctx, REPLY, &reply)?;
+        let reply = (self.send)(encode_request(level, &masked))?;
+        let (replied, fresh) = decode_reply(&self.ctx, &reply)?;
         if replied != level || fresh.iter().any(|c| c.level() != level) {
             return Err(Error::Malformed(format!("refresh reply: not at the level {level} requested")));
         }

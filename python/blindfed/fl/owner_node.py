@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from blindfed._core import SecAggOwner, SecAggParams
+from blindfed import secagg
 from blindfed.atomic import write_atomically
 from blindfed.fl.owner_data import OwnerData
 from blindfed.protocol import DataOwner
@@ -213,13 +213,15 @@ class OwnerNode:
             write_atomically(seed, secrets.token_bytes(32), private=True)
         return self._secagg(path, "advertise")[1]
 
-    def _secagg(self, path: Path, upto: str) -> tuple[SecAggOwner, bytes]:
+    def _secagg(self, path: Path, upto: str) -> tuple[secagg.Owner, bytes]:
         """The round's secure-aggregation owner, replayed from disk up to (not including)
         stage ``upto``, and its advert."""
         if not (path / "seed").exists():
             raise RuntimeError(f"round {path.name}: no secure-aggregation state (already done?)")
-        params = SecAggParams.from_bytes((path / "params.bin").read_bytes())
-        agg = SecAggOwner(params, int((path / "me").read_text()), seed=(path / "seed").read_bytes())
+        params = secagg.Params.from_bytes((path / "params.bin").read_bytes())
+        agg = secagg.Owner(
+            params, int((path / "me").read_text()), seed=(path / "seed").read_bytes()
+        )
         advert = agg.advertise()
         if upto in ("mask", "unmask"):
             agg.share((path / "roster.bin").read_bytes())

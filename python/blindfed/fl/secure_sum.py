@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from blindfed._core import SecAggOwner, SecAggParams, SecAggServer
+from blindfed import secagg
 from blindfed.fl.settings import FRAC_BITS
 
 __all__ = ["majority", "secure_sum"]
@@ -45,7 +45,7 @@ def secure_sum(
     lengths = {np.shape(v) for v in vectors.values()}
     if len(lengths) != 1 or len(next(iter(lengths))) != 1:
         raise ValueError(f"vectors must be 1-d and of one length, got shapes {sorted(lengths)}")
-    params = SecAggParams(
+    params = secagg.Params(
         owners,
         majority(len(owners)),
         next(iter(lengths))[0],
@@ -54,8 +54,8 @@ def secure_sum(
         neighbours=neighbours,
         context=f"blindfed-local:{secrets.token_hex(8)}".encode(),
     )
-    parties = {i: SecAggOwner(params, i) for i in owners}
-    server = SecAggServer(params)
+    parties = {i: secagg.Owner(params, i) for i in owners}
+    server = secagg.Server(params)
     roster = server.roster({i: p.advertise() for i, p in parties.items()})
     inboxes = server.route({i: p.share(roster) for i, p in parties.items()})
     request = server.collect(

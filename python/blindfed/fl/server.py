@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from blindfed._core import SecAggParams, SecAggServer
+from blindfed import secagg
 from blindfed.atomic import write_atomically
 from blindfed.fl.dispatch import Payload
 from blindfed.fl.fedavg import (
@@ -354,7 +354,7 @@ class FederationServer:
         vector = get_vector(self.model)
         length = len(vector) + self.model.blocks + 1
         threshold = cfg.threshold or majority(len(owners))
-        params = SecAggParams(
+        params = secagg.Params(
             owners,
             threshold,
             length,
@@ -363,7 +363,7 @@ class FederationServer:
             neighbours=cfg.neighbours,
             context=f"blindfed:{secrets.token_hex(8)}:{r}:{attempt}".encode(),
         )
-        agg = SecAggServer(params)
+        agg = secagg.Server(params)
         traffic = {n: 0 for n in owners}
 
         def ask(action: str, requests: dict[int, Payload]) -> dict[int, Payload]:
