@@ -17,6 +17,7 @@ MODULES = [
     "blindfed",
     "blindfed.ckks",
     "blindfed.secagg",
+    "blindfed.errors",
     "blindfed.approx",
     "blindfed.block",
     "blindfed.nn.vit",

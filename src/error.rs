@@ -16,6 +16,29 @@ pub enum Error {
     OutOfLevels(String),
     #[error("missing key: {0}")]
     MissingKey(String),
+    /// Arrays, weights or batches of the wrong size or layout.
+    #[error("wrong shape: {0}")]
+    Shape(String),
+    /// A setting or value outside what the operation accepts (a degree, a level, a range).
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// NaN or infinity where finite numbers are needed.
+    #[error("not finite: {0}")]
+    NotFinite(String),
+    /// An approximation or student spec that does not parse or does not fit its slot.
+    #[error("invalid spec: {0}")]
+    Spec(String),
+    /// Calibration that does not settle, or data outside the calibrated ranges.
+    #[error("calibration: {0}")]
+    Calibration(String),
+    /// A three-polynomial ciphertext (a product not yet relinearised) where two are needed.
+    #[error("relinearise first: {0}")]
+    Unrelinearised(String),
+    /// A callback from the caller (progress, a remote owner) that failed.
+    #[error("{0}")]
+    Callback(String),
+    /// Anything else: misuse of an internal routine (an empty sum, a missing term), or a
+    /// resource the system refused (threads).
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("objects belong to different parameter sets")]

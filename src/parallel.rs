@@ -14,7 +14,7 @@ const MAX_THREADS: usize = 1024;
 /// Uses `threads` worker threads from now on; 0 means one per available core.
 pub fn set_num_threads(threads: usize) -> Result<()> {
     if threads > MAX_THREADS {
-        return Err(Error::InvalidInput(format!("at most {MAX_THREADS} threads, got {threads}")));
+        return Err(Error::OutOfRange(format!("at most {MAX_THREADS} threads, got {threads}")));
     }
     let pool = ThreadPoolBuilder::new()
         .num_threads(threads)

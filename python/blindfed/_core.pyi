@@ -1,20 +1,26 @@
 """Type stubs for blindfed's Rust extension module."""
 
 from collections.abc import Callable, Sequence
-from typing import overload
+from typing import Self, TypeAlias, final, overload
 
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
 
-Values = npt.NDArray[np.float64] | npt.NDArray[np.complex128] | Sequence[float]
-Operand = "Ciphertext | Plaintext | float | Values"
+Values: TypeAlias = npt.NDArray[np.float64] | npt.NDArray[np.complex128] | Sequence[float]
+Operand: TypeAlias = "Ciphertext | Plaintext | float | Values"
 
 class CkksError(ValueError): ...
 class InsecureParametersError(CkksError): ...
 class MalformedDataError(CkksError): ...
 class MissingKeyError(CkksError): ...
+class ShapeError(CkksError): ...
+class OutOfRangeError(CkksError): ...
+class NonFiniteError(CkksError): ...
+class SpecError(CkksError): ...
+class CalibrationError(CkksError): ...
+class CallbackError(CkksError): ...
 
 def set_num_threads(threads: int) -> None:
     """Use ``threads`` worker threads for heavy operations (0: one per core)."""
@@ -22,6 +28,7 @@ def set_num_threads(threads: int) -> None:
 def num_threads() -> int:
     """The number of worker threads heavy operations use."""
 
+@final
 class Parameters:
     """A CKKS parameter set checked against the HE Standard's 128-bit bound.
 
@@ -32,8 +39,8 @@ class Parameters:
     (two 30-bit primes under one 60-bit special prime): ``dnum`` of them.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         log_n: int,
         levels: int,
         scale_bits: int = 40,
@@ -43,7 +50,7 @@ class Parameters:
         special_count: int | None = None,
         hamming_weight: int | None = None,
         insecure: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def ring_degree(self) -> int: ...
     @property
@@ -72,6 +79,7 @@ class Parameters:
     @staticmethod
     def from_bytes(data: bytes) -> Parameters: ...
 
+@final
 class SecretKey:
     """The owner's secret key: never serialised, zeroised when freed."""
 
@@ -83,7 +91,7 @@ class SecretKey:
     def relin_key(self) -> RelinKey: ...
     def galois_keys(self, steps: Sequence[int], conjugate: bool = False) -> GaloisKeys: ...
     def evaluation_keys(
-        self, rotations: Sequence[int] = (), conjugate: bool = False, relinearize: bool = True
+        self, rotations: Sequence[int] = ..., conjugate: bool = False, relinearize: bool = True
     ) -> EvaluationKeys: ...
     def encrypt(
         self, values: Values | Plaintext, *, level: int | None = None, scale: float | None = None
@@ -94,6 +102,7 @@ class SecretKey:
     def decrypt(self, ciphertext: Ciphertext, *, complex: bool) -> npt.NDArray[np.generic]: ...
     def decrypt_plaintext(self, ciphertext: Ciphertext) -> Plaintext: ...
 
+@final
 class PublicKey:
     def encrypt(
         self, values: Values | Plaintext, *, level: int | None = None, scale: float | None = None
@@ -104,6 +113,7 @@ class PublicKey:
     @property
     def parameters(self) -> Parameters: ...
 
+@final
 class RelinKey:
     def to_bytes(self) -> bytes: ...
     @staticmethod
@@ -111,6 +121,7 @@ class RelinKey:
     @property
     def parameters(self) -> Parameters: ...
 
+@final
 class GaloisKeys:
     @property
     def elements(self) -> list[int]: ...
@@ -120,15 +131,16 @@ class GaloisKeys:
     @property
     def parameters(self) -> Parameters: ...
 
+@final
 class EvaluationKeys:
     """Public, relinearisation and Galois keys shipped by an owner to an evaluator."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         public_key: PublicKey | None = None,
         relin_key: RelinKey | None = None,
         galois_keys: GaloisKeys | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def public_key(self) -> PublicKey | None: ...
     @property
@@ -142,6 +154,7 @@ class EvaluationKeys:
     @staticmethod
     def from_bytes(params: Parameters, data: bytes) -> EvaluationKeys: ...
 
+@final
 class Plaintext:
     @staticmethod
     def encode(
@@ -158,7 +171,9 @@ class Plaintext:
     @staticmethod
     def from_bytes(params: Parameters, data: bytes) -> Plaintext: ...
 
+@final
 class Ciphertext:
+    __array_ufunc__: None
     """A CKKS ciphertext that behaves like a small vector.
 
     ``*`` relinearises and rescales (one level) and needs a bound key bundle
@@ -180,13 +195,13 @@ class Ciphertext:
     @property
     def keys(self) -> EvaluationKeys | None: ...
     def with_keys(self, keys: EvaluationKeys) -> Ciphertext: ...
-    def __add__(self, other: Operand) -> Ciphertext: ...
-    def __radd__(self, other: Operand) -> Ciphertext: ...
-    def __sub__(self, other: Operand) -> Ciphertext: ...
-    def __rsub__(self, other: Operand) -> Ciphertext: ...
+    def __add__(self, other: Operand, /) -> Ciphertext: ...
+    def __radd__(self, other: Operand, /) -> Ciphertext: ...
+    def __sub__(self, other: Operand, /) -> Ciphertext: ...
+    def __rsub__(self, other: Operand, /) -> Ciphertext: ...
     def __neg__(self) -> Ciphertext: ...
-    def __mul__(self, other: Operand) -> Ciphertext: ...
-    def __rmul__(self, other: Operand) -> Ciphertext: ...
+    def __mul__(self, other: Operand, /) -> Ciphertext: ...
+    def __rmul__(self, other: Operand, /) -> Ciphertext: ...
     def __len__(self) -> int: ...
     def multiply(
         self, other: Operand, *, relinearize: bool = True, rescale: bool = True
@@ -211,6 +226,7 @@ def soft_target_kl(
     student: npt.NDArray[np.floating], teacher: npt.NDArray[np.floating], tau: float = 5.0
 ) -> tuple[float, npt.NDArray[np.floating]]: ...
 
+@final
 class Approximation:
     """A polynomial approximation of exp, 1/x, 1/sqrt(x) or GELU on a calibrated range, or a
     power (x + shift)^p replacing exp; ``text`` is its serialisation."""
@@ -263,10 +279,11 @@ class Approximation:
     def with_range(self, lo: float, hi: float) -> Approximation: ...
     def with_shift(self, shift: float) -> Approximation: ...
 
+@final
 class StudentSpec:
     """The families a student uses in every block, from text over a preset."""
 
-    def __init__(self, text: str = "default", *, base: str = "default") -> None: ...
+    def __new__(cls, text: str = "default", *, base: str = "default") -> Self: ...
     @staticmethod
     def presets() -> list[str]: ...
     @property
@@ -288,6 +305,7 @@ class StudentSpec:
     @property
     def text(self) -> str: ...
 
+@final
 class PackedBatch:
     """Activations (batch, tokens, features) encrypted in the token layout."""
 
@@ -314,18 +332,19 @@ class PackedBatch:
 
 def owner_normalise(x: npt.NDArray[np.float64], eps: float = 1e-6) -> npt.NDArray[np.float64]: ...
 
+@final
 class Block:
     """The FHE-friendly pre-norm transformer block."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         weights: dict[str, npt.NDArray[np.float64]],
         *,
         tokens: int,
         heads: int,
         approx: dict[str, object] | None = None,
         spec: StudentSpec | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def shape(self) -> dict[str, int]: ...
     @property
@@ -375,6 +394,7 @@ class TamperedShareError(SecAggError):
 class FixedPointOverflowError(SecAggError):
     """A value that is not finite or exceeds the bound; names its index. Never clipped."""
 
+@final
 class SecAggParams:
     """The parameters of one round, shared by the server and every owner.
 
@@ -387,8 +407,8 @@ class SecAggParams:
     replays across rounds. Invalid choices raise ``SecAggError`` naming the numbers.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         owners: Sequence[int],
         threshold: int,
         length: int,
@@ -397,8 +417,8 @@ class SecAggParams:
         frac_bits: int = 20,
         ring_bits: int = 64,
         neighbours: int | None = None,
-        context: bytes = b"",
-    ) -> None: ...
+        context: bytes = ...,
+    ) -> Self: ...
     @property
     def owners(self) -> list[int]:
         """Owner ids, ascending."""
@@ -425,6 +445,7 @@ class SecAggParams:
     def from_bytes(data: bytes) -> SecAggParams:
         """Decodes and re-checks parameters (``MalformedDataError`` or ``SecAggError``)."""
 
+@final
 class SecAggOwner:
     """One owner's side of a round. Call, in order: ``advertise``, ``share``, ``mask``,
     ``unmask``; any call out of order raises ``SecAggError``. Secrets are zeroised when
@@ -432,7 +453,7 @@ class SecAggOwner:
     round's secrets replayable by a new process; it is as secret as they are.
     """
 
-    def __init__(self, params: SecAggParams, me: int, *, seed: bytes | None = None) -> None: ...
+    def __new__(cls, params: SecAggParams, me: int, *, seed: bytes | None = None) -> Self: ...
     @property
     def id(self) -> int: ...
     @property
@@ -451,11 +472,12 @@ class SecAggOwner:
         (``SecAggError``) an inconsistent request: an owner in both lists, this owner listed
         as dropped, fewer than t survivors, lists that contradict what it saw. Answers once."""
 
+@final
 class SecAggServer:
     """The server's side of a round. Call, in order: ``roster``, ``route``, ``collect``,
     ``aggregate``; masked inputs arriving after ``collect`` are refused."""
 
-    def __init__(self, params: SecAggParams) -> None: ...
+    def __new__(cls, params: SecAggParams) -> Self: ...
     @property
     def stage(self) -> str:
         """The next call expected: "roster", "route", "collect", "aggregate" or "done"."""

@@ -194,7 +194,7 @@ fn mul_integer_unchecked(ct: &Ciphertext, k: i128, scale: f64) -> Ciphertext {
 fn scaled_integer(c: f64, scale: f64) -> Result<i128> {
     let v = (c * scale).round();
     if !v.is_finite() || v.abs() >= 2f64.powi(120) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::OutOfRange(format!(
             "constant {c} times scale 2^{:.1} is out of range",
             scale.log2()
         )));
@@ -231,11 +231,7 @@ pub fn multiply_accumulate_pairs(
     pairs: &[Vec<(&Ciphertext, &Ciphertext)>],
 ) -> Result<()> {
     if sums.len() != pairs.len() {
-        return Err(Error::InvalidInput(format!(
-            "{} sums for {} lists of products",
-            sums.len(),
-            pairs.len()
-        )));
+        return Err(Error::Shape(format!("{} sums for {} lists of products", sums.len(), pairs.len())));
     }
     let Some(first) = sums.first() else { return Ok(()) };
     let first: &Ciphertext = first;
@@ -248,7 +244,7 @@ pub fn multiply_accumulate_pairs(
             return Err(Error::LevelMismatch(acc.level, level));
         }
         if acc.size() != 3 {
-            return Err(Error::InvalidInput("a sum of products has 3 polynomials".into()));
+            return Err(Error::Unrelinearised("a sum of products has 3 polynomials".into()));
         }
         for (a, b) in products {
             if a.ctx != ctx || b.ctx != ctx {
@@ -258,7 +254,7 @@ pub fn multiply_accumulate_pairs(
                 return Err(Error::LevelMismatch(a.level.max(b.level), level));
             }
             if a.size() != 2 || b.size() != 2 {
-                return Err(Error::InvalidInput(
+                return Err(Error::Unrelinearised(
                     "relinearise before multiplying again (operand has 3 polynomials)".into(),
                 ));
             }
@@ -407,7 +403,7 @@ pub fn rescale(ct: &Ciphertext) -> Result<Ciphertext> {
 /// Drops primes down to `level` without dividing: the scale is unchanged.
 pub fn drop_level(ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
     if level > ct.level {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::OutOfRange(format!(
             "cannot raise a ciphertext from level {} to {level}",
             ct.level
         )));
@@ -458,7 +454,7 @@ pub fn at_level(ct: &Ciphertext, level: usize) -> Result<Cow<'_, Ciphertext>> {
 pub fn adjust_to(ct: &Ciphertext, level: usize, target_scale: f64) -> Result<Ciphertext> {
     let ctx = &ct.ctx;
     if level > ct.level {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::OutOfRange(format!(
             "cannot raise a ciphertext from level {} to {level}",
             ct.level
         )));
@@ -474,7 +470,7 @@ pub fn adjust_to(ct: &Ciphertext, level: usize, target_scale: f64) -> Result<Cip
     let high = drop_level(ct, level + 1)?;
     let factor = target_scale * ctx.params.q[level + 1] as f64 / ct.scale;
     if !(2f64.powi(16)..2f64.powi(62)).contains(&factor) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::OutOfRange(format!(
             "cannot move scale 2^{:.1} to 2^{:.1}",
             ct.scale.log2(),
             target_scale.log2()
@@ -494,7 +490,7 @@ fn rotate_with(ct: &Ciphertext, elements: &[u64], keys: &GaloisKeys) -> Result<V
         return Err(Error::ParameterMismatch);
     }
     if ct.size() != 2 {
-        return Err(Error::InvalidInput("relinearise before rotating".into()));
+        return Err(Error::Unrelinearised("relinearise before rotating".into()));
     }
     let mut ksks = Vec::with_capacity(elements.len());
     for &g in elements {

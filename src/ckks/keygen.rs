@@ -105,7 +105,7 @@ impl SecretKey {
         let mut elements: Vec<u64> = Vec::new();
         for &step in steps {
             if step.rem_euclid(slots) == 0 {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::OutOfRange(format!(
                     "rotation step {step} is a multiple of the slot count; it needs no key"
                 )));
             }

@@ -46,11 +46,11 @@ impl Plaintext {
         let level = check_level(ctx, level)?;
         let scale = scale.unwrap_or_else(|| ctx.scale_at(level));
         if !(scale.is_finite() && scale >= 1.0) {
-            return Err(Error::InvalidInput(format!("scale must be a finite number >= 1, got {scale}")));
+            return Err(Error::OutOfRange(format!("scale must be a finite number >= 1, got {scale}")));
         }
         let slots = padded_slots(ctx, values.len())?;
         if let Some(bad) = values.iter().position(|z| !z.is_finite()) {
-            return Err(Error::InvalidInput(format!("value at index {bad} is not finite")));
+            return Err(Error::NotFinite(format!("value at index {bad} is not finite")));
         }
         let mut padded = values.to_vec();
         padded.resize(slots, Complex::default());
@@ -59,7 +59,7 @@ impl Plaintext {
         // The scaled message must stay well inside (-Q/2, Q/2) and inside i128.
         let log_q: f64 = ctx.params.q[..=level].iter().map(|&q| (q as f64).log2()).sum();
         if max >= 2f64.powf((log_q - 2.0).min(126.0)) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::OutOfRange(format!(
                 "values too large: scaled magnitude 2^{:.1} does not fit level {level} (2^{log_q:.1})",
                 max.log2()
             )));
@@ -118,7 +118,7 @@ impl Plaintext {
 pub(crate) fn check_level(ctx: &Context, level: Option<usize>) -> Result<usize> {
     let level = level.unwrap_or(ctx.max_level());
     if level > ctx.max_level() {
-        return Err(Error::InvalidInput(format!("level {level} exceeds the maximum {}", ctx.max_level())));
+        return Err(Error::OutOfRange(format!("level {level} exceeds the maximum {}", ctx.max_level())));
     }
     Ok(level)
 }
@@ -126,7 +126,7 @@ pub(crate) fn check_level(ctx: &Context, level: Option<usize>) -> Result<usize> 
 fn padded_slots(ctx: &Context, count: usize) -> Result<usize> {
     let max = ctx.params.slots();
     if count == 0 || count > max {
-        return Err(Error::InvalidInput(format!("expected between 1 and {max} values, got {count}")));
+        return Err(Error::Shape(format!("expected between 1 and {max} values, got {count}")));
     }
     Ok(count.next_power_of_two())
 }

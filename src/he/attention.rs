@@ -43,7 +43,7 @@ impl DiagonalPlan {
     pub fn new(layout: &TokenLayout, samples: usize, baby: Option<usize>) -> Result<Self> {
         let t = layout.tokens;
         if samples == 0 || samples > layout.samples_per_group() {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::OutOfRange(format!(
                 "a group holds 1 to {} samples, got {samples}",
                 layout.samples_per_group()
             )));
@@ -121,7 +121,7 @@ impl DiagonalPlan {
         mut make: impl FnMut(Range<usize>) -> Result<(Vec<B::Value>, Vec<B::Value>)>,
     ) -> Result<Vec<B::Value>> {
         if features == 0 {
-            return Err(Error::InvalidInput("attention needs at least one query and key feature".into()));
+            return Err(Error::Shape("attention needs at least one query and key feature".into()));
         }
         let babies: Vec<i64> = (0..self.baby as i64).collect();
         let mut sums: Vec<B::Acc> = (0..self.diagonals()).map(|_| b.accumulator()).collect();
@@ -129,7 +129,7 @@ impl DiagonalPlan {
             let range = start..(start + FEATURES_PER_CALL).min(features);
             let (q, k) = make(range.clone())?;
             if q.len() != range.len() || k.len() != range.len() {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::Shape(format!(
                     "features {range:?} need {} query and key features, got {} and {}",
                     range.len(),
                     q.len(),
@@ -170,11 +170,7 @@ impl DiagonalPlan {
 
     fn check_diagonals<V>(&self, d: &[V]) -> Result<()> {
         if d.len() != self.diagonals() {
-            return Err(Error::InvalidInput(format!(
-                "expected {} diagonals, got {}",
-                self.diagonals(),
-                d.len()
-            )));
+            return Err(Error::Shape(format!("expected {} diagonals, got {}", self.diagonals(), d.len())));
         }
         Ok(())
     }
@@ -206,7 +202,7 @@ impl DiagonalPlan {
     ) -> Result<Vec<B::Value>> {
         self.check_diagonals(diagonals)?;
         if features == 0 {
-            return Err(Error::InvalidInput("attention needs at least one value feature".into()));
+            return Err(Error::Shape("attention needs at least one value feature".into()));
         }
         let babies: Vec<i64> = (0..self.baby as i64).collect();
         let level = b.lowest_level(&diagonals.iter().collect::<Vec<_>>());
@@ -215,7 +211,7 @@ impl DiagonalPlan {
             let range = start..(start + FEATURES_PER_CALL).min(features);
             let v = make(range.clone())?;
             if v.len() != range.len() {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::Shape(format!(
                     "features {range:?} need {} value features, got {}",
                     range.len(),
                     v.len()

@@ -55,7 +55,7 @@ pub trait Backend: Sync {
         pairs: &[Vec<(&Self::Value, &Self::Value)>],
     ) -> Result<()> {
         if sums.len() != pairs.len() {
-            return Err(crate::error::Error::InvalidInput(format!(
+            return Err(crate::error::Error::Shape(format!(
                 "{} sums for {} lists of products",
                 sums.len(),
                 pairs.len()
@@ -89,11 +89,7 @@ pub trait Backend: Sync {
     /// sum_i a_i * b_i with a single relinearisation: one level.
     fn dot(&self, a: &[&Self::Value], b: &[&Self::Value]) -> Result<Self::Value> {
         if a.len() != b.len() || a.is_empty() {
-            return Err(crate::error::Error::InvalidInput(format!(
-                "dot of {} and {} values",
-                a.len(),
-                b.len()
-            )));
+            return Err(crate::error::Error::Shape(format!("dot of {} and {} values", a.len(), b.len())));
         }
         let mut acc = [self.accumulator()];
         self.accumulate_pairs(&mut acc, &[a.iter().copied().zip(b.iter().copied()).collect()])?;

@@ -69,7 +69,7 @@ impl Encrypted {
             return Err(Error::ParameterMismatch);
         }
         if v.slots() != self.slots() {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "ciphertext packs {} slots, the evaluator expects {}",
                 v.slots(),
                 self.slots()
@@ -86,11 +86,7 @@ impl Encrypted {
 
     fn encode(&self, p: &[f64], level: usize, scale: f64) -> Result<Plaintext> {
         if p.len() != self.slots() {
-            return Err(Error::InvalidInput(format!(
-                "plaintext has {} values, expected {}",
-                p.len(),
-                self.slots()
-            )));
+            return Err(Error::Shape(format!("plaintext has {} values, expected {}", p.len(), self.slots())));
         }
         let values: Vec<Complex> = p.iter().map(|&x| Complex::new(x, 0.0)).collect();
         Plaintext::encode(&self.ctx, &values, Some(level), Some(scale))
@@ -215,7 +211,7 @@ impl Backend for Encrypted {
     ) -> Result<()> {
         self.timed("tensor_products", || {
             if sums.len() != pairs.len() {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::Shape(format!(
                     "{} sums for {} lists of products",
                     sums.len(),
                     pairs.len()
@@ -369,7 +365,7 @@ fn linear_combination(
     for &w in weights {
         let v = (w * factor).round();
         if !v.is_finite() || v.abs() >= 2f64.powi(120) {
-            return Err(Error::InvalidInput(format!("weight {w} is not a finite number in range")));
+            return Err(Error::NotFinite(format!("weight {w} is not a finite number in range")));
         }
         integers.push(v as i128);
     }

@@ -17,12 +17,12 @@ pub struct TokenLayout {
 impl TokenLayout {
     pub fn new(tokens: usize, features: usize, slots: usize) -> Result<Self> {
         if tokens == 0 || features == 0 {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "a layout needs at least one token and one feature, got {tokens} x {features}"
             )));
         }
         if tokens > slots {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::OutOfRange(format!(
                 "{tokens} tokens do not fit in {slots} slots; use a larger ring"
             )));
         }
@@ -52,7 +52,7 @@ impl TokenLayout {
     pub fn pack(&self, values: &[f64], batch: usize) -> Result<Vec<Vec<Vec<f64>>>> {
         let expected = batch * self.tokens * self.features;
         if values.len() != expected || batch == 0 {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "expected {batch} x {} x {} = {expected} values (batch >= 1), got {}",
                 self.tokens,
                 self.features,
@@ -81,7 +81,7 @@ impl TokenLayout {
         if groups.len() != self.groups(batch)
             || groups.iter().any(|g| g.len() != self.features || g.iter().any(|c| c.len() < self.slots))
         {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "expected {} groups of {} slot vectors of length {}",
                 self.groups(batch),
                 self.features,

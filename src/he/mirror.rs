@@ -54,7 +54,7 @@ impl Mirror {
 
     pub fn value_at(&self, data: Vec<f64>, level: usize) -> Result<MirrorValue> {
         if self.compute && data.len() != self.slots {
-            return Err(Error::InvalidInput(format!("expected {} values, got {}", self.slots, data.len())));
+            return Err(Error::Shape(format!("expected {} values, got {}", self.slots, data.len())));
         }
         Ok(MirrorValue { data: if self.compute { data } else { Vec::new() }, level })
     }
@@ -87,11 +87,7 @@ impl Mirror {
 
     fn check_plain(&self, p: &[f64]) -> Result<()> {
         if p.len() != self.slots {
-            return Err(Error::InvalidInput(format!(
-                "plaintext has {} values, expected {}",
-                p.len(),
-                self.slots
-            )));
+            return Err(Error::Shape(format!("plaintext has {} values, expected {}", p.len(), self.slots)));
         }
         Ok(())
     }
@@ -115,10 +111,7 @@ impl Backend for Mirror {
 
     fn drop_to(&self, v: &MirrorValue, level: usize) -> Result<MirrorValue> {
         if level > v.level {
-            return Err(Error::InvalidInput(format!(
-                "cannot raise a value from level {} to {level}",
-                v.level
-            )));
+            return Err(Error::OutOfRange(format!("cannot raise a value from level {} to {level}", v.level)));
         }
         Ok(MirrorValue { data: v.data.clone(), level })
     }
@@ -254,7 +247,7 @@ impl Backend for Mirror {
 
 pub(crate) fn check_linear(inputs: usize, weights: usize, outputs: usize) -> Result<()> {
     if inputs == 0 || outputs == 0 || weights != inputs * outputs {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Shape(format!(
             "a linear map from {inputs} to {outputs} values needs {} weights, got {weights}",
             inputs * outputs
         )));

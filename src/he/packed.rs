@@ -155,7 +155,7 @@ impl PackedBatch {
         complex: bool,
     ) -> Result<Self> {
         if groups.len() != layout.groups(batch) || groups.iter().any(|g| g.len() != layout.features) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "expected {} groups of {} ciphertexts",
                 layout.groups(batch),
                 layout.features

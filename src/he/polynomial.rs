@@ -53,7 +53,7 @@ impl Polynomial {
     pub fn fit_chebyshev(f: impl Fn(f64) -> f64, lo: f64, hi: f64, degree: usize) -> Result<Self> {
         check_interval(lo, hi)?;
         if degree > MAX_FIT_DEGREE {
-            return Err(Error::InvalidInput(format!("degree {degree} exceeds {MAX_FIT_DEGREE}")));
+            return Err(Error::OutOfRange(format!("degree {degree} exceeds {MAX_FIT_DEGREE}")));
         }
         let n = degree + 1;
         let (mid, half) = ((lo + hi) / 2.0, (hi - lo) / 2.0);
@@ -66,7 +66,7 @@ impl Polynomial {
                 if y.is_finite() {
                     Ok(y)
                 } else {
-                    Err(Error::InvalidInput(format!("the function is not finite at {x}")))
+                    Err(Error::NotFinite(format!("the function is not finite at {x}")))
                 }
             })
             .collect::<Result<Vec<f64>>>()?;
@@ -127,7 +127,7 @@ impl Polynomial {
             check_interval(lo, hi)?;
         }
         if let Some(c) = self.coeffs.iter().find(|c| !c.is_finite()) {
-            return Err(Error::InvalidInput(format!("polynomial coefficient {c} is not finite")));
+            return Err(Error::NotFinite(format!("polynomial coefficient {c} is not finite")));
         }
         Ok(())
     }
@@ -179,7 +179,7 @@ pub fn evaluate_masked<B: Backend>(
     masks: &[&[f64]],
 ) -> Result<Vec<B::Value>> {
     if let Some(m) = masks.iter().find(|m| m.len() != b.slots()) {
-        return Err(Error::InvalidInput(format!("mask has {} values, expected {}", m.len(), b.slots())));
+        return Err(Error::Shape(format!("mask has {} values, expected {}", m.len(), b.slots())));
     }
     let masks: Vec<Option<&[f64]>> = masks.iter().map(|&m| Some(m)).collect();
     run(b, x, p, &masks)
@@ -279,7 +279,7 @@ pub fn affine_coefficients(lo: f64, hi: f64) -> (f64, f64) {
 
 fn check_interval(lo: f64, hi: f64) -> Result<()> {
     if !(lo.is_finite() && hi.is_finite() && lo < hi && (hi - lo).is_finite()) {
-        return Err(Error::InvalidInput(format!("[{lo}, {hi}] is not a finite non-empty interval")));
+        return Err(Error::OutOfRange(format!("[{lo}, {hi}] is not a finite non-empty interval")));
     }
     Ok(())
 }
@@ -664,7 +664,7 @@ mod tests {
         let mirror = Mirror::new(4, 5);
         let x = mirror.value(vec![0.5; 4]).unwrap();
         let bad = Polynomial { basis: Basis::Chebyshev { lo: 2.0, hi: 1.0 }, coeffs: vec![1.0, 2.0] };
-        assert!(matches!(evaluate(&mirror, &x, &bad), Err(Error::InvalidInput(_))));
+        assert!(matches!(evaluate(&mirror, &x, &bad), Err(Error::OutOfRange(_))));
         let short = [1.0; 3];
         assert!(evaluate_masked(&mirror, &x, &Polynomial::power(vec![1.0, 1.0]), &[&short]).is_err());
     }

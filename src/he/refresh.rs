@@ -98,7 +98,7 @@ pub fn refresh_level(ctx: &Context) -> usize {
 /// A refresh lands at most at the top level `top`.
 pub(crate) fn check_target(level: usize, top: usize) -> Result<()> {
     if level > top {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::OutOfRange(format!(
             "a refresh cannot land above the top level {top}, {level} was asked"
         )));
     }
@@ -129,7 +129,7 @@ pub fn mask_for(ct: &Ciphertext, level: usize, target: f64) -> Result<(Ciphertex
     }
     check_target(level, ctx.max_level())?;
     if ct.size() != 2 {
-        return Err(Error::InvalidInput("relinearise before refreshing".into()));
+        return Err(Error::Unrelinearised("relinearise before refreshing".into()));
     }
     let k = mask_bits(ctx, floor);
     let mut rng = os_rng();
@@ -155,7 +155,7 @@ pub fn unmask(fresh: &Ciphertext, mask: &Mask) -> Result<Ciphertext> {
     let ctx = fresh.context();
     let level = mask.level;
     if fresh.size() != 2 || fresh.level() != level || fresh.scale() != ctx.scale_at(level) {
-        return Err(Error::InvalidInput(
+        return Err(Error::Malformed(
             "the refreshed ciphertext does not match its mask (level, scale or size)".into(),
         ));
     }
@@ -194,7 +194,7 @@ impl Refresher for SecretKey {
                 }
                 let composer = CrtComposer::new(ctx.q_moduli(ct.level()));
                 if !composer.fits_i128() || ct.size() != 2 {
-                    return Err(Error::InvalidInput(format!(
+                    return Err(Error::OutOfRange(format!(
                         "a refresh request must be a 2-polynomial ciphertext at a level below 2^125, \
                          got level {}",
                         ct.level()
@@ -257,7 +257,7 @@ fn round_trip<'a>(
         values.map(|(v, scale)| mask_for(v, level, scale)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
     let fresh = owner.refresh(masked, level)?;
     if fresh.len() != masks.len() {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Malformed(format!(
             "the owner returned {} ciphertexts for {} refresh requests",
             fresh.len(),
             masks.len()

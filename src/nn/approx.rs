@@ -34,7 +34,7 @@ pub enum Approximation {
 fn check_range(range: (f64, f64), positive: bool) -> Result<()> {
     let (lo, hi) = range;
     if !(lo.is_finite() && hi.is_finite() && lo < hi) || (positive && lo <= 0.0) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::OutOfRange(format!(
             "range ({lo}, {hi}) must be finite and increasing{}",
             if positive { ", with lo > 0" } else { "" }
         )));
@@ -56,7 +56,7 @@ pub fn gelu_quad() -> Approximation {
 pub fn gelu_chebyshev(lo: f64, hi: f64, degree: usize) -> Result<Approximation> {
     check_range((lo, hi), false)?;
     if !(1..=63).contains(&degree) {
-        return Err(Error::InvalidInput(format!("degree must be 1..=63, got {degree}")));
+        return Err(Error::OutOfRange(format!("degree must be 1..=63, got {degree}")));
     }
     Ok(Approximation::Polynomial {
         name: "gelu_chebyshev".into(),
@@ -71,7 +71,7 @@ pub fn gelu_chebyshev(lo: f64, hi: f64, degree: usize) -> Result<Approximation> 
 pub fn exp_chebyshev(lo: f64, hi: f64, degree: usize) -> Result<Approximation> {
     check_range((lo, hi), false)?;
     if !(1..=63).contains(&degree) {
-        return Err(Error::InvalidInput(format!("degree must be 1..=63, got {degree}")));
+        return Err(Error::OutOfRange(format!("degree must be 1..=63, got {degree}")));
     }
     let squarings = ((hi - lo) / 6.0).log2().ceil().clamp(0.0, 12.0) as u32;
     let shrink = 2f64.powi(squarings as i32);
@@ -82,7 +82,7 @@ pub fn exp_chebyshev(lo: f64, hi: f64, degree: usize) -> Result<Approximation> {
 pub fn exp_squaring(r: u32, range: (f64, f64)) -> Result<Approximation> {
     check_range(range, false)?;
     if !(1..=12).contains(&r) {
-        return Err(Error::InvalidInput(format!("r must be 1..=12, got {r}")));
+        return Err(Error::OutOfRange(format!("r must be 1..=12, got {r}")));
     }
     Ok(Approximation::ExpSquaring { r, range })
 }
@@ -90,7 +90,7 @@ pub fn exp_squaring(r: u32, range: (f64, f64)) -> Result<Approximation> {
 pub fn exp_taylor(degree: usize, range: (f64, f64)) -> Result<Approximation> {
     check_range(range, false)?;
     if !(1..=31).contains(&degree) {
-        return Err(Error::InvalidInput(format!("degree must be 1..=31, got {degree}")));
+        return Err(Error::OutOfRange(format!("degree must be 1..=31, got {degree}")));
     }
     Ok(Approximation::ExpTaylor { degree, range })
 }
@@ -102,10 +102,10 @@ pub const MAX_POWER: u32 = 16;
 pub fn power(p: u32, shift: f64, range: (f64, f64)) -> Result<Approximation> {
     check_range(range, false)?;
     if !(2..=MAX_POWER).contains(&p) || !p.is_multiple_of(2) {
-        return Err(Error::InvalidInput(format!("power must be even and in 2..={MAX_POWER}, got {p}")));
+        return Err(Error::OutOfRange(format!("power must be even and in 2..={MAX_POWER}, got {p}")));
     }
     if !shift.is_finite() {
-        return Err(Error::InvalidInput(format!("power shift must be finite, got {shift}")));
+        return Err(Error::OutOfRange(format!("power shift must be finite, got {shift}")));
     }
     Ok(Approximation::Power { p, shift, range })
 }
@@ -113,7 +113,7 @@ pub fn power(p: u32, shift: f64, range: (f64, f64)) -> Result<Approximation> {
 pub fn goldschmidt(iterations: u32, range: (f64, f64)) -> Result<Approximation> {
     check_range(range, true)?;
     if !(1..=24).contains(&iterations) {
-        return Err(Error::InvalidInput(format!("iterations must be 1..=24, got {iterations}")));
+        return Err(Error::OutOfRange(format!("iterations must be 1..=24, got {iterations}")));
     }
     Ok(Approximation::Goldschmidt { iterations, range })
 }
@@ -132,7 +132,7 @@ pub fn goldschmidt_iterations(range: (f64, f64), tol: f64) -> u32 {
 pub fn inv_sqrt(lo: f64, hi: f64, guess_degree: usize, newton_steps: u32) -> Result<Approximation> {
     check_range((lo, hi), true)?;
     if !(1..=31).contains(&guess_degree) || newton_steps > 8 {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::OutOfRange(format!(
             "guess degree must be 1..=31 and Newton steps at most 8, got {guess_degree} and {newton_steps}"
         )));
     }
@@ -143,11 +143,11 @@ pub fn inv_sqrt(lo: f64, hi: f64, guess_degree: usize, newton_steps: u32) -> Res
 /// [min, max] of `xs` widened by `margin` times its width on each side (never empty).
 pub fn calibrated_range(xs: &[f64], margin: f64) -> Result<(f64, f64)> {
     if !(margin.is_finite() && margin >= 0.0) {
-        return Err(Error::InvalidInput(format!("margin must be finite and >= 0, got {margin}")));
+        return Err(Error::OutOfRange(format!("margin must be finite and >= 0, got {margin}")));
     }
     let finite: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
     if finite.len() != xs.len() || finite.is_empty() {
-        return Err(Error::InvalidInput("calibration data must be non-empty and finite".into()));
+        return Err(Error::Calibration("calibration data must be non-empty and finite".into()));
     }
     let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);

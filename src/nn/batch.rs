@@ -29,7 +29,7 @@ impl Block {
     fn check_batch(&self, x: &[f64]) -> Result<usize> {
         let per = self.sample_len();
         if x.is_empty() || !x.len().is_multiple_of(per) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "a batch is whole samples of {} tokens x {} features ({per} values), got {} values",
                 self.shape.tokens,
                 self.shape.width,
@@ -74,7 +74,7 @@ impl Block {
         let batch = self.check_batch(x)?;
         if let Some(h) = x_hat {
             if h.len() != x.len() {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::Shape(format!(
                     "the normalised input has {} values, the input {}",
                     h.len(),
                     x.len()
@@ -135,7 +135,7 @@ impl Block {
         let hats: Vec<Option<_>> = match x_hat {
             Some(h) => {
                 if h.layout != input.layout || h.batch != input.batch {
-                    return Err(Error::InvalidInput(
+                    return Err(Error::Shape(
                         "the normalised input must have the input's layout and batch size".into(),
                     ));
                 }

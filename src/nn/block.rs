@@ -38,7 +38,7 @@ pub struct BlockShape {
 impl BlockShape {
     pub fn new(tokens: usize, width: usize, heads: usize, mlp: usize) -> Result<Self> {
         if tokens == 0 || width == 0 || heads == 0 || mlp == 0 || !width.is_multiple_of(heads) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "a block needs tokens, width, heads and mlp >= 1 with width divisible by heads, \
                  got tokens={tokens} width={width} heads={heads} mlp={mlp}"
             )));
@@ -207,7 +207,7 @@ impl Block {
     pub fn new(shape: BlockShape, weights: BlockWeights, approx: BlockApprox) -> Result<Self> {
         for (name, v, len) in weights.tensors(&shape) {
             if v.len() != len {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::Shape(format!(
                     "{name} has {} values, a block of width {} and mlp {} needs {len}",
                     v.len(),
                     shape.width,
@@ -215,7 +215,7 @@ impl Block {
                 )));
             }
             if v.iter().any(|x| !x.is_finite()) {
-                return Err(Error::InvalidInput(format!("{name} contains a non-finite value")));
+                return Err(Error::NotFinite(format!("{name} contains a non-finite value")));
             }
         }
         approx.check(shape.width, shape.heads)?;
@@ -300,11 +300,7 @@ impl Block {
     ) -> Result<Vec<f64>> {
         let BlockShape { tokens: t, width: d, heads, mlp } = self.shape;
         if x.len() != t * d {
-            return Err(Error::InvalidInput(format!(
-                "a sample has {t} x {d} = {} values, got {}",
-                t * d,
-                x.len()
-            )));
+            return Err(Error::Shape(format!("a sample has {t} x {d} = {} values, got {}", t * d, x.len())));
         }
         let w = &self.weights;
         let a = &self.approx;
@@ -446,7 +442,7 @@ impl Block {
     ) -> Result<Vec<B::Value>> {
         let s = self.shape;
         if layout.tokens != s.tokens || layout.features != s.width || layout.slots != b.slots() {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "the layout ({} tokens x {} features in {} slots) does not match the block \
                  ({} tokens x {} features) on {} slots",
                 layout.tokens,
@@ -459,11 +455,7 @@ impl Block {
         }
         for v in std::iter::once(&x).chain(x_hat.as_ref()) {
             if v.len() != s.width {
-                return Err(Error::InvalidInput(format!(
-                    "expected {} input values, got {}",
-                    s.width,
-                    v.len()
-                )));
+                return Err(Error::Shape(format!("expected {} input values, got {}", s.width, v.len())));
             }
         }
         let valid = layout.valid(samples);
@@ -790,7 +782,7 @@ fn fold_norm(
 /// it normalises a block's input in the clear (the block's N1 is then exact).
 pub fn owner_normalise(rows: &[f64], width: usize, eps: f64) -> Result<Vec<f64>> {
     if width == 0 || !rows.len().is_multiple_of(width) || !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Shape(format!(
             "normalising needs whole rows of {width} values and eps >= 0, got {} values, eps {eps}",
             rows.len()
         )));
@@ -826,7 +818,7 @@ impl Block {
     pub fn calibrated(&self, x: &[f64], margin: f64) -> Result<Block> {
         let per = self.shape.tokens * self.shape.width;
         if x.is_empty() || !x.len().is_multiple_of(per) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "calibration data must be whole samples of {per} values, got {}",
                 x.len()
             )));
@@ -847,7 +839,7 @@ impl Block {
             }
             block.approx = block.recalibrated(&obs, margin, pass)?;
         }
-        Err(Error::InvalidInput("calibration did not settle: the approximations diverge on this data".into()))
+        Err(Error::Calibration("calibration did not settle: the approximations diverge on this data".into()))
     }
 
     fn recalibrated(&self, obs: &Observations, margin: f64, pass: usize) -> Result<BlockApprox> {
@@ -857,7 +849,7 @@ impl Block {
                 Approximation::Goldschmidt { .. } | Approximation::InvSqrt { .. } => {
                     let (lo, hi) = calibrated_range(xs, 0.0)?;
                     if lo <= 0.0 {
-                        return Err(Error::InvalidInput(format!(
+                        return Err(Error::Calibration(format!(
                             "{} sees a non-positive input {lo} on the calibration data",
                             f.name()
                         )));
@@ -914,7 +906,7 @@ impl Block {
         if outside.is_empty() {
             Ok(())
         } else {
-            Err(Error::InvalidInput(format!(
+            Err(Error::Calibration(format!(
                 "{} of this data; calibrate the block on it (Block.calibrated)",
                 outside.join(", and ")
             )))

@@ -21,17 +21,13 @@ const PARALLEL_MIN: usize = 1 << 14;
 
 fn check_pair(student: &[f64], teacher: &[f64]) -> Result<()> {
     if student.len() != teacher.len() {
-        return Err(Error::InvalidInput(format!(
-            "student has {} values, teacher {}",
-            student.len(),
-            teacher.len()
-        )));
+        return Err(Error::Shape(format!("student has {} values, teacher {}", student.len(), teacher.len())));
     }
     if student.is_empty() {
-        return Err(Error::InvalidInput("the loss of empty tensors is undefined".into()));
+        return Err(Error::Shape("the loss of empty tensors is undefined".into()));
     }
     if student.iter().chain(teacher).any(|v| !v.is_finite()) {
-        return Err(Error::InvalidInput("loss inputs must be finite (a NaN or inf reached the loss)".into()));
+        return Err(Error::NotFinite("loss inputs must be finite (a NaN or inf reached the loss)".into()));
     }
     Ok(())
 }
@@ -62,13 +58,13 @@ fn log_softmax(z: &[f64], tau: f64) -> Vec<f64> {
 pub fn soft_target_kl(student: &[f64], teacher: &[f64], classes: usize, tau: f64) -> Result<Loss> {
     check_pair(student, teacher)?;
     if classes == 0 || !student.len().is_multiple_of(classes) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Shape(format!(
             "{} logits do not split into rows of {classes} classes",
             student.len()
         )));
     }
     if !(tau.is_finite() && tau > 0.0) {
-        return Err(Error::InvalidInput(format!("temperature must be finite and > 0, got {tau}")));
+        return Err(Error::OutOfRange(format!("temperature must be finite and > 0, got {tau}")));
     }
     let rows = student.len() / classes;
     let per_row: Vec<(f64, Vec<f64>)> = student

@@ -40,7 +40,7 @@ impl AffineStats {
     /// Mean and `1 / sqrt(var + eps)` of each feature over `rows` (row-major, `width` wide).
     pub fn from_rows(rows: &[f64], width: usize, eps: f64) -> Result<Self> {
         if width == 0 || rows.is_empty() || !rows.len().is_multiple_of(width) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "affine statistics need whole rows of {width} features, got {} values",
                 rows.len()
             )));
@@ -62,7 +62,7 @@ impl AffineStats {
 
     fn check(&self, width: usize, which: &str) -> Result<()> {
         if self.mean.len() != width || self.inv_std.len() != width {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Shape(format!(
                 "{which} affine statistics need {width} means and inverse deviations, got {} and {}",
                 self.mean.len(),
                 self.inv_std.len()
@@ -71,7 +71,7 @@ impl AffineStats {
         if self.mean.iter().chain(&self.inv_std).any(|v| !v.is_finite())
             || self.inv_std.iter().any(|&v| v <= 0.0)
         {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::NotFinite(format!(
                 "{which} affine statistics must be finite, with positive inverse deviations"
             )));
         }
@@ -108,7 +108,7 @@ impl BlockApprox {
             if want.contains(&a.function()) {
                 Ok(())
             } else {
-                Err(Error::InvalidInput(format!(
+                Err(Error::Spec(format!(
                     "the {slot} must approximate {}, got {}",
                     want.join(" or "),
                     a.name()
@@ -121,7 +121,7 @@ impl BlockApprox {
             Denominator::RowSum(r) => function(r, &["reciprocal"], "softmax denominator")?,
             Denominator::Constant(c) => {
                 if c.len() != heads || c.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
-                    return Err(Error::InvalidInput(format!(
+                    return Err(Error::OutOfRange(format!(
                         "a constant denominator needs one finite positive value per head ({heads}), got {c:?}"
                     )));
                 }
@@ -135,7 +135,7 @@ impl BlockApprox {
             }
         }
         if !(self.eps.is_finite() && self.eps >= 0.0) {
-            return Err(Error::InvalidInput(format!("eps must be finite and >= 0, got {}", self.eps)));
+            return Err(Error::OutOfRange(format!("eps must be finite and >= 0, got {}", self.eps)));
         }
         Ok(())
     }

@@ -45,7 +45,7 @@ impl Slot {
             "inv_sqrt" => Slot::InvSqrt,
             "gelu" => Slot::Gelu,
             _ => {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::Spec(format!(
                     "unknown approximation slot {name:?}; expected numerator, reciprocal, inv_sqrt or gelu"
                 )))
             }
@@ -63,7 +63,7 @@ impl Slot {
 }
 
 fn bad(text: &str, why: impl std::fmt::Display) -> Error {
-    Error::InvalidInput(format!("bad approximation {text:?}: {why}"))
+    Error::Spec(format!("bad approximation {text:?}: {why}"))
 }
 
 fn number<T: std::str::FromStr>(text: &str, part: &str, what: &str) -> Result<T> {
@@ -287,7 +287,7 @@ impl StudentSpec {
                 ..reference
             }),
             "default" => StudentSpec::parse(DEFAULT_SPEC, &reference),
-            _ => Err(Error::InvalidInput(format!(
+            _ => Err(Error::Spec(format!(
                 "unknown student preset {name:?}; expected one of {}",
                 PRESETS.join(", ")
             ))),
@@ -301,7 +301,7 @@ impl StudentSpec {
             return StudentSpec::preset(text);
         }
         let mut spec = base.clone();
-        let bad = |why: String| Error::InvalidInput(format!("bad student spec {text:?}: {why}"));
+        let bad = |why: String| Error::Spec(format!("bad student spec {text:?}: {why}"));
         for pair in text.split(|c: char| c == ',' || c.is_whitespace()).filter(|p| !p.is_empty()) {
             let (key, value) =
                 pair.split_once('=').ok_or_else(|| bad(format!("{pair:?} is not key=value")))?;
@@ -430,7 +430,7 @@ mod tests {
             (Slot::InvSqrt, ""),
         ] {
             let err = parse_approximation(slot, text).unwrap_err();
-            assert!(matches!(err, Error::InvalidInput(_)), "{text}: {err}");
+            assert!(matches!(err, Error::Spec(_)), "{text}: {err}");
             assert!(err.to_string().contains(&format!("{:?}", text.trim())), "{err}");
         }
     }
@@ -475,7 +475,7 @@ mod tests {
         assert_eq!(s.gelu, reference.gelu);
         assert_eq!(StudentSpec::parse("paper", &s).unwrap(), StudentSpec::preset("paper").unwrap());
         for text in ["softmax", "color=red", "denominator=max", "norm=batch", "owner-norm=maybe", "eps=-1"] {
-            assert!(matches!(StudentSpec::parse(text, &reference), Err(Error::InvalidInput(_))), "{text}");
+            assert!(matches!(StudentSpec::parse(text, &reference), Err(Error::Spec(_))), "{text}");
         }
         let shape = BlockShape::new(5, 8, 2, 16).unwrap();
         let a = s.block_approx(&shape);

@@ -36,7 +36,7 @@ pub const MAX_FLOOD_BITS: u32 = 40;
 pub fn moves(batch: &PackedBatch, order: &[usize]) -> Result<Vec<BTreeMap<i64, Vec<usize>>>> {
     let n = batch.batch;
     if order.len() != n {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Shape(format!(
             "a permutation of {n} samples needs {n} entries, got {}",
             order.len()
         )));
@@ -44,7 +44,7 @@ pub fn moves(batch: &PackedBatch, order: &[usize]) -> Result<Vec<BTreeMap<i64, V
     let mut seen = vec![false; n];
     for &q in order {
         if q >= n || std::mem::replace(&mut seen[q], true) {
-            return Err(Error::InvalidInput(format!("the order is not a permutation of 0..{n} (entry {q})")));
+            return Err(Error::Shape(format!("the order is not a permutation of 0..{n} (entry {q})")));
         }
     }
     let per = batch.layout.samples_per_group();
@@ -55,7 +55,7 @@ pub fn moves(batch: &PackedBatch, order: &[usize]) -> Result<Vec<BTreeMap<i64, V
             for p in 0..batch.layout.samples_in_group(n, g) {
                 let q = order[g * per + p];
                 if q / per != g {
-                    return Err(Error::InvalidInput(format!(
+                    return Err(Error::Shape(format!(
                         "sample {q} would move from group {} to group {g}; permutations stay within a \
                          group of {per} samples",
                         q / per
@@ -84,7 +84,7 @@ pub fn permute_and_sanitize(
     flood_bits: u32,
 ) -> Result<PackedBatch> {
     if flood_bits > MAX_FLOOD_BITS {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::OutOfRange(format!(
             "flood_bits must be at most {MAX_FLOOD_BITS}, got {flood_bits}"
         )));
     }
@@ -140,7 +140,7 @@ pub fn permute_and_sanitize(
                         adjust_level(ct, level)?
                     };
                     if ct.scale() != input_scale {
-                        return Err(Error::InvalidInput(
+                        return Err(Error::Malformed(
                             "the batch's ciphertexts carry different scales".into(),
                         ));
                     }

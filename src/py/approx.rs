@@ -1,7 +1,7 @@
 //! Bindings for the approximations, their families and their text grammar.
 
+use crate::error::Error;
 use numpy::{PyArrayDyn, PyReadonlyArrayDyn};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -135,7 +135,7 @@ impl PyApproximation {
     fn with_shift(&self, shift: f64) -> PyResult<Self> {
         match &self.inner {
             Approximation::Power { p, range, .. } => Ok(approx::power(*p, shift, *range)?.into()),
-            other => Err(PyValueError::new_err(format!("{} has no shift", other.name()))),
+            other => Err(Error::Spec(format!("{} has no shift", other.name())).into()),
         }
     }
 

@@ -1,9 +1,10 @@
 //! Real numpy arrays in either float precision: torch trains in float32, the core computes in
 //! f64, and results go back in the caller's precision and shape.
 
+use crate::error::Error;
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 /// The values of a float32 or float64 array (C order), its shape and its precision.
@@ -32,7 +33,7 @@ impl RealArray {
     /// `values` (one per element of this array) as an array of this shape and precision.
     pub fn like<'py>(&self, py: Python<'py>, values: Vec<f64>) -> PyResult<Bound<'py, PyAny>> {
         let shape = IxDyn(&self.shape);
-        let bad = |e: numpy::ndarray::ShapeError| PyValueError::new_err(e.to_string());
+        let bad = |e: numpy::ndarray::ShapeError| PyErr::from(Error::Shape(e.to_string()));
         if self.single {
             let v: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
             let a = ArrayD::from_shape_vec(shape, v).map_err(bad)?;

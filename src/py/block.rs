@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -93,9 +93,10 @@ impl PyPackedBatch {
     ) -> PyResult<Self> {
         let shape = x.shape().to_vec();
         if shape.len() != 3 {
-            return Err(PyValueError::new_err(format!(
+            return Err(Error::Shape(format!(
                 "expected an array of shape (batch, tokens, features), got {shape:?}"
-            )));
+            ))
+            .into());
         }
         let values = flat(&x);
         let sk = secret_key.key.clone();
@@ -250,9 +251,9 @@ fn block_approx(d: Option<&Bound<'_, PyDict>>, mut a: BlockApprox) -> PyResult<B
                             )
                         })?;
                         let get = |k: &str| {
-                            stats
-                                .get_item(k)?
-                                .ok_or_else(|| PyValueError::new_err(format!("approx['norm'] lacks '{k}'")))
+                            stats.get_item(k)?.ok_or_else(|| {
+                                PyErr::from(Error::Spec(format!("approx['norm'] lacks '{k}'")))
+                            })
                         };
                         Norm::Affine {
                             norm1: affine_stats(&get("norm1")?, "norm1")?,
@@ -261,7 +262,7 @@ fn block_approx(d: Option<&Bound<'_, PyDict>>, mut a: BlockApprox) -> PyResult<B
                     }
                 }
             }
-            _ => return Err(PyValueError::new_err(format!("unknown approximation key '{key}'"))),
+            _ => return Err(Error::Spec(format!("unknown approximation key '{key}'")).into()),
         }
     }
     Ok(a)
@@ -294,10 +295,11 @@ impl PyBlock {
         let s = self.inner.shape;
         let shape = x.shape();
         if shape.len() != 3 || shape[1] != s.tokens || shape[2] != s.width {
-            return Err(PyValueError::new_err(format!(
+            return Err(Error::Shape(format!(
                 "expected an array of shape (batch, {}, {}), got {shape:?}",
                 s.tokens, s.width
-            )));
+            ))
+            .into());
         }
         Ok((shape[0], flat(x)))
     }
@@ -331,9 +333,8 @@ impl PyBlock {
     ) -> PyResult<Self> {
         let mut t: HashMap<&str, (Vec<usize>, Vec<f64>)> = HashMap::new();
         for name in WEIGHT_NAMES {
-            let v = weights
-                .get_item(name)?
-                .ok_or_else(|| PyValueError::new_err(format!("missing weight '{name}'")))?;
+            let v =
+                weights.get_item(name)?.ok_or_else(|| Error::Shape(format!("missing weight '{name}'")))?;
             let a: PyReadonlyArrayDyn<'_, f64> = v.extract().map_err(|_| {
                 PyTypeError::new_err(format!("weight '{name}' must be a float64 numpy array"))
             })?;
@@ -343,12 +344,12 @@ impl PyBlock {
             let k: String = k.extract().unwrap_or_default();
             (!WEIGHT_NAMES.contains(&k.as_str())).then_some(k)
         }) {
-            return Err(PyValueError::new_err(format!("unknown weight '{extra}'")));
+            return Err(Error::Shape(format!("unknown weight '{extra}'")).into());
         }
         let (w1_shape, _) = &t["w1"];
         let (wq_shape, _) = &t["wq"];
         if w1_shape.len() != 2 || wq_shape.len() != 2 {
-            return Err(PyValueError::new_err("wq and w1 must be 2-D (out, in) matrices"));
+            return Err(Error::Shape("wq and w1 must be 2-D (out, in) matrices".into()).into());
         }
         let shape = BlockShape::new(tokens, wq_shape[1], heads, w1_shape[0])?;
         let mut take = |n: &str| t.remove(n).map(|(_, v)| v).unwrap_or_default();
@@ -545,6 +546,6 @@ fn progress_callback(callback: Bound<'_, PyAny>) -> PyResult<Progress> {
     let callback: Py<PyAny> = callback.unbind();
     Ok(Arc::new(move |stage: &str| {
         Python::attach(|py| callback.call1(py, (stage,)).map(drop))
-            .map_err(|e| Error::InvalidInput(format!("the progress callback failed: {e}")))
+            .map_err(|e| Error::Callback(format!("the progress callback failed: {e}")))
     }))
 }

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::error::Error;
 use numpy::{Complex64, PyArray1, PyReadonlyArray1};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use zeroize::Zeroize;
@@ -13,7 +13,6 @@ use crate::ckks::{
     evaluator as ev, Ciphertext, Complex, Context, EvaluationKeys, GaloisKeys, ParameterSpec, Plaintext,
     PublicKey, RelinKey, SecretDistribution, SecretKey,
 };
-use crate::error::Error;
 use crate::he::layout::TokenLayout;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -58,7 +57,7 @@ impl Message<'_> {
         match self {
             Message::Plain(p) if level.is_none() && scale.is_none() => Ok(p.pt.clone()),
             Message::Plain(_) => {
-                Err(PyValueError::new_err("level and scale apply only when encoding values"))
+                Err(Error::InvalidInput("level and scale apply only when encoding values".into()).into())
             }
             Message::Values(v) => encode(ctx, &v, level, scale),
         }
@@ -188,10 +187,11 @@ impl PyParameters {
     fn scale_at(&self, level: Option<usize>) -> PyResult<f64> {
         let level = level.unwrap_or(self.ctx.max_level());
         if level > self.ctx.max_level() {
-            return Err(PyValueError::new_err(format!(
+            return Err(Error::OutOfRange(format!(
                 "level {level} exceeds the maximum {}",
                 self.ctx.max_level()
-            )));
+            ))
+            .into());
         }
         Ok(self.ctx.scale_at(level))
     }
@@ -256,7 +256,7 @@ impl PySecretKey {
             None => py.detach(|| SecretKey::generate(&ctx)),
             Some(bytes) => {
                 let mut seed: [u8; 32] = bytes.try_into().map_err(|_| {
-                    PyValueError::new_err(format!("seed must be 32 bytes, got {}", bytes.len()))
+                    PyErr::from(Error::Shape(format!("seed must be 32 bytes, got {}", bytes.len())))
                 })?;
                 let key = py.detach(|| SecretKey::from_seed(&ctx, seed));
                 seed.zeroize();
@@ -424,7 +424,7 @@ impl PyEvaluationKeys {
             .map(|k| k.key.context())
             .or(relin_key.map(|k| k.key.context()))
             .or(galois_keys.map(|k| k.keys.context()))
-            .ok_or_else(|| PyValueError::new_err("an evaluation-key bundle needs at least one key"))?;
+            .ok_or_else(|| Error::MissingKey("an evaluation-key bundle needs at least one key".into()))?;
         let keys = EvaluationKeys::new(
             ctx,
             public_key.map(|k| k.key.clone()),

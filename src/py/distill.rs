@@ -1,9 +1,9 @@
 //! Bindings for the distillation losses: arrays in, (loss, gradient) out.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::array::RealArray;
+use crate::error::Error;
 use crate::nn::distill::{self, Loss};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -16,10 +16,11 @@ fn pair(student: &Bound<'_, PyAny>, teacher: &Bound<'_, PyAny>) -> PyResult<(Rea
     let s = RealArray::extract(student, "student")?;
     let t = RealArray::extract(teacher, "teacher")?;
     if s.shape != t.shape {
-        return Err(PyValueError::new_err(format!(
+        return Err(Error::Shape(format!(
             "student shape {:?} differs from teacher shape {:?}",
             s.shape, t.shape
-        )));
+        ))
+        .into());
     }
     Ok((s, t))
 }
@@ -36,8 +37,7 @@ fn mse_loss<'py>(
     teacher: &Bound<'py, PyAny>,
 ) -> PyResult<(f64, Bound<'py, PyAny>)> {
     let (s, t) = pair(student, teacher)?;
-    let loss =
-        py.detach(|| distill::mse(&s.values, &t.values)).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let loss = py.detach(|| distill::mse(&s.values, &t.values))?;
     answer(py, &s, loss)
 }
 
@@ -52,9 +52,7 @@ fn soft_target_kl<'py>(
     tau: f64,
 ) -> PyResult<(f64, Bound<'py, PyAny>)> {
     let (s, t) = pair(student, teacher)?;
-    let classes = *s.shape.last().ok_or_else(|| PyValueError::new_err("logits need a class axis"))?;
-    let loss = py
-        .detach(|| distill::soft_target_kl(&s.values, &t.values, classes, tau))
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let classes = *s.shape.last().ok_or_else(|| Error::Shape("logits need a class axis".into()))?;
+    let loss = py.detach(|| distill::soft_target_kl(&s.values, &t.values, classes, tau))?;
     answer(py, &s, loss)
 }

@@ -40,7 +40,7 @@ pub(crate) fn refresher(ctx: &Context, owner: &Bound<'_, PyAny>) -> PyResult<Arc
             let reply = callback.call1(py, (PyBytes::new(py, &request),))?;
             reply.extract::<Vec<u8>>(py)
         })
-        .map_err(|e| Error::InvalidInput(format!("the owner's refresh failed: {e}")))
+        .map_err(|e| Error::Callback(format!("the owner's refresh failed: {e}")))
     };
     Ok(Arc::new(RemoteOwner::new(ctx.clone(), send)))
 }

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::Error;
 use numpy::{PyArray1, PyReadonlyArray1};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -133,13 +133,12 @@ impl PySecAggOwner {
     #[new]
     #[pyo3(signature = (params, me, *, seed=None))]
     fn new(params: &PySecAggParams, me: u64, seed: Option<&[u8]>) -> PyResult<Self> {
-        let seed =
-            match seed {
-                None => None,
-                Some(bytes) => Some(<[u8; 32]>::try_from(bytes).map_err(|_| {
-                    PyValueError::new_err(format!("seed must be 32 bytes, got {}", bytes.len()))
-                })?),
-            };
+        let seed = match seed {
+            None => None,
+            Some(bytes) => Some(<[u8; 32]>::try_from(bytes).map_err(|_| {
+                PyErr::from(Error::SecAgg(format!("seed must be 32 bytes, got {}", bytes.len())))
+            })?),
+        };
         let owner = Owner::new(params.params.clone(), me, seed);
         let mut seed = seed;
         seed.zeroize();
