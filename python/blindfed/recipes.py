@@ -1,11 +1,11 @@
 """End-to-end recipes behind the ``blindfed`` command (each one a function you can also call).
 
-:func:`distill_mnist`: the LSP's offline stage on the embedded default. The zoo's MNIST ViT is the
-teacher, the train split's fit part (3,500 images) the auxiliary data; the FHE-friendly student is
-distilled in two stages, checkpointed every epoch (re-running with the same output folder
-resumes), then both are measured on the validation part (500, what choices are made on) and on
-the test split (1,000, reported only), and the student's blocks are planned for encryption.
-"""
+:func:`distill_mnist`: the provider's offline stage on the embedded default. The zoo's MNIST
+ViT is the teacher, the train split's fit part (3,500 images) the auxiliary data; the
+FHE-friendly student is distilled in two stages, checkpointed every epoch (re-running with the
+same output folder resumes), then both are measured on the validation part (500, what choices
+are made on) and on the test split (1,000, reported only), and the student's blocks are planned
+for encryption."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 //!
 //! A value is a vector of `slots()` real numbers at a level. Routines in `he` and `nn` are
 //! generic over [`Backend`], so one piece of code runs three ways:
-//! - [`crate::he::encrypted::Encrypted`]: CKKS ciphertexts (the LSP's real computation);
+//! - [`crate::he::encrypted::Encrypted`]: CKKS ciphertexts (the provider's real computation);
 //! - [`crate::he::mirror::Mirror`]: the same arithmetic on f64 vectors (the plaintext mirror);
 //! - [`crate::he::mirror::Mirror::tracer`]: levels and counts only (cost prediction).
 //!

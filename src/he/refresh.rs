@@ -1,19 +1,19 @@
 //! Masked refresh: new levels for a ciphertext without revealing its value to anyone.
 //!
-//! The LSP drops the ciphertext to a low level l (modulus Q_l < 2^125) and adds to c_0 a
+//! The provider drops the ciphertext to a low level l (modulus Q_l < 2^125) and adds to c_0 a
 //! polynomial R with integer coefficients uniform in [-2^k, 2^k), k = log2(Q_l) - 3. The owner
 //! decrypts m + e + R: every coefficient is within 2^-(k - log2|m + e|) in statistical
 //! distance of uniform, so the owner learns nothing about m (nor about the noise e, which
 //! depends on the model). It re-encrypts that integer polynomial at the level the request
 //! names (the levels the value still needs, not more: fewer primes, fewer bytes), scaled by
-//! f = (that level's scale) / (the request's scale) and rounded, and the LSP subtracts
+//! f = (that level's scale) / (the request's scale) and rounded, and the provider subtracts
 //! round(f R): the value comes back at the named level and its canonical scale, so a refresh
-//! costs no level at all. The LSP chooses f through the scale it writes in the request (the
+//! costs no level at all. The provider chooses f through the scale it writes in the request (the
 //! target scale of the result, over the refresh level's); the rounding adds at most one unit
 //! to a coefficient. The decrypted value is never decoded to slots, so no precision is lost.
 //!
 //! Two real values at one level and scale travel as one complex ciphertext a + i b (multiplying
-//! by i is multiplying by X^(N/2): free), at half the target scale; the LSP separates them
+//! by i is multiplying by X^(N/2): free), at half the target scale; the provider separates them
 //! after the round trip with one conjugation (a = (z + conj z) / 2, b = i (conj z - z) / 2),
 //! which halves the refresh's bytes each way for one key switch per pair.
 //!
@@ -40,7 +40,7 @@ pub trait Refresher: Send + Sync {
     fn refresh(&self, masked: Vec<Ciphertext>, level: usize) -> Result<Vec<Ciphertext>>;
 }
 
-/// The LSP's secret for one masked ciphertext.
+/// The provider's secret for one masked ciphertext.
 pub struct Mask {
     coeffs: Vec<i128>,
     /// The factor the owner lifts by (what the request's scale tells it).
@@ -228,7 +228,7 @@ impl Refresher for SecretKey {
     }
 }
 
-/// LSP side of a whole round trip with an in-process owner (tests, benchmarks, `simulate`-free
+/// The provider's side of a whole round trip with an in-process owner (tests, benchmarks, `simulate`-free
 /// single-machine runs): mask, let `owner` re-encrypt, unmask. The values come back at
 /// `level` and its canonical scale.
 pub fn refresh_all(values: Vec<Ciphertext>, owner: &dyn Refresher, level: usize) -> Result<Vec<Ciphertext>> {

@@ -1,4 +1,4 @@
-//! A block over whole batches: every ciphertext group of a packed batch (the LSP's encrypted
+//! A block over whole batches: every ciphertext group of a packed batch (the provider's encrypted
 //! run), every group of a plaintext batch in the same layout (the mirror, `simulate` mode),
 //! every sample (the f64 reference). Bindings call these and only convert.
 

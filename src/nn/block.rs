@@ -4,7 +4,7 @@
 //! the normalisations N1, N2 and GELU are the families of [`BlockApprox`] (polynomials,
 //! learned constants, folded statistics). [`Block::forward`] is the reference in f64 for one
 //! sample; [`Block::evaluate`] runs the same function on any [`Backend`] in the token
-//! layout: on ciphertexts (the LSP), on the f64 mirror, or on the tracer for the cost.
+//! layout: on ciphertexts (the provider), on the f64 mirror, or on the tracer for the cost.
 //!
 //! Levels are spent only where the wide activations need them. Each layer norm's variance and
 //! each softmax denominator is one ciphertext per group: their deep scalar functions run on

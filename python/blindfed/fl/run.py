@@ -73,7 +73,8 @@ def federation_config(s: Mapping[str, Any]) -> Any:
 
 
 def _server(s: Mapping[str, Any], hooks: dict[str, Any]) -> Any:
-    """The provider (its student from ``hooks`` or an LSP-local path) and its federation."""
+    """The provider (its student from ``hooks`` or from a path on its own machine) and its
+    federation."""
     from blindfed import zoo
     from blindfed.fl.server import FederationServer
     from blindfed.nn.student import Student
@@ -81,7 +82,7 @@ def _server(s: Mapping[str, Any], hooks: dict[str, Any]) -> Any:
 
     student = hooks.get("student")
     if student is None:
-        # LSP-local weights: a path on this machine, or the package's own student.
+        # The provider's own weights: a path on this machine, or the package's own student.
         student = Student.load(s["student"]).eval() if s["student"] else zoo.load_student()
     provider = Provider(
         student,

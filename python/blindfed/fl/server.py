@@ -120,11 +120,12 @@ def _size(payload: Payload) -> int:
 
 
 class FederationServer:
-    """Runs a federation from ``state_dir`` (LSP-local), resuming after the last completed
-    round if a checkpoint is there.
+    """Runs a federation from ``state_dir`` (on the provider's machine), resuming after the
+    last completed round if a checkpoint is there.
 
     Args:
-        provider: the online-phase provider holding the student (loaded from an LSP-local path).
+        provider: the online-phase provider holding the student (loaded from a path on the
+            provider's machine).
         config: the federation's settings.
         state_dir: checkpoints, history and (with ``audit``) every round's aggregate.
         audit: also keep every round's secure sum (for tests and audits; it is what the

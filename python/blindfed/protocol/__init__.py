@@ -1,4 +1,4 @@
-"""The online phase: the provider (LSP) and data owners, and the messages between them.
+"""The online phase: the provider and data owners, and the messages between them.
 
 In process, an owner talks to a provider through two calls: ``provider.offer()`` /
 ``owner.hello(offer)`` / ``provider.register(hello)`` once, then ``owner.forward(

@@ -1,4 +1,4 @@
-"""The model provider (LSP): holds the student, evaluates its blocks on owners' ciphertexts.
+"""The model provider: holds the student, evaluates its blocks on owners' ciphertexts.
 
 The provider never holds a secret key: it keeps each owner's public evaluation keys, answers
 :class:`~blindfed.protocol.messages.ForwardRequest` messages with sanitised
@@ -102,7 +102,7 @@ def embedding_bytes(student: Any) -> bytes:
 
 
 class Provider:
-    """The LSP side of the online phase.
+    """The provider's side of the online phase.
 
     Args:
         student: the distilled FHE-friendly :class:`blindfed.nn.student.Student`.
