@@ -4,7 +4,8 @@ Every message is an envelope: magic ``BFMG``, version, kind, a JSON header of pl
 (at most 64 KiB) and binary blobs (ciphertexts, parameters, keys), each length-prefixed.
 :func:`decode` validates the envelope, the kind, every field's type and every size before
 anything is built from it, and raises :class:`MessageError` (a ``ValueError``) otherwise: a
-malformed message from the network changes no state.
+malformed message from the network changes no state. The encoding is canonical: whatever
+:func:`decode` accepts re-encodes to exactly the same bytes.
 
 >>> msg = ForwardRequest(session="s1", batch="b0", block=0, windows=[2, 1], payload=b"...")
 >>> decode(msg.to_bytes()) == msg
@@ -54,9 +55,13 @@ class Message:
     KIND: ClassVar[int] = 0
     BLOBS: ClassVar[tuple[str, ...]] = ()
 
-    def to_bytes(self) -> bytes:
+    def _header(self) -> bytes:
+        """The JSON header: the plain fields in declaration order, no spaces (canonical)."""
         header = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.BLOBS}
-        head = json.dumps(header, separators=(",", ":")).encode()
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    def to_bytes(self) -> bytes:
+        head = self._header()
         if len(head) > MAX_HEADER:
             raise MessageError(f"{type(self).__name__}: header of {len(head)} bytes is too large")
         parts = [MAGIC, struct.pack("<BBI", VERSION, self.KIND, len(head)), head]
@@ -242,4 +247,9 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Any:
         pos += n
     if pos != len(data):
         raise MessageError(f"{cls.__name__}: {len(data) - pos} trailing bytes")
-    return cls(**header, **blobs)
+    msg = cls(**header, **blobs)
+    # One encoding per message: a header with other spacing, order or number spellings is
+    # refused, so whatever is accepted re-encodes to exactly the bytes that came.
+    if msg._header() != data[10 : 10 + head_len]:
+        raise MessageError(f"{cls.__name__}: header is not in canonical form")
+    return msg
