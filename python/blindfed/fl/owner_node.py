@@ -68,14 +68,23 @@ class OwnerNode:
         self.allow_insecure = allow_insecure
         self._owner: DataOwner | None = None
 
+    def reopened(self) -> OwnerNode:
+        """The same owner as a new process sees it: only what is on its disk carries over."""
+        return OwnerNode(
+            self.directory, self.data, name=self.name, allow_insecure=self.allow_insecure
+        )
+
     # ---- the online phase -----------------------------------------------------------------
+
+    def _data_owner(self) -> DataOwner:
+        return DataOwner(
+            self.name, cache_dir=self.directory / "passes", allow_insecure=self.allow_insecure
+        )
 
     def hello(self, offer: bytes) -> bytes:
         """Joins a new provider session: a new key seed, the public keys in reply."""
         seed = secrets.token_bytes(32)
-        owner = DataOwner(
-            self.name, cache_dir=self.directory / "passes", allow_insecure=self.allow_insecure
-        )
+        owner = self._data_owner()
         hello = owner.hello(offer, key_seed=seed)
         write_atomically(self.directory / "key_seed", seed, private=True)
         write_atomically(self.directory / "offer.bin", offer, private=True)
@@ -88,9 +97,7 @@ class OwnerNode:
             offer, seed = self.directory / "offer.bin", self.directory / "key_seed"
             if not offer.exists():
                 raise RuntimeError("this owner has not joined a provider session yet")
-            owner = DataOwner(
-                self.name, cache_dir=self.directory / "passes", allow_insecure=self.allow_insecure
-            )
+            owner = self._data_owner()
             owner.restore(offer.read_bytes(), seed.read_bytes() if seed.exists() else None)
             self._owner = owner
         return self._owner

@@ -62,9 +62,7 @@ class LocalTransport:
                 continue
             node = self.owners[n]
             if self.fresh:
-                node = OwnerNode(
-                    node.directory, node.data, name=node.name, allow_insecure=node.allow_insecure
-                )
+                node = node.reopened()
             try:
                 replies[n] = answer(node, n, action, request)
             except Exception as e:  # as over Flower: a failed owner is absent from the replies
