@@ -12,6 +12,15 @@
 //!
 //! Pairs (t, t + r) that cross a sample boundary are not attention pairs; [`DiagonalPlan::masks`]
 //! zeroes them (callers fold the masks into the exponential's last products).
+//!
+//! Features travel two to a value as complex pairs, since the slots are complex anyway and a
+//! rotation moves both halves for one key switch. Scores: with q = Q_a + i Q_b and
+//! k = K_a - i K_b, the real part of q * k is Q_a K_a + Q_b K_b, so half the features are rotated
+//! and multiplied, and one conjugation per diagonal (z + conj z) drops the imaginary part; the
+//! plan pairs them when the rotations saved outnumber those conjugations
+//! ([`DiagonalPlan::pairs_scores`]). A V: the diagonals are real, so A_r * rot_r(V_a + i V_b)
+//! carries both features' outputs, separated at the end by one conjugation per pair. Both
+//! return twice the real part, so queries and values come in at [`OPERAND_SCALE`].
 
 use std::ops::Range;
 
@@ -28,6 +37,36 @@ pub const FEATURES_PER_PASS: usize = 4;
 /// with a linear layer reads all that layer's inputs once per call, so calls should be few,
 /// and their outputs small beside the score sums.
 pub const FEATURES_PER_CALL: usize = 16;
+
+// Pairs never straddle two calls.
+const _: () = assert!(FEATURES_PER_CALL.is_multiple_of(2));
+
+/// The scale at which [`DiagonalPlan::scores`] takes queries and [`DiagonalPlan::mix`] takes
+/// values: both return twice the real part of complex sums (z + conj z), so halved operands
+/// come back exact. Callers fold it into the weights that make them.
+pub const OPERAND_SCALE: f64 = 0.5;
+
+/// Values two to one, a + i b, or a - i b with `conjugate` (an odd last one alone): free.
+fn complex_pairs<B: Backend>(b: &B, values: &[B::Value], conjugate: bool) -> Result<Vec<B::Value>> {
+    values
+        .chunks(2)
+        .map(|pair| match pair {
+            [re, im] if conjugate => b.sub(re, &b.mul_i(im)),
+            [re, im] => b.add(re, &b.mul_i(im)),
+            [re] => Ok(re.clone()),
+            _ => unreachable!("chunks of at most two"),
+        })
+        .collect()
+}
+
+/// 2 Re z: one conjugation if `z` may be complex, free if it is real.
+fn twice_real<B: Backend>(b: &B, z: &B::Value, complex: bool) -> Result<B::Value> {
+    if complex {
+        b.add(z, &b.conjugate(z)?)
+    } else {
+        Ok(b.mul_integer(z, 2))
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DiagonalPlan {
@@ -95,7 +134,14 @@ impl DiagonalPlan {
             .collect()
     }
 
-    /// The left-rotation steps the routines use: the Galois keys to generate.
+    /// Whether [`DiagonalPlan::scores`] pairs `features` query and key features: the rotations
+    /// of the features a pair saves, against one conjugation per diagonal.
+    pub fn pairs_scores(&self, features: usize) -> bool {
+        (features / 2) * (self.baby - 1 + self.giants()) > self.diagonals()
+    }
+
+    /// The left-rotation steps the routines use: the Galois keys to generate (and the
+    /// conjugation key, for the complex pairs).
     pub fn rotation_steps(&self) -> Vec<i64> {
         let t = self.tokens as i64;
         let g = self.baby as i64;
@@ -109,11 +155,12 @@ impl DiagonalPlan {
 
     /// The score diagonals D_ji = sum_f rot_{-s_j}(Q_f) * rot_i(K_f): one level. `features`
     /// query and key features come from `make`, [`FEATURES_PER_CALL`] at a time (its argument
-    /// is the range of features wanted), so only those are ever alive. They go in passes of
-    /// [`FEATURES_PER_PASS`]: a pass rotates its features (baby steps of K hoisted, giant
-    /// steps of Q) and adds all their products to every diagonal at once, so each running sum
-    /// is read once per pass. The products accumulate un-relinearised, one key switch per
-    /// diagonal at the end.
+    /// is the range of features wanted), so only those are ever alive; queries at
+    /// [`OPERAND_SCALE`]. They go as complex pairs if [`DiagonalPlan::pairs_scores`], in passes
+    /// of [`FEATURES_PER_PASS`] values: a pass rotates its values (baby steps of K hoisted,
+    /// giant steps of Q) and adds all their products to every diagonal at once, so each running
+    /// sum is read once per pass. The products accumulate un-relinearised, one key switch per
+    /// diagonal at the end (and one conjugation if paired).
     pub fn scores<B: Backend>(
         &self,
         b: &B,
@@ -124,6 +171,7 @@ impl DiagonalPlan {
             return Err(Error::Shape("attention needs at least one query and key feature".into()));
         }
         let babies: Vec<i64> = (0..self.baby as i64).collect();
+        let paired = self.pairs_scores(features);
         let mut sums: Vec<B::Acc> = (0..self.diagonals()).map(|_| b.accumulator()).collect();
         for start in (0..features).step_by(FEATURES_PER_CALL) {
             let range = start..(start + FEATURES_PER_CALL).min(features);
@@ -136,6 +184,8 @@ impl DiagonalPlan {
                     k.len()
                 )));
             }
+            let (q, k) =
+                if paired { (complex_pairs(b, &q, false)?, complex_pairs(b, &k, true)?) } else { (q, k) };
             for (qs, ks) in q.chunks(FEATURES_PER_PASS).zip(k.chunks(FEATURES_PER_PASS)) {
                 let k_rot = ks.iter().map(|kf| b.rotate_many(kf, &babies)).collect::<Result<Vec<_>>>()?;
                 // Giant step by giant step: only the pass's current rotation of Q is alive, and
@@ -155,7 +205,7 @@ impl DiagonalPlan {
                 }
             }
         }
-        sums.into_iter().map(|acc| b.finish(acc)).collect()
+        sums.into_iter().map(|acc| twice_real(b, &b.finish(acc)?, paired)).collect()
     }
 
     /// sum_j rot_{s_j}(per_giant[j]) by Horner in rotations by g.
@@ -189,10 +239,11 @@ impl DiagonalPlan {
         self.gather(b, per_giant)
     }
 
-    /// out_f = sum_r A_r * rot_r(V_f) for a matrix A given by its diagonals: one level.
-    /// `features` value features come from `make`, [`FEATURES_PER_CALL`] at a time, and go in
-    /// passes as in [`DiagonalPlan::scores`]: one fused accumulation reads each diagonal once
-    /// per pass.
+    /// out_f = sum_r A_r * rot_r(V_f) for a real matrix A given by its diagonals: one level.
+    /// `features` value features come from `make`, [`FEATURES_PER_CALL`] at a time and at
+    /// [`OPERAND_SCALE`], two to a value, and go in passes as in [`DiagonalPlan::scores`]: one
+    /// fused accumulation reads each diagonal once per pass. Each pair's output is separated
+    /// by one conjugation.
     pub fn mix<B: Backend>(
         &self,
         b: &B,
@@ -223,6 +274,9 @@ impl DiagonalPlan {
                 .into_iter()
                 .map(|vf| if b.level(&vf) > level { b.drop_to(&vf, level) } else { Ok(vf) })
                 .collect::<Result<Vec<_>>>()?;
+            let v = complex_pairs(b, &v, false)?;
+            // Value p of this call holds features 2p and 2p + 1 of the range, or 2p alone.
+            let mut pair_sizes = range.clone().step_by(2).map(|f| (range.end - f).min(2));
             for vs in v.chunks(FEATURES_PER_PASS) {
                 let v_rot = vs.iter().map(|vf| b.rotate_many(vf, &babies)).collect::<Result<Vec<_>>>()?;
                 // One sum per (feature, giant step) over that giant step's diagonals.
@@ -243,7 +297,15 @@ impl DiagonalPlan {
                         .take(self.giants())
                         .map(|acc| b.finish(acc))
                         .collect::<Result<Vec<_>>>()?;
-                    out.push(self.gather(b, per_giant)?);
+                    let z = self.gather(b, per_giant)?;
+                    if pair_sizes.next() == Some(2) {
+                        // z + conj z = 2 Re z and i (conj z - z) = 2 Im z.
+                        let zc = b.conjugate(&z)?;
+                        out.push(b.add(&z, &zc)?);
+                        out.push(b.mul_i(&b.sub(&zc, &z)?));
+                    } else {
+                        out.push(b.mul_integer(&z, 2));
+                    }
                 }
             }
         }
@@ -274,8 +336,10 @@ mod tests {
             let q: Vec<Vec<f64>> = (0..feats).map(|_| (0..slots).map(|_| lcg(&mut seed)).collect()).collect();
             let k: Vec<Vec<f64>> = (0..feats).map(|_| (0..slots).map(|_| lcg(&mut seed)).collect()).collect();
             let v: Vec<Vec<f64>> = (0..feats).map(|_| (0..slots).map(|_| lcg(&mut seed)).collect()).collect();
-            let enc = |x: &Vec<Vec<f64>>| x.iter().map(|c| b.value(c.clone()).unwrap()).collect::<Vec<_>>();
-            let (qe, ke, ve) = (enc(&q), enc(&k), enc(&v));
+            let enc = |x: &Vec<Vec<f64>>, scale: f64| {
+                x.iter().map(|c| b.value(c.iter().map(|u| u * scale).collect()).unwrap()).collect::<Vec<_>>()
+            };
+            let (qe, ke, ve) = (enc(&q, OPERAND_SCALE), enc(&k, 1.0), enc(&v, OPERAND_SCALE));
             let d = plan.scores(&b, feats, |r| Ok((qe[r.clone()].to_vec(), ke[r].to_vec()))).unwrap();
             let masks = plan.masks();
             let masked: Vec<_> = d.iter().zip(&masks).map(|(x, m)| b.mul_plain(x, m).unwrap()).collect();
@@ -306,8 +370,31 @@ mod tests {
             listed.sort_unstable();
             listed.dedup();
             assert!(used.iter().all(|s| listed.contains(s)), "{used:?} not within {listed:?}");
-            assert_eq!(tracer.cost().relinearizations as usize, plan.diagonals() + feats * plan.giants());
+            let pairs = feats.div_ceil(2);
+            assert_eq!(tracer.cost().relinearizations as usize, plan.diagonals() + pairs * plan.giants());
+            let score_conjugations = if plan.pairs_scores(feats) { plan.diagonals() } else { 0 };
+            assert_eq!(tracer.cost().conjugations as usize, score_conjugations + feats / 2);
+            assert!(d.iter().chain(&mixed).all(|x| x.imag.iter().all(|&u| u.abs() < 1e-12)));
         }
+    }
+
+    /// Pairing pays for itself in key switches wherever the plan chooses it.
+    #[test]
+    fn pairs_scores_when_it_saves_key_switches() {
+        let layout = TokenLayout::new(197, 2, 8192).unwrap();
+        let plan = DiagonalPlan::new(&layout, 41, None).unwrap();
+        let count = |features: usize| {
+            let tracer = Mirror::tracer(8192, 5);
+            let tv = |n: usize| (0..n).map(|_| tracer.value(vec![]).unwrap()).collect::<Vec<_>>();
+            let (q, k) = (tv(features), tv(features));
+            plan.scores(&tracer, features, |r| Ok((q[r.clone()].to_vec(), k[r].to_vec()))).unwrap();
+            tracer.cost().key_switches()
+        };
+        assert!(plan.pairs_scores(64) && !plan.pairs_scores(2));
+        // Unpaired, 64 features would cost 64 (g - 1 + G) + D; paired, half the rotations.
+        let unpaired = 64 * (plan.baby - 1 + plan.giants()) + plan.diagonals();
+        assert_eq!(count(64) as usize, unpaired - 32 * (plan.baby - 1 + plan.giants()) + plan.diagonals());
+        assert!((count(64) as usize) < unpaired);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The operations encrypted linear algebra is written against.
 //!
-//! A value is a vector of `slots()` real numbers at a level. Routines in `he` and `nn` are
+//! A value is a vector of `slots()` numbers at a level: real, except where attention packs two
+//! features in one value as a + i b (the slots are complex in CKKS). Routines in `he` and `nn` are
 //! generic over [`Backend`], so one piece of code runs three ways:
 //! - [`crate::he::encrypted::Encrypted`]: CKKS ciphertexts (the provider's real computation);
 //! - [`crate::he::mirror::Mirror`]: the same arithmetic on f64 vectors (the plaintext mirror);
 //! - [`crate::he::mirror::Mirror::tracer`]: levels and counts only (cost prediction).
 //!
 //! Level rules, identical in every backend: products (`mul*`, `dot`, `linear`) consume one
-//! level; additions bring both operands to the lower level; rotations and integer products
-//! are free; a refresh returns values at the level it is asked for.
+//! level; additions bring both operands to the lower level; rotations, conjugations and
+//! integer products (and products by i) are free; a refresh returns values at the level it is asked for.
 
 use std::sync::Arc;
 
@@ -76,6 +77,10 @@ pub trait Backend: Sync {
     fn rotate(&self, a: &Self::Value, step: i64) -> Result<Self::Value>;
     /// Several rotations of one value sharing one decomposition.
     fn rotate_many(&self, a: &Self::Value, steps: &[i64]) -> Result<Vec<Self::Value>>;
+    /// Complex conjugation of every slot: one key switch (the conjugation key), no level.
+    fn conjugate(&self, a: &Self::Value) -> Result<Self::Value>;
+    /// Every slot times the imaginary unit: exact, no level, no key switch.
+    fn mul_i(&self, a: &Self::Value) -> Self::Value;
     /// Lowest level a value may be at and still be refreshed.
     fn refresh_level(&self) -> usize;
     /// Masked refresh round trip: the values come back at `level` (at most `max_level()`;

@@ -19,7 +19,8 @@ pub struct Cost {
     pub plain_products: u64,
     /// Ciphertext-times-scalar terms inside linear layers.
     pub linear_terms: u64,
-    /// Conjugations (one key switch each): separating the pairs a refresh packed together.
+    /// Conjugations (one key switch each): separating the pairs a refresh packed together and
+    /// the complex pairs of attention features.
     pub conjugations: u64,
     /// Ciphertexts sent through a masked refresh each way (one round trip per call).
     pub refreshed_ciphertexts: u64,

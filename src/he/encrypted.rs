@@ -325,6 +325,19 @@ impl Backend for Encrypted {
         })
     }
 
+    fn conjugate(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        self.timed("conjugations", || {
+            self.check(a)?;
+            let out = ev::conjugate(a, self.galois()?)?;
+            self.count(|c| c.conjugations += 1);
+            Ok(out)
+        })
+    }
+
+    fn mul_i(&self, a: &Ciphertext) -> Ciphertext {
+        ev::mul_by_i(a)
+    }
+
     fn refresh_level(&self) -> usize {
         super::refresh::refresh_level(&self.ctx)
     }

@@ -3,6 +3,7 @@
 //! Built with [`Mirror::new`] it computes the values; built with [`Mirror::tracer`] it only
 //! tracks levels and counts, which predicts an encrypted run's cost in microseconds.
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -13,9 +14,39 @@ use super::refresh::{check_target, wire_pairs, Sent};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MirrorValue {
-    /// Empty in a tracer.
+    /// The slots' real parts; empty in a tracer.
     pub data: Vec<f64>,
+    /// The slots' imaginary parts; empty when they are all zero (every value but the complex
+    /// pairs attention forms) and in a tracer.
+    pub imag: Vec<f64>,
     pub level: usize,
+}
+
+impl MirrorValue {
+    fn real(data: Vec<f64>, level: usize) -> Self {
+        MirrorValue { data, imag: Vec::new(), level }
+    }
+
+    fn is_complex(&self) -> bool {
+        !self.imag.is_empty()
+    }
+
+    /// Forgets imaginary parts that are all zero (z + conj z has exactly none).
+    fn settled(mut self) -> Self {
+        if self.imag.iter().all(|&x| x == 0.0) {
+            self.imag = Vec::new();
+        }
+        self
+    }
+
+    /// The imaginary parts, zeros when the value is real.
+    fn imag_or_zero(&self) -> Cow<'_, [f64]> {
+        if self.is_complex() {
+            Cow::Borrowed(&self.imag)
+        } else {
+            Cow::Owned(vec![0.0; self.data.len()])
+        }
+    }
 }
 
 pub struct Mirror {
@@ -56,7 +87,7 @@ impl Mirror {
         if self.compute && data.len() != self.slots {
             return Err(Error::Shape(format!("expected {} values, got {}", self.slots, data.len())));
         }
-        Ok(MirrorValue { data: if self.compute { data } else { Vec::new() }, level })
+        Ok(MirrorValue::real(if self.compute { data } else { Vec::new() }, level))
     }
 
     fn count(&self, f: impl FnOnce(&mut Cost)) {
@@ -71,18 +102,38 @@ impl Mirror {
         Ok(level - 1)
     }
 
-    fn map(&self, a: &MirrorValue, level: usize, f: impl Fn(f64) -> f64) -> MirrorValue {
-        MirrorValue { data: a.data.iter().map(|&x| f(x)).collect(), level }
+    /// `a` times a real factor per slot (`factor(s)`), real and imaginary parts alike.
+    fn scaled(&self, a: &MirrorValue, level: usize, factor: impl Fn(usize) -> f64) -> MirrorValue {
+        let scale = |v: &[f64]| v.iter().enumerate().map(|(s, &x)| x * factor(s)).collect();
+        MirrorValue { data: scale(&a.data), imag: scale(&a.imag), level }
     }
 
-    fn zip(
-        &self,
-        a: &MirrorValue,
-        b: &MirrorValue,
-        level: usize,
-        f: impl Fn(f64, f64) -> f64,
-    ) -> MirrorValue {
-        MirrorValue { data: a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect(), level }
+    /// a + sign * b, slot by slot.
+    fn combine(&self, a: &MirrorValue, b: &MirrorValue, level: usize, sign: f64) -> MirrorValue {
+        let sum = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(&x, &y)| x + sign * y).collect();
+        let imag = if a.is_complex() || b.is_complex() {
+            sum(&a.imag_or_zero(), &b.imag_or_zero())
+        } else {
+            Vec::new()
+        };
+        MirrorValue { data: sum(&a.data, &b.data), imag, level }.settled()
+    }
+
+    /// a * b, slot by slot, as complex numbers.
+    fn product(&self, a: &MirrorValue, b: &MirrorValue, level: usize) -> MirrorValue {
+        let re = a.data.iter().zip(&b.data).map(|(&x, &y)| x * y);
+        if !a.is_complex() && !b.is_complex() {
+            return MirrorValue::real(re.collect(), level);
+        }
+        let (ai, bi) = (a.imag_or_zero(), b.imag_or_zero());
+        let data = re.zip(ai.iter().zip(bi.iter())).map(|(r, (&x, &y))| r - x * y).collect();
+        let imag = a
+            .data
+            .iter()
+            .zip(bi.iter())
+            .zip(ai.iter().zip(&b.data))
+            .map(|((&p, &q), (&r, &t))| p * q + r * t);
+        MirrorValue { data, imag: imag.collect(), level }.settled()
     }
 
     fn check_plain(&self, p: &[f64]) -> Result<()> {
@@ -113,47 +164,52 @@ impl Backend for Mirror {
         if level > v.level {
             return Err(Error::OutOfRange(format!("cannot raise a value from level {} to {level}", v.level)));
         }
-        Ok(MirrorValue { data: v.data.clone(), level })
+        Ok(MirrorValue { level, ..v.clone() })
     }
 
     fn add(&self, a: &MirrorValue, b: &MirrorValue) -> Result<MirrorValue> {
-        Ok(self.zip(a, b, a.level.min(b.level), |x, y| x + y))
+        Ok(self.combine(a, b, a.level.min(b.level), 1.0))
     }
 
     fn sub(&self, a: &MirrorValue, b: &MirrorValue) -> Result<MirrorValue> {
-        Ok(self.zip(a, b, a.level.min(b.level), |x, y| x - y))
+        Ok(self.combine(a, b, a.level.min(b.level), -1.0))
     }
 
     fn add_scalar(&self, a: &MirrorValue, c: f64) -> Result<MirrorValue> {
-        Ok(self.map(a, a.level, |x| x + c))
+        Ok(MirrorValue {
+            data: a.data.iter().map(|&x| x + c).collect(),
+            imag: a.imag.clone(),
+            level: a.level,
+        })
     }
 
     fn add_plain(&self, a: &MirrorValue, p: &[f64]) -> Result<MirrorValue> {
         self.check_plain(p)?;
-        Ok(MirrorValue { data: a.data.iter().zip(p).map(|(&x, &y)| x + y).collect(), level: a.level })
+        let data = a.data.iter().zip(p).map(|(&x, &y)| x + y).collect();
+        Ok(MirrorValue { data, imag: a.imag.clone(), level: a.level })
     }
 
     fn mul_integer(&self, a: &MirrorValue, k: i64) -> MirrorValue {
-        self.map(a, a.level, |x| x * k as f64)
+        self.scaled(a, a.level, |_| k as f64)
     }
 
     fn mul_scalar(&self, a: &MirrorValue, c: f64) -> Result<MirrorValue> {
         let level = self.after_product(a.level)?;
         self.count(|cost| cost.plain_products += 1);
-        Ok(self.map(a, level, |x| x * c))
+        Ok(self.scaled(a, level, |_| c))
     }
 
     fn mul_plain(&self, a: &MirrorValue, p: &[f64]) -> Result<MirrorValue> {
         self.check_plain(p)?;
         let level = self.after_product(a.level)?;
         self.count(|cost| cost.plain_products += 1);
-        Ok(MirrorValue { data: a.data.iter().zip(p).map(|(&x, &y)| x * y).collect(), level })
+        Ok(self.scaled(a, level, |s| p[s]))
     }
 
     fn mul(&self, a: &MirrorValue, b: &MirrorValue) -> Result<MirrorValue> {
         let level = self.after_product(a.level.min(b.level))?;
         self.count(|c| c.relinearizations += 1);
-        Ok(self.zip(a, b, level, |x, y| x * y))
+        Ok(self.product(a, b, level))
     }
 
     fn accumulator(&self) -> Option<MirrorValue> {
@@ -163,10 +219,10 @@ impl Backend for Mirror {
     fn accumulate(&self, acc: &mut Option<MirrorValue>, a: &MirrorValue, b: &MirrorValue) -> Result<()> {
         let level = accumulate_level(a.level, b.level, acc.as_ref().map(|v| v.level))?;
         self.count(|c| c.tensor_products += 1);
-        let product = self.zip(a, b, level, |x, y| x * y);
+        let product = self.product(a, b, level);
         *acc = Some(match acc.take() {
             None => product,
-            Some(sum) => self.zip(&sum, &product, level, |x, y| x + y),
+            Some(sum) => self.combine(&sum, &product, level, 1.0),
         });
         Ok(())
     }
@@ -175,7 +231,7 @@ impl Backend for Mirror {
         let sum = acc.ok_or_else(|| Error::InvalidInput("a sum of no products".into()))?;
         let level = self.after_product(sum.level)?;
         self.count(|c| c.relinearizations += 1);
-        Ok(MirrorValue { data: sum.data, level })
+        Ok(MirrorValue { level, ..sum })
     }
 
     fn linear(&self, inputs: &[&MirrorValue], weights: &[f64], outputs: usize) -> Result<Vec<MirrorValue>> {
@@ -185,13 +241,16 @@ impl Backend for Mirror {
         let n = inputs.len();
         Ok((0..outputs)
             .map(|j| {
+                let complex = inputs.iter().any(|x| x.is_complex());
                 let mut data = vec![0.0; if self.compute { self.slots } else { 0 }];
+                let mut imag = if complex { data.clone() } else { Vec::new() };
                 for (x, &w) in inputs.iter().zip(&weights[j * n..(j + 1) * n]) {
                     if w != 0.0 {
                         data.iter_mut().zip(&x.data).for_each(|(d, &u)| *d += w * u);
+                        imag.iter_mut().zip(&x.imag).for_each(|(d, &u)| *d += w * u);
                     }
                 }
-                MirrorValue { data, level }
+                MirrorValue { data, imag, level }
             })
             .collect())
     }
@@ -204,9 +263,25 @@ impl Backend for Mirror {
                 c.rotation_steps.insert(step);
             });
         }
-        let mut data = a.data.clone();
-        data.rotate_left(if self.compute { step as usize } else { 0 });
-        Ok(MirrorValue { data, level: a.level })
+        let mut out = a.clone();
+        if self.compute {
+            out.data.rotate_left(step as usize);
+            out.imag.rotate_left(if a.is_complex() { step as usize } else { 0 });
+        }
+        Ok(out)
+    }
+
+    fn conjugate(&self, a: &MirrorValue) -> Result<MirrorValue> {
+        self.count(|c| c.conjugations += 1);
+        Ok(MirrorValue { data: a.data.clone(), imag: a.imag.iter().map(|&x| -x).collect(), level: a.level })
+    }
+
+    fn mul_i(&self, a: &MirrorValue) -> MirrorValue {
+        if !self.compute {
+            return a.clone();
+        }
+        let data = a.imag_or_zero().iter().map(|&x| -x).collect();
+        MirrorValue { data, imag: a.data.clone(), level: a.level }.settled()
     }
 
     fn rotate_many(&self, a: &MirrorValue, steps: &[i64]) -> Result<Vec<MirrorValue>> {
@@ -233,11 +308,15 @@ impl Backend for Mirror {
                 self.refresh_level, v.level
             )));
         }
+        if values.iter().any(MirrorValue::is_complex) {
+            // The owner's reply packs two real values in one (a + i b): complex values would mix.
+            return Err(Error::InvalidInput("a masked refresh carries real values only".into()));
+        }
         let levels: Vec<usize> = values.iter().map(|v| v.level).collect();
         let pairs = wire_pairs(&levels);
         let conjugations = pairs.iter().filter(|(_, paired)| *paired).count() as u64;
         self.count(|c| c.refreshed(Sent { ciphertexts: pairs.len() as u64, conjugations }, level));
-        Ok(values.into_iter().map(|v| MirrorValue { data: v.data, level }).collect())
+        Ok(values.into_iter().map(|v| MirrorValue { level, ..v }).collect())
     }
 
     fn cost(&self) -> Cost {
@@ -265,5 +344,29 @@ pub(crate) fn accumulate_level(a: usize, b: usize, sum: Option<usize>) -> Result
         ))),
         Some(s) => Ok(s),
         None => Ok(level),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Complex slots follow complex arithmetic, and go back to real where the parts cancel.
+    #[test]
+    fn complex_values_multiply_conjugate_and_settle() {
+        let b = Mirror::new(2, 3);
+        let (x, y) = (b.value(vec![1.0, 2.0]).unwrap(), b.value(vec![3.0, -1.0]).unwrap());
+        let z = b.add(&x, &b.mul_i(&y)).unwrap(); // (1 + 3i, 2 - i)
+        let w = b.mul(&z, &b.conjugate(&z).unwrap()).unwrap(); // |z|^2
+        assert_eq!((w.data.clone(), w.imag.is_empty(), w.level), (vec![10.0, 5.0], true, 2));
+        let zz = b.mul(&z, &z).unwrap(); // (-8 + 6i, 3 - 4i)
+        assert_eq!((zz.data.clone(), zz.imag.clone()), (vec![-8.0, 3.0], vec![6.0, -4.0]));
+        let rot = b.rotate(&zz, 1).unwrap();
+        assert_eq!((rot.data, rot.imag), (vec![3.0, -8.0], vec![-4.0, 6.0]));
+        let re = b.add(&z, &b.conjugate(&z).unwrap()).unwrap();
+        assert!(re.imag.is_empty() && re.data == vec![2.0, 4.0]);
+        assert_eq!(b.cost().conjugations, 2);
+        // A refresh packs two real values in one: a complex one would mix with its partner.
+        assert!(b.refresh(vec![z], 3).is_err());
     }
 }

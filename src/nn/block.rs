@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 
 use crate::error::{Error, Result};
-use crate::he::attention::DiagonalPlan;
+use crate::he::attention::{DiagonalPlan, OPERAND_SCALE};
 use crate::he::backend::Backend;
 use crate::he::layout::TokenLayout;
 use crate::he::polynomial::Basis;
@@ -619,7 +619,7 @@ impl Block {
             let head = |r: std::ops::Range<usize>| h * dh + r.start..h * dh + r.end;
             let scores = plan.scores(b, dh, |r| {
                 // Q and K in one layer: its inputs are read once for both.
-                let mut qk = fold(&w.wq, &w.bq, head(r.clone()), inv_sqrt_dh);
+                let mut qk = fold(&w.wq, &w.bq, head(r.clone()), inv_sqrt_dh * OPERAND_SCALE);
                 let k = fold(&w.wk, &w.bk, head(r), 1.0);
                 qk.weights.extend(k.weights);
                 qk.bias.extend(k.bias);
@@ -642,7 +642,8 @@ impl Block {
                 }
                 Denominator::Constant(_) => None,
             };
-            let mixed = plan.mix(b, &e, dh, |r| linear(b, &xr, fold(&w.wv, &w.bv, head(r), 1.0)))?;
+            let mixed =
+                plan.mix(b, &e, dh, |r| linear(b, &xr, fold(&w.wv, &w.bv, head(r), OPERAND_SCALE)))?;
             drop(e);
             match den {
                 Some((den, f)) => {

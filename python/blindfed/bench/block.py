@@ -113,7 +113,8 @@ def time_breakdown(cost: dict, units: dict[str, float]) -> dict[str, float]:
         "relinearizations": cost["relinearizations"] * units["key_switch"],
         "rotations": (cost["rotations"] - hoisted) * units["rotation"]
         + hoisted * units["hoisted_rotation"],
-        # A conjugation (separating a refreshed pair) is one key switch, as a rotation.
+        # A conjugation (separating a refreshed pair or a complex pair of attention features)
+        # is one key switch, as a rotation.
         "conjugations": cost["conjugations"] * units["rotation"],
         "tensor_products": cost["tensor_products"] * units["tensor_product"],
         "plain_products": cost["plain_products"] * units["plain_product"],
