@@ -1,6 +1,7 @@
 //! blindfed's core: an RNS-CKKS engine and the layers built on it.
 //!
 //! Layers, lowest first; each uses only the ones before it:
+//! - [`codec`]: the byte codec every wire format shares.
 //! - [`math`]: moduli, primes, NTT, RNS polynomials, basis conversion, samplers.
 //! - [`ckks`]: parameters, encoding, keys, encryption, evaluation, serialisation.
 //! - [`he`]: packed activations, encrypted linear algebra, polynomials, masked refresh.
@@ -9,6 +10,7 @@
 //! - `py`: the PyO3 bindings (feature `python`), conversion only.
 
 pub mod ckks;
+pub mod codec;
 pub mod error;
 pub mod he;
 pub mod math;

@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::codec::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::math::modulus::Modulus;
 use crate::math::poly::RnsPoly;
@@ -66,194 +67,124 @@ impl Kind {
     }
 }
 
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn header(kind: Kind, seeded: bool) -> Self {
-        let mut w = Writer(Vec::new());
-        w.0.extend_from_slice(MAGIC);
-        w.0.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        w.0.push(kind as u8);
-        w.0.push(if seeded { SEEDED } else { 0 });
-        w
-    }
-
-    fn with_context(kind: Kind, seeded: bool, ctx: &Context) -> Self {
-        let mut w = Self::header(kind, seeded);
-        w.0.extend_from_slice(&ctx.fingerprint);
-        w
-    }
-
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-
-    fn f64(&mut self, v: f64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-
-    fn poly(&mut self, p: &RnsPoly, moduli: &[Modulus]) {
-        for (row, m) in p.rows().zip(moduli) {
-            let bits = m.bits();
-            let mut acc: u128 = 0;
-            let mut filled = 0u32;
-            for &x in row {
-                acc |= (x as u128) << filled;
-                filled += bits;
-                while filled >= 8 {
-                    self.0.push(acc as u8);
-                    acc >>= 8;
-                    filled -= 8;
-                }
-            }
-            if filled > 0 {
-                self.0.push(acc as u8);
-            }
-        }
-    }
+/// An object's header: magic, version, kind, flags (and its parameter set's fingerprint).
+fn header(kind: Kind, seeded: bool) -> Writer {
+    let mut w = Writer::with_magic(MAGIC);
+    w.u16(FORMAT_VERSION);
+    w.u8(kind as u8);
+    w.u8(if seeded { SEEDED } else { 0 });
+    w
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+fn header_with_context(kind: Kind, seeded: bool, ctx: &Context) -> Writer {
+    let mut w = header(kind, seeded);
+    w.bytes(&ctx.fingerprint);
+    w
+}
+
+/// A polynomial's rows, each residue at its prime's bit width, each row padded to a byte.
+fn write_poly(w: &mut Writer, p: &RnsPoly, moduli: &[Modulus]) {
+    for (row, m) in p.rows().zip(moduli) {
+        let bits = m.bits();
+        let mut acc: u128 = 0;
+        let mut filled = 0u32;
+        for &x in row {
+            acc |= (x as u128) << filled;
+            filled += bits;
+            while filled >= 8 {
+                w.u8(acc as u8);
+                acc >>= 8;
+                filled -= 8;
+            }
+        }
+        if filled > 0 {
+            w.u8(acc as u8);
+        }
+    }
 }
 
 fn malformed(msg: impl Into<String>) -> Error {
     Error::Malformed(msg.into())
 }
 
-impl<'a> Reader<'a> {
-    /// Checks the header; returns the reader positioned after it and the flags.
-    fn open(bytes: &'a [u8], kind: Kind) -> Result<(Self, u8)> {
-        let mut r = Reader { bytes, pos: 0 };
-        if r.take(4)? != MAGIC {
-            return Err(malformed(format!("not a blindfed object (expected a {})", kind.name())));
-        }
-        let version = u16::from_le_bytes(r.take(2)?.try_into().unwrap());
-        if version != FORMAT_VERSION {
-            return Err(malformed(format!(
-                "format version {version} is not supported (this build reads {FORMAT_VERSION})"
-            )));
-        }
-        let found = r.u8()?;
-        if found != kind as u8 {
-            return Err(malformed(format!(
-                "expected a {} (kind {}), found kind {found}",
-                kind.name(),
-                kind as u8
-            )));
-        }
-        let flags = r.u8()?;
-        if flags & !SEEDED != 0 {
-            return Err(malformed(format!("unknown flags {flags:#x}")));
-        }
-        Ok((r, flags))
+/// Checks the header; returns the reader positioned after it and the flags.
+fn open(bytes: &[u8], kind: Kind) -> Result<(Reader<'_>, u8)> {
+    let mut r = Reader::new(bytes, kind.name());
+    if r.left() < MAGIC.len() || r.take(MAGIC.len())? != MAGIC {
+        return Err(malformed(format!("not a blindfed object (expected a {})", kind.name())));
     }
-
-    fn open_with_context(bytes: &'a [u8], kind: Kind, ctx: &Context) -> Result<(Self, bool)> {
-        let (mut r, flags) = Self::open(bytes, kind)?;
-        if r.take(32)? != ctx.fingerprint {
-            return Err(malformed(format!("this {} belongs to a different parameter set", kind.name())));
-        }
-        Ok((r, flags & SEEDED != 0))
+    let version = r.u16()?;
+    if version != FORMAT_VERSION {
+        return Err(r.malformed(format!(
+            "format version {version} is not supported (this build reads {FORMAT_VERSION})"
+        )));
     }
-
-    fn take(&mut self, len: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(len).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            malformed(format!(
-                "truncated: needs {len} more bytes at offset {}, {} left",
-                self.pos,
-                self.bytes.len() - self.pos
-            ))
-        })?;
-        let s = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(s)
+    let found = r.u8()?;
+    if found != kind as u8 {
+        return Err(malformed(format!(
+            "expected a {} (kind {}), found kind {found}",
+            kind.name(),
+            kind as u8
+        )));
     }
-
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
+    let flags = r.u8()?;
+    if flags & !SEEDED != 0 {
+        return Err(r.malformed(format!("unknown flags {flags:#x}")));
     }
+    Ok((r, flags))
+}
 
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+fn open_with_context<'a>(bytes: &'a [u8], kind: Kind, ctx: &Context) -> Result<(Reader<'a>, bool)> {
+    let (mut r, flags) = open(bytes, kind)?;
+    if r.take(32)? != ctx.fingerprint {
+        return Err(r.malformed("belongs to a different parameter set"));
     }
+    Ok((r, flags & SEEDED != 0))
+}
 
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+fn read_seed(r: &mut Reader) -> Result<[u8; 32]> {
+    r.array()
+}
+
+fn read_poly(r: &mut Reader, moduli: &[Modulus], n: usize) -> Result<RnsPoly> {
+    // Check the whole size first so a lying header cannot make us allocate.
+    let total: usize = moduli.iter().map(|m| (n * m.bits() as usize).div_ceil(8)).sum();
+    if r.left() < total {
+        return Err(r.malformed(format!("truncated polynomial: needs {total} bytes, {} left", r.left())));
     }
-
-    fn f64(&mut self) -> Result<f64> {
-        Ok(f64::from_le_bytes(self.take(8)?.try_into().unwrap()))
-    }
-
-    fn seed(&mut self) -> Result<[u8; 32]> {
-        Ok(self.take(32)?.try_into().unwrap())
-    }
-
-    fn poly(&mut self, moduli: &[Modulus], n: usize) -> Result<RnsPoly> {
-        // Check the whole size first so a lying header cannot make us allocate.
-        let total: usize = moduli.iter().map(|m| (n * m.bits() as usize).div_ceil(8)).sum();
-        if self.bytes.len() - self.pos < total {
-            return Err(malformed(format!(
-                "truncated polynomial: needs {total} bytes, {} left",
-                self.bytes.len() - self.pos
-            )));
-        }
-        let mut p = RnsPoly::zero(n, moduli.len());
-        for (j, (row, m)) in p.rows_mut().zip(moduli).enumerate() {
-            let bits = m.bits();
-            let bytes = self.take((n * bits as usize).div_ceil(8))?;
-            let mask = (1u128 << bits) - 1;
-            let (mut acc, mut filled, mut next) = (0u128, 0u32, 0usize);
-            for x in row.iter_mut() {
-                while filled < bits {
-                    acc |= (bytes[next] as u128) << filled;
-                    next += 1;
-                    filled += 8;
-                }
-                let v = (acc & mask) as u64;
-                acc >>= bits;
-                filled -= bits;
-                if v >= m.value() {
-                    return Err(malformed(format!(
-                        "residue {v} in row {j} is not below its modulus {}",
-                        m.value()
-                    )));
-                }
-                *x = v;
+    let mut p = RnsPoly::zero(n, moduli.len());
+    for (j, (row, m)) in p.rows_mut().zip(moduli).enumerate() {
+        let bits = m.bits();
+        let bytes = r.take((n * bits as usize).div_ceil(8))?;
+        let mask = (1u128 << bits) - 1;
+        let (mut acc, mut filled, mut next) = (0u128, 0u32, 0usize);
+        for x in row.iter_mut() {
+            while filled < bits {
+                acc |= (bytes[next] as u128) << filled;
+                next += 1;
+                filled += 8;
             }
-            if acc != 0 {
-                return Err(malformed(format!("non-zero padding bits after row {j}")));
+            let v = (acc & mask) as u64;
+            acc >>= bits;
+            filled -= bits;
+            if v >= m.value() {
+                return Err(
+                    r.malformed(format!("residue {v} in row {j} is not below its modulus {}", m.value()))
+                );
             }
+            *x = v;
         }
-        Ok(p)
-    }
-
-    fn finish(self, kind: Kind) -> Result<()> {
-        if self.pos != self.bytes.len() {
-            return Err(malformed(format!(
-                "{} trailing bytes after the {}",
-                self.bytes.len() - self.pos,
-                kind.name()
-            )));
+        if acc != 0 {
+            return Err(r.malformed(format!("non-zero padding bits after row {j}")));
         }
-        Ok(())
     }
+    Ok(p)
 }
 
 // ---- parameters -------------------------------------------------------------------------
 
 pub fn parameters_to_bytes(p: &Parameters) -> Vec<u8> {
-    let mut w = Writer::header(Kind::Parameters, false);
+    let mut w = header(Kind::Parameters, false);
     w.u8(p.log_n as u8);
     w.u8(p.scale_bits as u8);
     match p.secret {
@@ -272,11 +203,11 @@ pub fn parameters_to_bytes(p: &Parameters) -> Vec<u8> {
     for &m in p.q.iter().chain(&p.p) {
         w.u64(m);
     }
-    w.0
+    w.into_bytes()
 }
 
 pub fn parameters_from_bytes(bytes: &[u8]) -> Result<Parameters> {
-    let (mut r, flags) = Reader::open(bytes, Kind::Parameters)?;
+    let (mut r, flags) = open(bytes, Kind::Parameters)?;
     if flags != 0 {
         return Err(malformed("parameters cannot be seeded"));
     }
@@ -295,7 +226,7 @@ pub fn parameters_from_bytes(bytes: &[u8]) -> Result<Parameters> {
     let (nq, np) = (r.u8()? as usize, r.u8()? as usize);
     let q = (0..nq).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
     let p = (0..np).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
-    r.finish(Kind::Parameters)?;
+    r.finish()?;
     let params = Parameters { log_n, scale_bits, q, p, secret, insecure };
     params.validate()?;
     Ok(params)
@@ -335,20 +266,20 @@ impl Ciphertext {
     /// Serialises; a fresh symmetric ciphertext is written with its seed instead of c_1.
     pub fn to_bytes(&self) -> Vec<u8> {
         let seeded = self.seed.is_some();
-        let mut w = Writer::with_context(Kind::Ciphertext, seeded, &self.ctx);
+        let mut w = header_with_context(Kind::Ciphertext, seeded, &self.ctx);
         write_meta(&mut w, self.level, self.slots, self.scale);
         w.u8(self.polys.len() as u8);
         let moduli = self.ctx.q_moduli(self.level);
-        w.poly(&self.polys[0], moduli);
+        write_poly(&mut w, &self.polys[0], moduli);
         match &self.seed {
-            Some(seed) => w.0.extend_from_slice(seed),
-            None => self.polys[1..].iter().for_each(|p| w.poly(p, moduli)),
+            Some(seed) => w.bytes(seed),
+            None => self.polys[1..].iter().for_each(|p| write_poly(&mut w, p, moduli)),
         }
-        w.0
+        w.into_bytes()
     }
 
     pub fn from_bytes(ctx: &Context, bytes: &[u8]) -> Result<Ciphertext> {
-        let (mut r, seeded) = Reader::open_with_context(bytes, Kind::Ciphertext, ctx)?;
+        let (mut r, seeded) = open_with_context(bytes, Kind::Ciphertext, ctx)?;
         let (level, slots, scale) = read_meta(&mut r, ctx)?;
         let size = r.u8()? as usize;
         if !(2..=3).contains(&size) || (seeded && size != 2) {
@@ -359,38 +290,38 @@ impl Ciphertext {
         }
         let moduli = ctx.q_moduli(level);
         let n = ctx.degree();
-        let mut polys = vec![r.poly(moduli, n)?];
+        let mut polys = vec![read_poly(&mut r, moduli, n)?];
         let seed = if seeded {
-            let seed = r.seed()?;
+            let seed = read_seed(&mut r)?;
             polys.push(expand_symmetric_a(ctx, &seed, level));
             Some(seed)
         } else {
             for _ in 1..size {
-                polys.push(r.poly(moduli, n)?);
+                polys.push(read_poly(&mut r, moduli, n)?);
             }
             None
         };
-        r.finish(Kind::Ciphertext)?;
+        r.finish()?;
         Ok(Ciphertext { ctx: ctx.clone(), polys, level, scale, slots, seed })
     }
 }
 
 impl Plaintext {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_context(Kind::Plaintext, false, &self.ctx);
+        let mut w = header_with_context(Kind::Plaintext, false, &self.ctx);
         write_meta(&mut w, self.level, self.slots, self.scale);
-        w.poly(&self.poly, self.ctx.q_moduli(self.level));
-        w.0
+        write_poly(&mut w, &self.poly, self.ctx.q_moduli(self.level));
+        w.into_bytes()
     }
 
     pub fn from_bytes(ctx: &Context, bytes: &[u8]) -> Result<Plaintext> {
-        let (mut r, seeded) = Reader::open_with_context(bytes, Kind::Plaintext, ctx)?;
+        let (mut r, seeded) = open_with_context(bytes, Kind::Plaintext, ctx)?;
         if seeded {
             return Err(malformed("a plaintext cannot be seeded"));
         }
         let (level, slots, scale) = read_meta(&mut r, ctx)?;
-        let poly = r.poly(ctx.q_moduli(level), ctx.degree())?;
-        r.finish(Kind::Plaintext)?;
+        let poly = read_poly(&mut r, ctx.q_moduli(level), ctx.degree())?;
+        r.finish()?;
         Ok(Plaintext::from_poly(ctx, poly, level, scale, slots))
     }
 }
@@ -399,37 +330,37 @@ impl Plaintext {
 
 impl PublicKey {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_context(Kind::PublicKey, self.seed.is_some(), &self.ctx);
+        let mut w = header_with_context(Kind::PublicKey, self.seed.is_some(), &self.ctx);
         let moduli = &self.ctx.key_moduli;
-        w.poly(&self.b, moduli);
+        write_poly(&mut w, &self.b, moduli);
         match &self.seed {
-            Some(seed) => w.0.extend_from_slice(seed),
-            None => w.poly(&self.a, moduli),
+            Some(seed) => w.bytes(seed),
+            None => write_poly(&mut w, &self.a, moduli),
         }
-        w.0
+        w.into_bytes()
     }
 
     pub fn from_bytes(ctx: &Context, bytes: &[u8]) -> Result<PublicKey> {
-        let (mut r, seeded) = Reader::open_with_context(bytes, Kind::PublicKey, ctx)?;
+        let (mut r, seeded) = open_with_context(bytes, Kind::PublicKey, ctx)?;
         let moduli = &ctx.key_moduli;
-        let b = r.poly(moduli, ctx.degree())?;
+        let b = read_poly(&mut r, moduli, ctx.degree())?;
         let (a, seed) = if seeded {
-            let seed = r.seed()?;
+            let seed = read_seed(&mut r)?;
             (expand_public_key_a(ctx, &seed), Some(seed))
         } else {
-            (r.poly(moduli, ctx.degree())?, None)
+            (read_poly(&mut r, moduli, ctx.degree())?, None)
         };
-        r.finish(Kind::PublicKey)?;
+        r.finish()?;
         Ok(PublicKey { ctx: ctx.clone(), b, a, seed })
     }
 }
 
 fn write_switch_key(w: &mut Writer, key: &KeySwitchKey) {
     w.u8(key.b.len() as u8);
-    key.b.iter().for_each(|b| w.poly(&b.to_poly(), &key.ctx.key_moduli));
+    key.b.iter().for_each(|b| write_poly(w, &b.to_poly(), &key.ctx.key_moduli));
     match &key.seed {
-        Some(seed) => w.0.extend_from_slice(seed),
-        None => key.a.iter().for_each(|a| w.poly(&a.to_poly(), &key.ctx.key_moduli)),
+        Some(seed) => w.bytes(seed),
+        None => key.a.iter().for_each(|a| write_poly(w, &a.to_poly(), &key.ctx.key_moduli)),
     }
 }
 
@@ -443,27 +374,30 @@ fn read_switch_key(r: &mut Reader, ctx: &Context, seeded: bool) -> Result<KeySwi
     }
     let n = ctx.degree();
     let compact = |p: RnsPoly| KeyPoly::new(&p, &ctx.key_moduli);
-    let b = (0..digits).map(|_| r.poly(&ctx.key_moduli, n).map(compact)).collect::<Result<Vec<_>>>()?;
+    let b = (0..digits).map(|_| read_poly(r, &ctx.key_moduli, n).map(compact)).collect::<Result<Vec<_>>>()?;
     let (a, seed) = if seeded {
-        let seed = r.seed()?;
+        let seed = read_seed(r)?;
         (expand_switch_key_a(ctx, &seed).into_iter().map(compact).collect(), Some(seed))
     } else {
-        ((0..digits).map(|_| r.poly(&ctx.key_moduli, n).map(compact)).collect::<Result<Vec<_>>>()?, None)
+        (
+            (0..digits).map(|_| read_poly(r, &ctx.key_moduli, n).map(compact)).collect::<Result<Vec<_>>>()?,
+            None,
+        )
     };
     Ok(KeySwitchKey { ctx: ctx.clone(), b, a, seed })
 }
 
 impl RelinKey {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_context(Kind::RelinKey, self.0.seed.is_some(), &self.0.ctx);
+        let mut w = header_with_context(Kind::RelinKey, self.0.seed.is_some(), &self.0.ctx);
         write_switch_key(&mut w, &self.0);
-        w.0
+        w.into_bytes()
     }
 
     pub fn from_bytes(ctx: &Context, bytes: &[u8]) -> Result<RelinKey> {
-        let (mut r, seeded) = Reader::open_with_context(bytes, Kind::RelinKey, ctx)?;
+        let (mut r, seeded) = open_with_context(bytes, Kind::RelinKey, ctx)?;
         let key = read_switch_key(&mut r, ctx, seeded)?;
-        r.finish(Kind::RelinKey)?;
+        r.finish()?;
         Ok(RelinKey(key))
     }
 }
@@ -473,7 +407,7 @@ impl GaloisKeys {
     /// (keys generated here are).
     pub fn to_bytes(&self) -> Vec<u8> {
         let seeded = !self.keys.is_empty() && self.keys.values().all(|k| k.seed.is_some());
-        let mut w = Writer::with_context(Kind::GaloisKeys, seeded, &self.ctx);
+        let mut w = header_with_context(Kind::GaloisKeys, seeded, &self.ctx);
         w.u32(self.keys.len() as u32);
         for (&g, key) in &self.keys {
             w.u64(g);
@@ -484,11 +418,11 @@ impl GaloisKeys {
                 write_switch_key(&mut w, &unseeded);
             }
         }
-        w.0
+        w.into_bytes()
     }
 
     pub fn from_bytes(ctx: &Context, bytes: &[u8]) -> Result<GaloisKeys> {
-        let (mut r, seeded) = Reader::open_with_context(bytes, Kind::GaloisKeys, ctx)?;
+        let (mut r, seeded) = open_with_context(bytes, Kind::GaloisKeys, ctx)?;
         let count = r.u32()? as usize;
         let two_n = 2 * ctx.degree() as u64;
         if count > ctx.degree() {
@@ -512,7 +446,7 @@ impl GaloisKeys {
             previous = g;
             keys.insert(g, read_switch_key(&mut r, ctx, seeded)?);
         }
-        r.finish(Kind::GaloisKeys)?;
+        r.finish()?;
         Ok(GaloisKeys { ctx: ctx.clone(), keys })
     }
 }
@@ -525,7 +459,7 @@ fn read_section<'a>(r: &mut Reader<'a>) -> Result<Option<&'a [u8]>> {
 
 impl EvaluationKeys {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_context(Kind::EvaluationKeys, false, &self.ctx);
+        let mut w = header_with_context(Kind::EvaluationKeys, false, &self.ctx);
         for section in [
             self.public.as_ref().map(|k| k.to_bytes()),
             self.relin.as_ref().map(|k| k.to_bytes()),
@@ -533,62 +467,36 @@ impl EvaluationKeys {
         ] {
             let bytes = section.unwrap_or_default();
             w.u64(bytes.len() as u64);
-            w.0.extend_from_slice(&bytes);
+            w.bytes(&bytes);
         }
-        w.0
+        w.into_bytes()
     }
 
     pub fn from_bytes(ctx: &Context, bytes: &[u8]) -> Result<EvaluationKeys> {
-        let (mut r, seeded) = Reader::open_with_context(bytes, Kind::EvaluationKeys, ctx)?;
+        let (mut r, seeded) = open_with_context(bytes, Kind::EvaluationKeys, ctx)?;
         if seeded {
             return Err(malformed("a bundle has no seeded form (its keys are seeded inside)"));
         }
         let public = read_section(&mut r)?.map(|b| PublicKey::from_bytes(ctx, b)).transpose()?;
         let relin = read_section(&mut r)?.map(|b| RelinKey::from_bytes(ctx, b)).transpose()?;
         let galois = read_section(&mut r)?.map(|b| GaloisKeys::from_bytes(ctx, b)).transpose()?;
-        r.finish(Kind::EvaluationKeys)?;
+        r.finish()?;
         EvaluationKeys::new(ctx, public.map(Arc::new), relin.map(Arc::new), galois.map(Arc::new))
     }
 }
 
 /// Appends `cts` as a list of u32-length-prefixed ciphertexts (the framing that packed
 /// batches and refresh messages share).
-pub fn write_ciphertext_list<'a>(out: &mut Vec<u8>, cts: impl IntoIterator<Item = &'a Ciphertext>) {
-    for ct in cts {
-        let bytes = ct.to_bytes();
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&bytes);
-    }
+pub fn write_ciphertext_list<'a>(w: &mut Writer, cts: impl IntoIterator<Item = &'a Ciphertext>) {
+    cts.into_iter().for_each(|ct| w.framed(&ct.to_bytes()));
 }
 
-/// Reads exactly `count` length-prefixed ciphertexts filling all of `bytes`; errors are
-/// prefixed with `what`. Refuses counts the bytes cannot hold before allocating.
-pub fn read_ciphertext_list(
-    ctx: &Context,
-    bytes: &[u8],
-    count: usize,
-    what: &str,
-) -> Result<Vec<Ciphertext>> {
-    let malformed = |m: &str| Error::Malformed(format!("{what}: {m}"));
+/// Reads exactly `count` length-prefixed ciphertexts. Refuses counts the bytes left cannot
+/// hold before allocating.
+pub fn read_ciphertext_list(ctx: &Context, r: &mut Reader, count: usize) -> Result<Vec<Ciphertext>> {
     // Every ciphertext takes at least its 4-byte length.
-    if count > bytes.len() / 4 {
-        return Err(malformed("truncated"));
+    if count > r.left() / 4 {
+        return Err(r.malformed(format!("{count} ciphertexts announced, {} bytes left", r.left())));
     }
-    let mut rest = bytes;
-    let mut cts = Vec::with_capacity(count);
-    for _ in 0..count {
-        if rest.len() < 4 {
-            return Err(malformed("truncated"));
-        }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        if rest.len() - 4 < len {
-            return Err(malformed("truncated ciphertext"));
-        }
-        cts.push(Ciphertext::from_bytes(ctx, &rest[4..4 + len])?);
-        rest = &rest[4 + len..];
-    }
-    if !rest.is_empty() {
-        return Err(malformed("trailing bytes"));
-    }
-    Ok(cts)
+    (0..count).map(|_| Ciphertext::from_bytes(ctx, r.framed()?)).collect()
 }

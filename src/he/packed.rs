@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use crate::ckks::evaluator::{add, adjust_level, conjugate, mul_by_i, sub};
 use crate::ckks::serial::{read_ciphertext_list, write_ciphertext_list};
 use crate::ckks::{Ciphertext, Complex, Context, GaloisKeys, Plaintext, SecretKey};
+use crate::codec::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::parallel;
 
@@ -218,46 +219,45 @@ impl PackedBatch {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        out.push(self.complex as u8);
+        let mut w = Writer::with_magic(MAGIC);
+        w.u8(VERSION);
+        w.u8(self.complex as u8);
         for v in [self.layout.tokens, self.layout.features, self.layout.slots, self.batch] {
-            out.extend_from_slice(&(v as u32).to_le_bytes());
+            w.count(v);
         }
-        write_ciphertext_list(&mut out, self.groups.iter().flatten());
-        out
+        write_ciphertext_list(&mut w, self.groups.iter().flatten());
+        w.into_bytes()
     }
 
     pub fn from_bytes(ctx: &Context, bytes: &[u8]) -> Result<Self> {
-        let malformed = |what: &str| Error::Malformed(format!("packed batch: {what}"));
-        const HEADER: usize = 22;
-        if bytes.len() < HEADER || &bytes[..4] != MAGIC {
-            return Err(malformed("missing header"));
+        let mut r = Reader::new(bytes, "packed batch");
+        r.magic(MAGIC)?;
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(r.malformed(format!("unsupported version {version}")));
         }
-        if bytes[4] != VERSION {
-            return Err(malformed(&format!("unsupported version {}", bytes[4])));
+        let flags = r.u8()?;
+        if flags > 1 {
+            return Err(r.malformed(format!("unknown flags {flags:#x}")));
         }
-        if bytes[5] > 1 {
-            return Err(malformed(&format!("unknown flags {:#x}", bytes[5])));
-        }
-        let complex = bytes[5] == 1;
-        let word =
-            |i: usize| u32::from_le_bytes(bytes[6 + 4 * i..10 + 4 * i].try_into().expect("4 bytes")) as usize;
-        let (tokens, features, slots, batch) = (word(0), word(1), word(2), word(3));
+        let complex = flags == 1;
+        let [tokens, features, slots, batch] = [r.u32()?, r.u32()?, r.u32()?, r.u32()?].map(|v| v as usize);
         if slots != ctx.params.slots() {
-            return Err(malformed(&format!("{slots} slots, the parameters have {}", ctx.params.slots())));
+            return Err(r.malformed(format!("{slots} slots, the parameters have {}", ctx.params.slots())));
         }
-        let layout = TokenLayout::new(tokens, features, slots).map_err(|e| malformed(&e.to_string()))?;
+        let layout = TokenLayout::new(tokens, features, slots).map_err(|e| r.malformed(e))?;
         if batch == 0 {
-            return Err(malformed("empty batch"));
+            return Err(r.malformed("empty batch"));
         }
         let per_group = if complex { features.div_ceil(2) } else { features };
         let count =
-            layout.groups(batch).checked_mul(per_group).ok_or_else(|| malformed("too many ciphertexts"))?;
-        let cts = read_ciphertext_list(ctx, &bytes[HEADER..], count, "packed batch")?;
+            layout.groups(batch).checked_mul(per_group).ok_or_else(|| r.malformed("too many ciphertexts"))?;
+        let cts = read_ciphertext_list(ctx, &mut r, count)?;
+        r.finish()?;
         if cts.iter().any(|ct| ct.slots() != slots) {
-            return Err(malformed("a ciphertext packs a different number of slots"));
+            return Err(Error::Malformed(
+                "packed batch: a ciphertext packs a different number of slots".into(),
+            ));
         }
         let groups = cts.chunks(per_group).map(|c| c.to_vec()).collect();
         Ok(PackedBatch { layout, batch, complex, groups })

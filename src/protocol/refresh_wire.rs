@@ -9,6 +9,7 @@
 
 use crate::ckks::serial::{read_ciphertext_list, write_ciphertext_list};
 use crate::ckks::{Ciphertext, Context, SecretKey};
+use crate::codec::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::he::refresh::Refresher;
 
@@ -16,38 +17,45 @@ const MAGIC: &[u8; 4] = b"BFRF";
 const VERSION: u8 = 2;
 const REQUEST: u8 = 0;
 const REPLY: u8 = 1;
-const HEADER: usize = 11;
+
+fn name(kind: u8) -> &'static str {
+    if kind == REQUEST {
+        "refresh request"
+    } else {
+        "refresh reply"
+    }
+}
 
 fn encode(kind: u8, level: usize, cts: &[Ciphertext]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.push(kind);
-    out.push(u8::try_from(level).expect("a chain has fewer than 256 levels"));
-    out.extend_from_slice(&(cts.len() as u32).to_le_bytes());
-    write_ciphertext_list(&mut out, cts);
-    out
+    let mut w = Writer::with_magic(MAGIC);
+    w.u8(VERSION);
+    w.u8(kind);
+    w.u8(u8::try_from(level).expect("a chain has fewer than 256 levels"));
+    w.count(cts.len());
+    write_ciphertext_list(&mut w, cts);
+    w.into_bytes()
 }
 
 /// The level a message names and its ciphertexts.
 fn decode(ctx: &Context, kind: u8, bytes: &[u8]) -> Result<(usize, Vec<Ciphertext>)> {
-    let what = if kind == REQUEST { "refresh request" } else { "refresh reply" };
-    let malformed = |m: &str| Error::Malformed(format!("{what}: {m}"));
-    if bytes.len() < HEADER || &bytes[..4] != MAGIC {
-        return Err(malformed("missing header"));
+    let mut r = Reader::new(bytes, name(kind));
+    r.magic(MAGIC)?;
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(r.malformed(format!("unsupported version {version}")));
     }
-    if bytes[4] != VERSION {
-        return Err(malformed(&format!("unsupported version {}", bytes[4])));
+    let found = r.u8()?;
+    if found != kind {
+        return Err(r.malformed(format!("message kind {found} where {kind} was expected")));
     }
-    if bytes[5] != kind {
-        return Err(malformed(&format!("message kind {} where {kind} was expected", bytes[5])));
-    }
-    let level = bytes[6] as usize;
+    let level = r.u8()? as usize;
     if level > ctx.max_level() {
-        return Err(malformed(&format!("level {level} is above the top level {}", ctx.max_level())));
+        return Err(r.malformed(format!("level {level} is above the top level {}", ctx.max_level())));
     }
-    let count = u32::from_le_bytes(bytes[7..11].try_into().expect("4 bytes")) as usize;
-    Ok((level, read_ciphertext_list(ctx, &bytes[HEADER..], count, what)?))
+    let count = r.u32()? as usize;
+    let cts = read_ciphertext_list(ctx, &mut r, count)?;
+    r.finish()?;
+    Ok((level, cts))
 }
 
 /// A refresh request's bytes: the masked ciphertexts and the level the owner re-encrypts at.

@@ -8,6 +8,7 @@
 //! never cause a panic.
 
 use super::params::{ParamSpec, MAX_CONTEXT, MAX_LENGTH};
+use crate::codec::{Reader, Writer};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"BFSA";
@@ -82,174 +83,108 @@ pub struct UnmaskAnswer {
     pub mask_key: Vec<(u64, [u8; 32])>,
 }
 
-struct Writer(Vec<u8>);
+fn writer(kind: Kind, tag: Option<&[u8; 16]>) -> Writer {
+    let mut w = Writer::with_magic(MAGIC);
+    w.u8(VERSION);
+    w.u8(kind as u8);
+    if let Some(tag) = tag {
+        w.bytes(tag);
+    }
+    w
+}
 
-impl Writer {
-    fn new(kind: Kind, tag: Option<&[u8; 16]>) -> Self {
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        out.push(kind as u8);
-        if let Some(tag) = tag {
-            out.extend_from_slice(tag);
-        }
-        Writer(out)
-    }
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u32(&mut self, v: usize) {
-        self.0.extend_from_slice(&(v as u32).to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.0.extend_from_slice(b);
-    }
-    fn ids(&mut self, ids: &[u64]) {
-        self.u32(ids.len());
-        ids.iter().for_each(|&id| self.u64(id));
-    }
-    fn id_blobs<const N: usize>(&mut self, items: &[(u64, [u8; N])]) {
-        self.u32(items.len());
-        for (id, blob) in items {
-            self.u64(*id);
-            self.bytes(blob);
-        }
+fn write_ids(w: &mut Writer, ids: &[u64]) {
+    w.count(ids.len());
+    ids.iter().for_each(|&id| w.u64(id));
+}
+
+fn write_id_blobs<const N: usize>(w: &mut Writer, items: &[(u64, [u8; N])]) {
+    w.count(items.len());
+    for (id, blob) in items {
+        w.u64(*id);
+        w.bytes(blob);
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    /// Checks the header: magic, version, kind and (when given) the round tag.
-    fn open(bytes: &'a [u8], kind: Kind, tag: Option<&[u8; 16]>) -> Result<Self> {
-        let mut r = Reader { bytes, pos: 0, what: kind.name() };
-        if r.take(4).ok() != Some(MAGIC.as_slice()) {
-            return Err(r.malformed("not a secure-aggregation message (bad magic)".into()));
-        }
-        let version = r.u8()?;
-        if version != VERSION {
-            return Err(r.malformed(format!("unsupported version {version} (this build reads {VERSION})")));
-        }
-        let found = r.u8()?;
-        if found != kind as u8 {
-            return Err(r.malformed(format!(
-                "message kind {found} where {} ({}) was expected",
-                kind as u8,
+/// Checks the header: magic, version, kind and (when given) the round tag.
+fn open<'a>(bytes: &'a [u8], kind: Kind, tag: Option<&[u8; 16]>) -> Result<Reader<'a>> {
+    let mut r = Reader::new(bytes, kind.name());
+    r.magic(MAGIC)?;
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(r.malformed(format!("unsupported version {version} (this build reads {VERSION})")));
+    }
+    let found = r.u8()?;
+    if found != kind as u8 {
+        return Err(r.malformed(format!(
+            "message kind {found} where {} ({}) was expected",
+            kind as u8,
+            kind.name()
+        )));
+    }
+    if let Some(tag) = tag {
+        if r.take(16)? != tag {
+            return Err(Error::SecAgg(format!(
+                "{}: the message belongs to another round or parameter set",
                 kind.name()
             )));
         }
-        if let Some(tag) = tag {
-            if r.take(16)? != tag {
-                return Err(Error::SecAgg(format!(
-                    "{}: the message belongs to another round or parameter set",
-                    kind.name()
-                )));
-            }
+    }
+    Ok(r)
+}
+
+fn ascending(r: &Reader, ids: impl Iterator<Item = u64>) -> Result<()> {
+    let mut last = None;
+    for id in ids {
+        if last.is_some_and(|l| l >= id) {
+            return Err(r.malformed(format!("ids not strictly ascending (owner {id})")));
         }
-        Ok(r)
+        last = Some(id);
     }
-    fn malformed(&self, msg: String) -> Error {
-        Error::Malformed(format!("{}: {msg}", self.what))
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.bytes.len() - self.pos < n {
-            return Err(self.malformed(format!(
-                "truncated: {n} bytes needed at offset {}, {} left",
-                self.pos,
-                self.bytes.len() - self.pos
-            )));
-        }
-        let out = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.array::<1>()?[0])
-    }
-    fn u32(&mut self) -> Result<usize> {
-        Ok(u32::from_le_bytes(self.array()?) as usize)
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-    /// A u32 count of items of `item` bytes each, checked against the bytes left.
-    fn count(&mut self, item: usize) -> Result<usize> {
-        let count = self.u32()?;
-        let left = self.bytes.len() - self.pos;
-        if count.saturating_mul(item) > left {
-            return Err(self.malformed(format!("{count} items of {item} bytes announced, {left} bytes left")));
-        }
-        Ok(count)
-    }
-    fn ascending(&self, ids: impl Iterator<Item = u64>) -> Result<()> {
-        let mut last = None;
-        for id in ids {
-            if last.is_some_and(|l| l >= id) {
-                return Err(self.malformed(format!("ids not strictly ascending (owner {id})")));
-            }
-            last = Some(id);
-        }
-        Ok(())
-    }
-    fn ids(&mut self) -> Result<Vec<u64>> {
-        let count = self.count(8)?;
-        let ids = (0..count).map(|_| self.u64()).collect::<Result<Vec<_>>>()?;
-        self.ascending(ids.iter().copied())?;
-        Ok(ids)
-    }
-    fn id_blobs<const N: usize>(&mut self) -> Result<Vec<(u64, [u8; N])>> {
-        let count = self.count(8 + N)?;
-        let items = (0..count).map(|_| Ok((self.u64()?, self.array()?))).collect::<Result<Vec<_>>>()?;
-        self.ascending(items.iter().map(|(id, _)| *id))?;
-        Ok(items)
-    }
-    fn finish(self) -> Result<()> {
-        if self.pos != self.bytes.len() {
-            return Err(self.malformed(format!("{} trailing bytes", self.bytes.len() - self.pos)));
-        }
-        Ok(())
-    }
+    Ok(())
+}
+
+fn read_ids(r: &mut Reader) -> Result<Vec<u64>> {
+    let count = r.count(8)?;
+    let ids = (0..count).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
+    ascending(r, ids.iter().copied())?;
+    Ok(ids)
+}
+
+fn read_id_blobs<const N: usize>(r: &mut Reader) -> Result<Vec<(u64, [u8; N])>> {
+    let count = r.count(8 + N)?;
+    let items = (0..count).map(|_| Ok((r.u64()?, r.array()?))).collect::<Result<Vec<_>>>()?;
+    ascending(r, items.iter().map(|(id, _)| *id))?;
+    Ok(items)
 }
 
 pub fn encode_params(spec: &ParamSpec) -> Vec<u8> {
-    let mut w = Writer::new(Kind::Params, None);
-    w.ids(&spec.owners);
-    w.u32(spec.threshold);
-    w.u32(spec.length);
+    let mut w = writer(Kind::Params, None);
+    write_ids(&mut w, &spec.owners);
+    w.count(spec.threshold);
+    w.count(spec.length);
     w.u64(spec.bound.to_bits());
     w.u8(spec.frac_bits as u8);
     w.u8(spec.ring_bits as u8);
-    w.u32(spec.neighbours.unwrap_or(spec.owners.len().saturating_sub(1)));
-    w.u32(spec.context.len());
+    w.count(spec.neighbours.unwrap_or(spec.owners.len().saturating_sub(1)));
+    w.count(spec.context.len());
     w.bytes(&spec.context);
-    w.0
+    w.into_bytes()
 }
 
 /// The spec in the bytes; [`super::Params::from_bytes`] then checks it as any other.
 pub fn decode_params(bytes: &[u8]) -> Result<ParamSpec> {
-    let mut r = Reader::open(bytes, Kind::Params, None)?;
-    let owners = r.ids()?;
-    let threshold = r.u32()?;
-    let length = r.u32()?;
+    let mut r = open(bytes, Kind::Params, None)?;
+    let owners = read_ids(&mut r)?;
+    let threshold = r.u32()? as usize;
+    let length = r.u32()? as usize;
     if length > MAX_LENGTH {
         return Err(r.malformed(format!("length {length} above {MAX_LENGTH}")));
     }
     let bound = f64::from_bits(r.u64()?);
     let frac_bits = r.u8()? as u32;
     let ring_bits = r.u8()? as u32;
-    let neighbours = Some(r.u32()?);
+    let neighbours = Some(r.u32()? as usize);
     let len = r.count(1)?;
     if len > MAX_CONTEXT {
         return Err(r.malformed(format!("{len} bytes of context, at most {MAX_CONTEXT}")));
@@ -260,15 +195,15 @@ pub fn decode_params(bytes: &[u8]) -> Result<ParamSpec> {
 }
 
 pub fn encode_advert(tag: &[u8; 16], a: &Advert) -> Vec<u8> {
-    let mut w = Writer::new(Kind::Advert, Some(tag));
+    let mut w = writer(Kind::Advert, Some(tag));
     w.u64(a.sender);
     w.bytes(&a.c_pk);
     w.bytes(&a.s_pk);
-    w.0
+    w.into_bytes()
 }
 
 pub fn decode_advert(tag: &[u8; 16], bytes: &[u8]) -> Result<Advert> {
-    let mut r = Reader::open(bytes, Kind::Advert, Some(tag))?;
+    let mut r = open(bytes, Kind::Advert, Some(tag))?;
     let a = Advert { sender: r.u64()?, c_pk: r.array()?, s_pk: r.array()? };
     r.finish()?;
     Ok(a)
@@ -276,37 +211,37 @@ pub fn decode_advert(tag: &[u8; 16], bytes: &[u8]) -> Result<Advert> {
 
 /// The adverts of the owners that advertised, ascending by id.
 pub fn encode_roster(tag: &[u8; 16], adverts: &[Advert]) -> Vec<u8> {
-    let mut w = Writer::new(Kind::Roster, Some(tag));
-    w.u32(adverts.len());
+    let mut w = writer(Kind::Roster, Some(tag));
+    w.count(adverts.len());
     for a in adverts {
         w.u64(a.sender);
         w.bytes(&a.c_pk);
         w.bytes(&a.s_pk);
     }
-    w.0
+    w.into_bytes()
 }
 
 pub fn decode_roster(tag: &[u8; 16], bytes: &[u8]) -> Result<Vec<Advert>> {
-    let mut r = Reader::open(bytes, Kind::Roster, Some(tag))?;
+    let mut r = open(bytes, Kind::Roster, Some(tag))?;
     let count = r.count(72)?;
     let adverts = (0..count)
         .map(|_| Ok(Advert { sender: r.u64()?, c_pk: r.array()?, s_pk: r.array()? }))
         .collect::<Result<Vec<_>>>()?;
-    r.ascending(adverts.iter().map(|a| a.sender))?;
+    ascending(&r, adverts.iter().map(|a| a.sender))?;
     r.finish()?;
     Ok(adverts)
 }
 
 fn encode_envelopes(kind: Kind, tag: &[u8; 16], e: &Envelopes) -> Vec<u8> {
-    let mut w = Writer::new(kind, Some(tag));
+    let mut w = writer(kind, Some(tag));
     w.u64(e.owner);
-    w.id_blobs(&e.ciphertexts);
-    w.0
+    write_id_blobs(&mut w, &e.ciphertexts);
+    w.into_bytes()
 }
 
 fn decode_envelopes(kind: Kind, tag: &[u8; 16], bytes: &[u8]) -> Result<Envelopes> {
-    let mut r = Reader::open(bytes, kind, Some(tag))?;
-    let e = Envelopes { owner: r.u64()?, ciphertexts: r.id_blobs()? };
+    let mut r = open(bytes, kind, Some(tag))?;
+    let e = Envelopes { owner: r.u64()?, ciphertexts: read_id_blobs(&mut r)? };
     r.finish()?;
     Ok(e)
 }
@@ -336,21 +271,20 @@ fn element_bytes(ring_bits: u32) -> usize {
 
 pub fn encode_masked(tag: &[u8; 16], ring_bits: u32, m: &Masked) -> Vec<u8> {
     let width = element_bytes(ring_bits);
-    let mut w = Writer::new(Kind::Masked, Some(tag));
+    let mut w = writer(Kind::Masked, Some(tag));
     w.u64(m.sender);
-    w.u32(m.values.len());
-    w.0.reserve(m.values.len() * width);
+    w.count(m.values.len());
     for v in &m.values {
         w.bytes(&v.to_le_bytes()[..width]);
     }
-    w.0
+    w.into_bytes()
 }
 
 /// A masked input of exactly `length` elements, each below 2^k.
 pub fn decode_masked(tag: &[u8; 16], ring_bits: u32, length: usize, bytes: &[u8]) -> Result<Masked> {
     let width = element_bytes(ring_bits);
     let mask = super::fixed_point::ring_mask(ring_bits);
-    let mut r = Reader::open(bytes, Kind::Masked, Some(tag))?;
+    let mut r = open(bytes, Kind::Masked, Some(tag))?;
     let sender = r.u64()?;
     let count = r.count(width)?;
     if count != length {
@@ -373,30 +307,34 @@ pub fn decode_masked(tag: &[u8; 16], ring_bits: u32, length: usize, bytes: &[u8]
 }
 
 pub fn encode_unmask_request(tag: &[u8; 16], q: &UnmaskRequest) -> Vec<u8> {
-    let mut w = Writer::new(Kind::UnmaskRequest, Some(tag));
-    w.ids(&q.survivors);
-    w.ids(&q.dropped);
-    w.0
+    let mut w = writer(Kind::UnmaskRequest, Some(tag));
+    write_ids(&mut w, &q.survivors);
+    write_ids(&mut w, &q.dropped);
+    w.into_bytes()
 }
 
 pub fn decode_unmask_request(tag: &[u8; 16], bytes: &[u8]) -> Result<UnmaskRequest> {
-    let mut r = Reader::open(bytes, Kind::UnmaskRequest, Some(tag))?;
-    let q = UnmaskRequest { survivors: r.ids()?, dropped: r.ids()? };
+    let mut r = open(bytes, Kind::UnmaskRequest, Some(tag))?;
+    let q = UnmaskRequest { survivors: read_ids(&mut r)?, dropped: read_ids(&mut r)? };
     r.finish()?;
     Ok(q)
 }
 
 pub fn encode_unmask_answer(tag: &[u8; 16], a: &UnmaskAnswer) -> Vec<u8> {
-    let mut w = Writer::new(Kind::UnmaskAnswer, Some(tag));
+    let mut w = writer(Kind::UnmaskAnswer, Some(tag));
     w.u64(a.sender);
-    w.id_blobs(&a.self_mask);
-    w.id_blobs(&a.mask_key);
-    w.0
+    write_id_blobs(&mut w, &a.self_mask);
+    write_id_blobs(&mut w, &a.mask_key);
+    w.into_bytes()
 }
 
 pub fn decode_unmask_answer(tag: &[u8; 16], bytes: &[u8]) -> Result<UnmaskAnswer> {
-    let mut r = Reader::open(bytes, Kind::UnmaskAnswer, Some(tag))?;
-    let a = UnmaskAnswer { sender: r.u64()?, self_mask: r.id_blobs()?, mask_key: r.id_blobs()? };
+    let mut r = open(bytes, Kind::UnmaskAnswer, Some(tag))?;
+    let a = UnmaskAnswer {
+        sender: r.u64()?,
+        self_mask: read_id_blobs(&mut r)?,
+        mask_key: read_id_blobs(&mut r)?,
+    };
     r.finish()?;
     Ok(a)
 }
@@ -432,8 +370,8 @@ mod tests {
         assert!(decode_masked(&TAG, 36, 3, &encode_masked(&TAG, 36, &m)).is_err());
 
         // A huge announced count is refused before anything is allocated.
-        let mut huge = Writer::new(Kind::Roster, Some(&TAG));
-        huge.u32(u32::MAX as usize);
-        assert!(decode_roster(&TAG, &huge.0).is_err());
+        let mut huge = writer(Kind::Roster, Some(&TAG));
+        huge.u32(u32::MAX);
+        assert!(decode_roster(&TAG, &huge.into_bytes()).is_err());
     }
 }
