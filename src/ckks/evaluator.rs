@@ -150,7 +150,21 @@ pub fn mul_plain(ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
         return Err(Error::LevelMismatch(ct.level, pt.level));
     }
     let polys = parallel::install(|| {
-        ct.polys.iter().map(|c| zip_map(&ct.ctx, c, &pt.poly, |m, x, y| m.mul(x, y))).collect()
+        let shoup = pt.shoup_form();
+        ct.polys
+            .iter()
+            .map(|c| {
+                let mut out = c.clone();
+                out.for_each_row(|i, row| {
+                    let m = ct.ctx.key_moduli[i];
+                    let (w, ws) = (pt.poly.limb(i), shoup.limb(i));
+                    for ((x, &w), &ws) in row.iter_mut().zip(w).zip(ws) {
+                        *x = m.mul_shoup(*x, w, ws);
+                    }
+                });
+                out
+            })
+            .collect()
     });
     let mut out = derived(ct, polys, ct.level, ct.scale * pt.scale);
     out.slots = ct.slots.max(pt.slots);

@@ -1,5 +1,7 @@
 //! Encoded messages: slot values scaled, rounded and reduced into the RNS basis (NTT form).
 
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -16,6 +18,10 @@ pub struct Plaintext {
     pub(crate) level: usize,
     pub(crate) scale: f64,
     pub(crate) slots: usize,
+    /// floor(w 2^64 / q) of every residue w, made when the plaintext is encoded (or at its
+    /// first product): a product then costs two word products per residue instead of a
+    /// 128-bit Barrett reduction.
+    shoup: OnceLock<RnsPoly>,
 }
 
 impl Plaintext {
@@ -76,12 +82,29 @@ impl Plaintext {
             }
         });
         poly.ntt(&ctx.q_ntt(level));
-        Ok(Plaintext { ctx: ctx.clone(), poly, level, scale, slots })
+        let pt = Plaintext::from_poly(ctx, poly, level, scale, slots);
+        // An encoded plaintext is there to be multiplied: its Shoup form now, beside the NTT
+        // that dominates encoding, so even its first product is the cheap one.
+        pt.shoup_form();
+        Ok(pt)
     }
 
     /// A plaintext whose polynomial is given in NTT form (decryption output).
     pub(crate) fn from_poly(ctx: &Context, poly: RnsPoly, level: usize, scale: f64, slots: usize) -> Self {
-        Plaintext { ctx: ctx.clone(), poly, level, scale, slots }
+        Plaintext { ctx: ctx.clone(), poly, level, scale, slots, shoup: OnceLock::new() }
+    }
+
+    /// The Shoup companion of [`Plaintext::poly`] (see the field).
+    pub(crate) fn shoup_form(&self) -> &RnsPoly {
+        self.shoup.get_or_init(|| {
+            let mut w = self.poly.clone();
+            let moduli = self.ctx.q_moduli(self.level);
+            w.for_each_row(|i, row| {
+                let m = moduli[i];
+                row.iter_mut().for_each(|x| *x = m.shoup(*x));
+            });
+            w
+        })
     }
 
     /// The slot values (first `slots()` of them).

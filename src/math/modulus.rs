@@ -128,9 +128,16 @@ impl Modulus {
     }
 
     /// Precomputes floor(w * 2^64 / q) for repeated multiplication by the constant w < q.
+    /// Two products instead of a 128-bit division: the Barrett ratio floor(2^128 / q) gives the
+    /// quotient to within one, and the remainder w 2^64 - e q (below 2q, so exact in 64 bits)
+    /// says which.
     #[inline]
     pub fn shoup(&self, w: u64) -> u64 {
-        (((w as u128) << 64) / self.value as u128) as u64
+        debug_assert!(w < self.value);
+        let e =
+            w.wrapping_mul(self.ratio_hi).wrapping_add(((w as u128 * self.ratio_lo as u128) >> 64) as u64);
+        let remainder = 0u64.wrapping_sub(e.wrapping_mul(self.value));
+        e + (remainder >= self.value) as u64
     }
 
     /// a * w mod q in [0, 2q) given w' = shoup(w); a may be any 64-bit value.
@@ -201,6 +208,9 @@ mod tests {
             let m = Modulus::new(PRIMES[i]);
             let q = PRIMES[i];
             let w = w % q;
+            for w in [w, 0, 1, q - 1] {
+                prop_assert_eq!(m.shoup(w), (((w as u128) << 64) / q as u128) as u64);
+            }
             let lazy = m.mul_shoup_lazy(a, w, m.shoup(w));
             prop_assert!(lazy < 2 * q);
             prop_assert_eq!(lazy % q, ((a as u128 * w as u128) % q as u128) as u64);
