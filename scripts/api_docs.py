@@ -31,6 +31,7 @@ MODULES = [
     "blindfed.teacher",
     "blindfed.teacher.timm_vit",
     "blindfed.teacher.huggingface_vit",
+    "blindfed.teacher.dinov2",
     "blindfed.teacher.checkpoint",
     "blindfed.zoo",
     "blindfed.data",

@@ -1,11 +1,12 @@
 """Loading real teachers (timm and Hugging Face ViTs on disk) into :class:`blindfed.nn.vit.ViT`.
 
 Every converter copies the weights into our pre-LayerNorm ViT, then checks that it gives the
-same logits as the source model on a random input, and refuses, with a ``ValueError`` naming the
-feature, any model that computes something our ViT does not (layer scale, register tokens,
-average pooling, a tanh GELU...). Our own format is a ``.safetensors`` file holding the state dict
-and the :class:`~blindfed.nn.vit.ViTConfig` as JSON in its metadata (key
-``"blindfed.vit_config"``).
+same logits (for DINOv2, whose classifier does not fold, the same final tokens) as the source
+model on a random input, and refuses, with a ``ValueError`` naming the feature, any model that
+computes something our ViT does not (register tokens, average pooling, a tanh GELU, layer scale
+outside DINOv2, where it folds into the weights...). Our own format is a ``.safetensors`` file
+holding the state dict and the :class:`~blindfed.nn.vit.ViTConfig` as JSON in its metadata
+(key ``"blindfed.vit_config"``).
 
 timm and transformers are optional (``pip install blindfed[teachers]``); they are imported only
 by the functions that need them. Nothing here downloads anything: checkpoints must be on disk.
@@ -16,6 +17,7 @@ Usage (not run here)::
 
     vit = teacher.load_timm("vit_base_patch16_224", "vit_base.safetensors")  # timm weights
     vit = teacher.load_huggingface("path/to/vit-base-patch16-224")  # a save_pretrained folder
+    vit = teacher.load_dinov2("path/to/dinov2-small", image_size=112)  # backbone, positions resized
     vit = teacher.load_teacher("path/to/anything")  # dispatch on what the path holds
     teacher.save(vit, "teacher.safetensors")  # our format, read back by load / load_teacher
 
@@ -48,14 +50,17 @@ from torch import nn
 from blindfed.nn.vit import ViT
 from blindfed.teacher.checkpoint import CONFIG_KEY, _metadata, load, save
 from blindfed.teacher.convert import PathLike, _existing
+from blindfed.teacher.dinov2 import from_dinov2, load_dinov2
 from blindfed.teacher.huggingface_vit import from_huggingface, load_huggingface
 from blindfed.teacher.timm_vit import from_timm, load_timm
 
 __all__ = [
     "CONFIG_KEY",
+    "from_dinov2",
     "from_huggingface",
     "from_timm",
     "load",
+    "load_dinov2",
     "load_huggingface",
     "load_teacher",
     "load_timm",
@@ -97,6 +102,7 @@ def load_teacher(source: PathLike | nn.Module, **kwargs: Any) -> ViT:
     """Loads a teacher from whatever ``source`` is, into our :class:`ViT`.
 
     - a folder with a ``config.json`` of ``model_type`` ``'vit'``: :func:`load_huggingface`;
+      of ``model_type`` ``'dinov2'``: :func:`load_dinov2` (``kwargs`` passed on);
     - a folder with a timm ``config.json`` (``architecture``, as timm's ``save_for_hf`` writes)
       and ``model.safetensors`` or ``pytorch_model.bin``: :func:`load_timm` (its
       ``num_classes`` and ``model_args`` passed to ``timm.create_model``, ``kwargs`` on top);
@@ -104,7 +110,8 @@ def load_teacher(source: PathLike | nn.Module, **kwargs: Any) -> ViT:
     - any other weights file, given ``model_name=`` (a timm name):
       ``load_timm(model_name, checkpoint=source, **other_kwargs)``;
     - a model object: our ViT is returned as is, a timm model goes through :func:`from_timm`,
-      a Hugging Face one through :func:`from_huggingface`.
+      a Hugging Face DINOv2 through :func:`from_dinov2`, another Hugging Face one through
+      :func:`from_huggingface`.
 
     Raises:
         FileNotFoundError: ``source`` is a path that does not exist.
@@ -120,6 +127,8 @@ def load_teacher(source: PathLike | nn.Module, **kwargs: Any) -> ViT:
             return source
         if module.startswith("timm."):
             return from_timm(source)
+        if module.startswith("transformers.models.dinov2"):
+            return from_dinov2(source)
         if module.startswith("transformers."):
             return from_huggingface(source)
         raise TypeError(f"cannot load a teacher from a {module}.{type(source).__name__}")
@@ -139,10 +148,12 @@ def load_teacher(source: PathLike | nn.Module, **kwargs: Any) -> ViT:
                     f"unexpected keyword arguments for a Hugging Face folder: {sorted(kwargs)}"
                 )
             return load_huggingface(path)
+        if model_type == "dinov2":
+            return load_dinov2(path, **kwargs)
         if model_type is not None:
             raise ValueError(
                 f"folder {str(path)!r} holds a Hugging Face {model_type!r} model; only 'vit' "
-                "(ViTForImageClassification) converts"
+                "(ViTForImageClassification) and 'dinov2' convert"
             )
         if "architecture" in config:
             return _load_timm_folder(path, config, dict(kwargs))

@@ -1,0 +1,301 @@
+"""Hugging Face ``Dinov2Model`` / ``Dinov2ForImageClassification`` (a model object or a
+``save_pretrained`` folder) into our :class:`~blindfed.nn.vit.ViT`.
+
+DINOv2 is a plain pre-LayerNorm ViT with two additions that our ViT does not have but that
+fold away exactly: a per-channel *layer scale* after the attention and after the MLP (folded
+into the rows of the attention output projection and of ``fc2``), and position embeddings that
+transformers resizes at every forward pass (resized once here, to the one image size our ViT
+takes). Its classifier does not fold: see :func:`from_dinov2`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from blindfed.nn.vit import ViT, ViTConfig
+from blindfed.teacher.convert import (
+    PathLike,
+    _build,
+    _check_layer_norms,
+    _default_rtol,
+    _existing,
+    _import,
+    _listing,
+    _Problems,
+    _square,
+)
+
+_CLASSES = ("Dinov2Model", "Dinov2ForImageClassification")
+_WITH_REGISTERS = ("Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification")
+
+
+def _layer_modules(layer: nn.Module) -> dict[str, nn.Module]:
+    """A Dinov2Layer's modules by role, in either transformers 4's or 5's layout."""
+    att = layer.attention
+    if hasattr(att, "q_proj"):  # transformers >= 5
+        q, k, v, o = att.q_proj, att.k_proj, att.v_proj, att.o_proj
+    else:  # transformers 4: attention.attention.{query,key,value}, attention.output.dense
+        q, k, v = att.attention.query, att.attention.key, att.attention.value
+        o = att.output.dense
+    return {"norm1": layer.norm1, "q": q, "k": k, "v": v, "proj": o, "norm2": layer.norm2}
+
+
+def _layers(backbone: nn.Module) -> list[nn.Module]:
+    layers = getattr(backbone, "layers", None)
+    return list(layers if layers is not None else backbone.encoder.layer)
+
+
+def _config_and_state(
+    model: nn.Module, image_size: int | None, num_classes: int | None
+) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    name = type(model).__name__
+    cfg = model.config
+    backbone = getattr(model, "dinov2", model)
+    problems = _Problems()
+    registers = int(getattr(cfg, "num_register_tokens", 0) or 0)
+    if name in _WITH_REGISTERS or registers:
+        problems.add(f"register tokens (num_register_tokens={registers})")
+    if getattr(cfg, "use_swiglu_ffn", False):
+        problems.add("a SwiGLU FFN (use_swiglu_ffn=True)")
+    act = getattr(cfg, "hidden_act", None)
+    if act not in ("gelu", "gelu_python"):
+        problems.add(f"hidden_act={act!r} (only 'gelu', the exact erf GELU)")
+    emb = backbone.embeddings
+    proj = emb.patch_embeddings.projection
+    stored = _square(emb.patch_embeddings.image_size, "images", problems)
+    patch = _square(proj.kernel_size, "patches", problems)
+    if proj.bias is None:
+        problems.add("a patch embedding without bias")
+    size = stored if image_size is None else int(image_size)
+    if size and patch and size % patch:
+        problems.add(f"image size {size} not a multiple of patch size {patch}")
+    width = int(cfg.hidden_size)
+    heads = int(cfg.num_attention_heads)
+    head_dim = getattr(cfg, "head_dim", None)
+    if head_dim is not None and int(head_dim) * heads != width:
+        problems.add(f"head_dim {head_dim} x {heads} heads != hidden_size {width}")
+    layers = _layers(backbone)
+    parts = [_layer_modules(layer) for layer in layers]
+    norms: list[tuple[str, nn.Module]] = [("layernorm", backbone.layernorm)]
+    for i, (layer, m) in enumerate(zip(layers, parts, strict=True)):
+        norms += [(f"layer {i} norm1", m["norm1"]), (f"layer {i} norm2", m["norm2"])]
+        if any(m[n].bias is None for n in "qkv"):
+            problems.add("qkv without bias (qkv_bias=False)", f"layer {i}")
+        mlp = layer.mlp
+        if not (isinstance(getattr(mlp, "fc1", None), nn.Linear) and hasattr(mlp, "fc2")):
+            problems.add(f"an MLP that is not fc1-GELU-fc2 ({type(mlp).__name__})", f"layer {i}")
+            continue
+        m.update(fc1=mlp.fc1, fc2=mlp.fc2)
+        if any(m[n].bias is None for n in ("proj", "fc1", "fc2")):
+            problems.add("a linear layer without bias", f"layer {i}")
+    eps = _check_layer_norms(norms, width, (nn.LayerNorm,), problems)
+    problems.refuse(f"Hugging Face {name}")
+
+    if num_classes is None:
+        classifier = getattr(model, "classifier", None)
+        num_classes = classifier.out_features if isinstance(classifier, nn.Linear) else 1
+    config = ViTConfig(
+        image_size=int(size),
+        patch_size=int(patch),
+        in_chans=int(proj.in_channels),
+        num_classes=int(num_classes),
+        width=width,
+        depth=len(layers),
+        heads=heads,
+        mlp=int(parts[0]["fc1"].out_features) if parts else int(width * cfg.mlp_ratio),
+        eps=eps.pop() if eps else float(cfg.layer_norm_eps),
+    )
+
+    def t(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().clone()
+
+    # transformers' own resizing (bicubic in float32, cast back; in older releases a scale factor
+    # with an offset): only its exact arithmetic gives its outputs at this size. It reads nothing
+    # of the embeddings tensor but its shape, and returns the stored table when no resizing is due.
+    p, grid = emb.position_embeddings, config.image_size // config.patch_size
+    with torch.no_grad():
+        pos = emb.interpolate_pos_encoding(p.new_empty(1, grid * grid + 1, width), size, size)
+    state = {
+        "cls_token": t(emb.cls_token),
+        "pos_embed": t(pos),
+        "patch_embed.proj.weight": t(proj.weight),
+        "patch_embed.proj.bias": t(proj.bias),
+        "norm.weight": t(backbone.layernorm.weight),
+        "norm.bias": t(backbone.layernorm.bias),
+        "head.weight": p.new_zeros(config.num_classes, width),
+        "head.bias": p.new_zeros(config.num_classes),
+    }
+
+    def scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``scale * linear(h)`` is the linear layer whose output rows are scaled by ``scale``."""
+        s = scale.detach().double().reshape(-1, *([1] * (x.ndim - 1)))
+        return (x.detach().double() * s).to(x.dtype)
+
+    for i, (layer, m) in enumerate(zip(layers, parts, strict=True)):
+        n = f"blocks.{i}"
+        state[f"{n}.attn.qkv.weight"] = torch.cat([t(m[x].weight) for x in "qkv"], dim=0)
+        state[f"{n}.attn.qkv.bias"] = torch.cat([t(m[x].bias) for x in "qkv"], dim=0)
+        for ours, theirs in (("norm1", "norm1"), ("norm2", "norm2"), ("mlp.fc1", "fc1")):
+            state[f"{n}.{ours}.weight"] = t(m[theirs].weight)
+            state[f"{n}.{ours}.bias"] = t(m[theirs].bias)
+        for ours, theirs, scale in (
+            ("attn.proj", "proj", layer.layer_scale1.lambda1),
+            ("mlp.fc2", "fc2", layer.layer_scale2.lambda1),
+        ):
+            state[f"{n}.{ours}.weight"] = scaled(m[theirs].weight, scale)
+            state[f"{n}.{ours}.bias"] = scaled(m[theirs].bias, scale)
+    return config, state
+
+
+@torch.no_grad()
+def _verify_tokens(vit: ViT, backbone: nn.Module, rtol: float | None, what: str) -> None:
+    """Checks ``vit`` gives ``backbone``'s ``last_hidden_state`` on a random batch (eval mode)."""
+    c = vit.config
+    p = next(vit.parameters())
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, c.in_chans, c.image_size, c.image_size, generator=generator)
+    images = images.to(device=p.device, dtype=p.dtype)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        expected = backbone(pixel_values=images).last_hidden_state.double()
+    finally:
+        backbone.train(was_training)
+    got = vit.norm(vit.features(images).hidden[-1]).double()  # our last_hidden_state
+    if got.shape != expected.shape:
+        raise ValueError(
+            f"{what}: the converted ViT gives tokens shaped {tuple(got.shape)}, "
+            f"the source {tuple(expected.shape)}"
+        )
+    if not bool(torch.isfinite(expected).all()):
+        raise ValueError(f"{what}: the source model gives non-finite outputs on a random input")
+    rtol = _default_rtol(p.dtype) if rtol is None else rtol
+    scale = max(float(expected.abs().max()), 1e-30)
+    error = float((got - expected).abs().max()) / scale
+    if not error <= rtol:  # also catches NaN
+        raise ValueError(
+            f"{what}: the converted ViT does not reproduce the source model's last_hidden_state "
+            f"(max error {error:.3g} relative to its largest value, tolerance {rtol:.3g}); "
+            "it computes something our ViT does not"
+        )
+
+
+def from_dinov2(
+    model: nn.Module,
+    image_size: int | None = None,
+    *,
+    num_classes: int | None = None,
+    verify: bool = True,
+    rtol: float | None = None,
+) -> ViT:
+    """Converts a ``transformers.Dinov2Model`` or ``Dinov2ForImageClassification`` backbone.
+
+    Mapping as in :func:`~blindfed.teacher.from_huggingface` (``norm1`` / ``norm2``, query, key
+    and value stacked into ``attn.qkv``, ``o_proj`` to ``attn.proj``, ``layernorm`` to ``norm``),
+    transformers 4's and 5's module layouts both read. ``layer_scale1`` / ``layer_scale2`` are
+    folded into ``attn.proj`` / ``mlp.fc2`` (weight rows and bias scaled). The position table,
+    stored for the config's ``image_size`` (518 px in the released checkpoints), is resized by
+    transformers' own ``interpolate_pos_encoding`` to ``image_size``, so the converted ViT on
+    ``image_size`` images computes what the source does on them.
+
+    Only the backbone converts: ``Dinov2ForImageClassification``'s classifier reads the class
+    token *and* the mean of the patch tokens, which our head (class token only) cannot express.
+    The converted ViT's ``head`` has ``num_classes`` outputs (default: the source classifier's,
+    else 1) and is all zeros: train it (e.g. a linear probe) before using its logits. What the
+    check compares, and what matches, is ``vit.norm`` of the last block's tokens against
+    ``Dinov2Model``'s ``last_hidden_state``.
+
+    Refused with a ``ValueError`` naming the feature: register tokens (Dinov2WithRegisters),
+    ``use_swiglu_ffn=True``, ``hidden_act`` other than the exact GELU, ``qkv_bias=False``,
+    non-square images or patches, an ``image_size`` that is not a multiple of the patch size.
+    Masking (``bool_masked_pos``, the mask token) is a pre-training input and is not carried.
+
+    Args:
+        model: the Hugging Face model.
+        image_size: the one image size the converted ViT takes (default: the config's).
+        num_classes: outputs of the (zero) head.
+        verify: check the copy against ``model`` on a random batch of ``image_size`` images (in
+            eval mode; ``model``'s mode is restored); ``ValueError`` if it differs.
+        rtol: tolerance of that check, relative to the largest output (default 1e-5 in float32).
+
+    Returns:
+        The converted ViT on the model's device and dtype, in eval mode.
+    """
+    name = type(model).__name__
+    if not type(model).__module__.startswith("transformers.") or name not in (
+        _CLASSES + _WITH_REGISTERS
+    ):
+        raise TypeError(
+            "from_dinov2 needs a transformers.Dinov2Model or Dinov2ForImageClassification, got "
+            f"{type(model).__module__}.{name}"
+        )
+    config, state = _config_and_state(model, image_size, num_classes)
+    p = next(model.parameters())
+    what = f"Hugging Face {name}"
+    vit = _build(config, state, f"{what} does not match our ViT", p.device, p.dtype)
+    if verify:
+        _verify_tokens(vit, getattr(model, "dinov2", model), rtol, what)
+    return vit
+
+
+def load_dinov2(
+    path: PathLike,
+    image_size: int | None = None,
+    *,
+    num_classes: int | None = None,
+    verify: bool = True,
+    rtol: float | None = None,
+) -> ViT:
+    """Loads a DINOv2 ``save_pretrained`` folder and converts it (see :func:`from_dinov2`).
+
+    The class named in config.json's ``architectures`` is loaded (``Dinov2ForImageClassification``
+    or else ``Dinov2Model``) with ``local_files_only=True``. Weights that the folder lacks
+    (which transformers would make up at random) or holds in another shape are refused, naming
+    them; the mask token, which the conversion does not read, may be absent.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a DINOv2 folder, its weights do not fill the model, or the
+            model does not convert.
+    """
+    transformers = _import("transformers", "transformers")
+    folder = _existing(path, "Hugging Face model folder")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{str(folder)!r} is not a Hugging Face model folder (no config.json)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {str(config_file)!r} as JSON: {e}") from e
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "dinov2":
+        raise ValueError(f"{str(folder)!r} holds model_type {model_type!r}, not 'dinov2'")
+    architectures = config.get("architectures") or []
+    name = _CLASSES[1] if _CLASSES[1] in architectures else _CLASSES[0]
+    try:
+        model, info = getattr(transformers, name).from_pretrained(
+            str(folder),
+            local_files_only=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # so that they are listed in info, refused below
+        )
+    except (RuntimeError, ValueError) as e:  # e.g. a tensor shaped unlike the config says
+        raise ValueError(f"{str(folder)!r} does not load as {name}: {e}") from e
+    missing = [k for k in info.get("missing_keys") or [] if not k.endswith("mask_token")]
+    mismatched = [
+        f"{m[0]} {tuple(m[1])} (expected {tuple(m[2])})"
+        if isinstance(m, tuple) and len(m) == 3
+        else str(m)
+        for m in info.get("mismatched_keys") or []
+    ]
+    problems = [f"missing keys: {_listing(missing)}"] if missing else []
+    problems += [f"shape mismatches: {_listing(mismatched)}"] if mismatched else []
+    if problems:
+        raise ValueError(
+            f"{str(folder)!r} does not hold {name}'s weights as its config.json describes "
+            "(transformers would fill them at random): " + "; ".join(problems)
+        )
+    return from_dinov2(model, image_size, num_classes=num_classes, verify=verify, rtol=rtol)
