@@ -40,6 +40,10 @@ SHAPES: dict[str, dict[str, int]] = {
     "small": {"tokens": 65, "width": 64, "heads": 4, "mlp": 128},
     "vit_tiny": {"tokens": 197, "width": 192, "heads": 3, "mlp": 768},
     "vit_base": {"tokens": 577, "width": 768, "heads": 12, "mlp": 3072},
+    # DINOv2 ViT-S/14: at 112 px (64 patches and the class token, the student's resolution)
+    # and at 224 px (256 patches).
+    "dinov2_s_112": {"tokens": 65, "width": 384, "heads": 6, "mlp": 1536},
+    "dinov2_s": {"tokens": 257, "width": 384, "heads": 6, "mlp": 1536},
 }
 
 

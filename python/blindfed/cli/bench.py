@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--shapes",
         type=_names,
         default=["small", "vit_tiny"],
-        help="block: shapes to run encrypted (small, vit_tiny, vit_base)",
+        help="block: shapes to run encrypted (any of blindfed.block.SHAPES: small, vit_tiny, "
+        "vit_base, dinov2_s_112, dinov2_s)",
     )
     p.add_argument(
         "--estimate",
