@@ -97,8 +97,12 @@ def _verify(
     reference: Callable[[torch.Tensor], torch.Tensor],
     rtol: float | None,
     what: str,
+    *,
+    ours: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    output: str = "logits",
 ) -> None:
-    """Checks ``vit`` gives ``reference``'s logits on a random batch (both in eval mode)."""
+    """Checks ``ours`` (default: ``vit`` itself) gives ``reference``'s ``output`` on a random
+    batch (both in eval mode)."""
     c = vit.config
     p = next(vit.parameters())
     generator = torch.Generator().manual_seed(0)
@@ -110,22 +114,22 @@ def _verify(
         expected = reference(images)
     finally:
         source.train(was_training)
-    got = vit(images)
+    got = (ours or vit)(images)
     if got.shape != expected.shape:
         raise ValueError(
-            f"{what}: the converted ViT gives logits shaped {tuple(got.shape)}, "
+            f"{what}: the converted ViT gives {output} shaped {tuple(got.shape)}, "
             f"the source {tuple(expected.shape)}"
         )
     expected, got = expected.double(), got.double()
     if not bool(torch.isfinite(expected).all()):
-        raise ValueError(f"{what}: the source model gives non-finite logits on a random input")
+        raise ValueError(f"{what}: the source model gives non-finite {output} on a random input")
     rtol = _default_rtol(p.dtype) if rtol is None else rtol
     scale = max(float(expected.abs().max()), 1e-30)
     error = float((got - expected).abs().max()) / scale
     if not error <= rtol:  # also catches NaN
         raise ValueError(
-            f"{what}: the converted ViT does not reproduce the source model's logits "
-            f"(max error {error:.3g} relative to the largest logit, tolerance {rtol:.3g}); "
+            f"{what}: the converted ViT does not reproduce the source model's {output} "
+            f"(max error {error:.3g} relative to their largest value, tolerance {rtol:.3g}); "
             "it computes something our ViT does not"
         )
 
@@ -165,6 +169,17 @@ def _square(size: Any, name: str, problems: _Problems) -> int | None:
         problems.add(f"non-square {name} {sizes}")
         return None
     return sizes[0]
+
+
+def _width_and_heads(cfg: Any, problems: _Problems) -> tuple[int, int]:
+    """A Hugging Face config's width and heads; a ``head_dim`` that does not split the width
+    is a problem."""
+    width = int(cfg.hidden_size)
+    heads = int(cfg.num_attention_heads)
+    head_dim = getattr(cfg, "head_dim", None)
+    if head_dim is not None and int(head_dim) * heads != width:
+        problems.add(f"head_dim {head_dim} x {heads} heads != hidden_size {width}")
+    return width, heads
 
 
 def _check_layer_norms(

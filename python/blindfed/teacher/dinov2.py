@@ -20,32 +20,23 @@ from blindfed.teacher.convert import (
     PathLike,
     _build,
     _check_layer_norms,
-    _default_rtol,
     _existing,
     _import,
     _listing,
     _Problems,
     _square,
+    _verify,
+    _width_and_heads,
 )
+from blindfed.teacher.huggingface_vit import _hf_attention, _hf_layers
 
 _CLASSES = ("Dinov2Model", "Dinov2ForImageClassification")
 _WITH_REGISTERS = ("Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification")
 
 
 def _layer_modules(layer: nn.Module) -> dict[str, nn.Module]:
-    """A Dinov2Layer's modules by role, in either transformers 4's or 5's layout."""
-    att = layer.attention
-    if hasattr(att, "q_proj"):  # transformers >= 5
-        q, k, v, o = att.q_proj, att.k_proj, att.v_proj, att.o_proj
-    else:  # transformers 4: attention.attention.{query,key,value}, attention.output.dense
-        q, k, v = att.attention.query, att.attention.key, att.attention.value
-        o = att.output.dense
-    return {"norm1": layer.norm1, "q": q, "k": k, "v": v, "proj": o, "norm2": layer.norm2}
-
-
-def _layers(backbone: nn.Module) -> list[nn.Module]:
-    layers = getattr(backbone, "layers", None)
-    return list(layers if layers is not None else backbone.encoder.layer)
+    """A Dinov2Layer's norms and attention modules by role."""
+    return {"norm1": layer.norm1, **_hf_attention(layer), "norm2": layer.norm2}
 
 
 def _config_and_state(
@@ -72,12 +63,8 @@ def _config_and_state(
     size = stored if image_size is None else int(image_size)
     if size and patch and size % patch:
         problems.add(f"image size {size} not a multiple of patch size {patch}")
-    width = int(cfg.hidden_size)
-    heads = int(cfg.num_attention_heads)
-    head_dim = getattr(cfg, "head_dim", None)
-    if head_dim is not None and int(head_dim) * heads != width:
-        problems.add(f"head_dim {head_dim} x {heads} heads != hidden_size {width}")
-    layers = _layers(backbone)
+    width, heads = _width_and_heads(cfg, problems)
+    layers = _hf_layers(backbone)
     parts = [_layer_modules(layer) for layer in layers]
     norms: list[tuple[str, nn.Module]] = [("layernorm", backbone.layernorm)]
     for i, (layer, m) in enumerate(zip(layers, parts, strict=True)):
@@ -150,39 +137,6 @@ def _config_and_state(
     return config, state
 
 
-@torch.no_grad()
-def _verify_tokens(vit: ViT, backbone: nn.Module, rtol: float | None, what: str) -> None:
-    """Checks ``vit`` gives ``backbone``'s ``last_hidden_state`` on a random batch (eval mode)."""
-    c = vit.config
-    p = next(vit.parameters())
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(2, c.in_chans, c.image_size, c.image_size, generator=generator)
-    images = images.to(device=p.device, dtype=p.dtype)
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        expected = backbone(pixel_values=images).last_hidden_state.double()
-    finally:
-        backbone.train(was_training)
-    got = vit.norm(vit.features(images).hidden[-1]).double()  # our last_hidden_state
-    if got.shape != expected.shape:
-        raise ValueError(
-            f"{what}: the converted ViT gives tokens shaped {tuple(got.shape)}, "
-            f"the source {tuple(expected.shape)}"
-        )
-    if not bool(torch.isfinite(expected).all()):
-        raise ValueError(f"{what}: the source model gives non-finite outputs on a random input")
-    rtol = _default_rtol(p.dtype) if rtol is None else rtol
-    scale = max(float(expected.abs().max()), 1e-30)
-    error = float((got - expected).abs().max()) / scale
-    if not error <= rtol:  # also catches NaN
-        raise ValueError(
-            f"{what}: the converted ViT does not reproduce the source model's last_hidden_state "
-            f"(max error {error:.3g} relative to its largest value, tolerance {rtol:.3g}); "
-            "it computes something our ViT does not"
-        )
-
-
 def from_dinov2(
     model: nn.Module,
     image_size: int | None = None,
@@ -237,7 +191,16 @@ def from_dinov2(
     what = f"Hugging Face {name}"
     vit = _build(config, state, f"{what} does not match our ViT", p.device, p.dtype)
     if verify:
-        _verify_tokens(vit, getattr(model, "dinov2", model), rtol, what)
+        backbone = getattr(model, "dinov2", model)
+        _verify(
+            vit,
+            backbone,
+            lambda images: backbone(pixel_values=images).last_hidden_state,
+            rtol,
+            what,
+            ours=lambda images: vit.norm(vit.features(images).hidden[-1]),
+            output="last_hidden_state",
+        )
     return vit
 
 

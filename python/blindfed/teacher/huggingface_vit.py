@@ -17,6 +17,7 @@ from blindfed.teacher.convert import (
     _Problems,
     _square,
     _verify,
+    _width_and_heads,
 )
 
 # ---- Hugging Face -----------------------------------------------------------------------------
@@ -29,23 +30,27 @@ def _hf_layers(vit_model: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
-def _hf_layer_modules(layer: nn.Module) -> dict[str, nn.Module]:
-    """A ViTLayer's modules by role, in either transformers 4's or 5's layout."""
+def _hf_attention(layer: nn.Module) -> dict[str, nn.Module]:
+    """A ViT or DINOv2 layer's query, key, value and output projection, in either transformers
+    4's or 5's layout."""
     att = layer.attention
     if hasattr(att, "q_proj"):  # transformers >= 5
-        q, k, v, o = att.q_proj, att.k_proj, att.v_proj, att.o_proj
+        return {"q": att.q_proj, "k": att.k_proj, "v": att.v_proj, "proj": att.o_proj}
+    # transformers 4: attention.attention.{query,key,value}, attention.output.dense
+    inner = att.attention
+    return {"q": inner.query, "k": inner.key, "v": inner.value, "proj": att.output.dense}
+
+
+def _hf_layer_modules(layer: nn.Module) -> dict[str, nn.Module]:
+    """A ViTLayer's modules by role, in either transformers 4's or 5's layout."""
+    if hasattr(layer.attention, "q_proj"):  # transformers >= 5
         fc1, act, fc2 = layer.mlp.fc1, layer.mlp.activation_fn, layer.mlp.fc2
-    else:  # transformers 4: attention.attention.{query,key,value}, attention.output.dense
-        q, k, v = att.attention.query, att.attention.key, att.attention.value
-        o = att.output.dense
+    else:
         fc1, act = layer.intermediate.dense, layer.intermediate.intermediate_act_fn
         fc2 = layer.output.dense
     return {
         "norm1": layer.layernorm_before,
-        "q": q,
-        "k": k,
-        "v": v,
-        "proj": o,
+        **_hf_attention(layer),
         "norm2": layer.layernorm_after,
         "fc1": fc1,
         "act": act,
@@ -67,11 +72,7 @@ def _hf_config_and_state(model: nn.Module) -> tuple[ViTConfig, dict[str, torch.T
     patch_size = _square(proj.kernel_size, "patches", problems)
     if image_size and patch_size and image_size % patch_size:
         problems.add(f"image size {image_size} not a multiple of patch size {patch_size}")
-    width = int(cfg.hidden_size)
-    heads = int(cfg.num_attention_heads)
-    head_dim = getattr(cfg, "head_dim", None)
-    if head_dim is not None and int(head_dim) * heads != width:
-        problems.add(f"head_dim {head_dim} x {heads} heads != hidden_size {width}")
+    width, heads = _width_and_heads(cfg, problems)
     classifier = model.classifier
     if not isinstance(classifier, nn.Linear):
         problems.add(f"a head of {getattr(cfg, 'num_labels', 0)} classes (num_labels=0)")

@@ -26,7 +26,8 @@ import torch
 
 from blindfed.nn.vit import ViT
 from blindfed.teacher.convert import PathLike, _existing, _import, _listing
-from blindfed.teacher.dinov2 import _layer_modules, _layers, from_dinov2
+from blindfed.teacher.dinov2 import _layer_modules, from_dinov2
+from blindfed.teacher.huggingface_vit import _hf_layers
 
 _SKIP = ("Cast", "Identity", "Dropout")  # ops that leave values as they are
 _HEADS = (*_SKIP, "Reshape", "Transpose", "Mul", "Div", "Squeeze", "Flatten")  # split, scale
@@ -354,7 +355,7 @@ def dinov2_state_from_onnx(path: PathLike) -> tuple[Any, dict[str, torch.Tensor]
         (model.layernorm, "weight", p.norms[-1].weight),
         (model.layernorm, "bias", p.norms[-1].bias),
     ]
-    for layer, got in zip(_layers(model), p.layers, strict=True):
+    for layer, got in zip(_hf_layers(model), p.layers, strict=True):
         m = {**_layer_modules(layer), "fc1": layer.mlp.fc1, "fc2": layer.mlp.fc2}
         for role in ("norm1", "norm2"):
             pairs += [(m[role], "weight", got[role].weight), (m[role], "bias", got[role].bias)]
