@@ -155,13 +155,7 @@ pub fn mul_plain(ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
             .iter()
             .map(|c| {
                 let mut out = c.clone();
-                out.for_each_row(|i, row| {
-                    let m = ct.ctx.key_moduli[i];
-                    let (w, ws) = (pt.poly.limb(i), shoup.limb(i));
-                    for ((x, &w), &ws) in row.iter_mut().zip(w).zip(ws) {
-                        *x = m.mul_shoup(*x, w, ws);
-                    }
-                });
+                out.mul_shoup_assign(&pt.poly, shoup, ct.ctx.q_moduli(ct.level));
                 out
             })
             .collect()

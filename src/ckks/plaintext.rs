@@ -96,15 +96,7 @@ impl Plaintext {
 
     /// The Shoup companion of [`Plaintext::poly`] (see the field).
     pub(crate) fn shoup_form(&self) -> &RnsPoly {
-        self.shoup.get_or_init(|| {
-            let mut w = self.poly.clone();
-            let moduli = self.ctx.q_moduli(self.level);
-            w.for_each_row(|i, row| {
-                let m = moduli[i];
-                row.iter_mut().for_each(|x| *x = m.shoup(*x));
-            });
-            w
-        })
+        self.shoup.get_or_init(|| self.poly.shoup_form(self.ctx.q_moduli(self.level)))
     }
 
     /// The slot values (first `slots()` of them).

@@ -1,15 +1,16 @@
 //! The operations encrypted linear algebra is written against.
 //!
-//! A value is a vector of `slots()` numbers at a level: real, except where attention packs two
-//! features in one value as a + i b (the slots are complex in CKKS). Routines in `he` and `nn` are
-//! generic over [`Backend`], so one piece of code runs three ways:
+//! A value is a vector of `slots()` numbers at a level: real, except where attention packs
+//! two features in one value as a + i b (the slots are complex in CKKS). Routines in `he` and
+//! `nn` are generic over [`Backend`], so one piece of code runs three ways:
 //! - [`crate::he::encrypted::Encrypted`]: CKKS ciphertexts (the provider's real computation);
 //! - [`crate::he::mirror::Mirror`]: the same arithmetic on f64 vectors (the plaintext mirror);
 //! - [`crate::he::mirror::Mirror::tracer`]: levels and counts only (cost prediction).
 //!
 //! Level rules, identical in every backend: products (`mul*`, `dot`, `linear`) consume one
 //! level; additions bring both operands to the lower level; rotations, conjugations and
-//! integer products (and products by i) are free; a refresh returns values at the level it is asked for.
+//! integer products (and products by i) are free; a refresh returns values at the level it is
+//! asked for.
 
 use std::sync::Arc;
 

@@ -253,12 +253,10 @@ impl PackedBatch {
         let count =
             layout.groups(batch).checked_mul(per_group).ok_or_else(|| r.malformed("too many ciphertexts"))?;
         let cts = read_ciphertext_list(ctx, &mut r, count)?;
-        r.finish()?;
         if cts.iter().any(|ct| ct.slots() != slots) {
-            return Err(Error::Malformed(
-                "packed batch: a ciphertext packs a different number of slots".into(),
-            ));
+            return Err(r.malformed("a ciphertext packs a different number of slots"));
         }
+        r.finish()?;
         let groups = cts.chunks(per_group).map(|c| c.to_vec()).collect();
         Ok(PackedBatch { layout, batch, complex, groups })
     }

@@ -151,6 +151,27 @@ impl RnsPoly {
         });
     }
 
+    /// floor(w 2^64 / q) of every residue w: the companion that makes products by this
+    /// polynomial two word products per residue ([`RnsPoly::mul_shoup_assign`]).
+    pub fn shoup_form(&self, moduli: &[Modulus]) -> RnsPoly {
+        let mut out = self.clone();
+        out.for_each_row(|i, row| {
+            let m = moduli[i];
+            row.iter_mut().for_each(|x| *x = m.shoup(*x));
+        });
+        out
+    }
+
+    /// self *= w pointwise, given `w_shoup = w.shoup_form(moduli)`.
+    pub fn mul_shoup_assign(&mut self, w: &RnsPoly, w_shoup: &RnsPoly, moduli: &[Modulus]) {
+        self.zip_rows(w, |i, a, w| {
+            let m = moduli[i];
+            for ((x, &w), &ws) in a.iter_mut().zip(w).zip(w_shoup.limb(i)) {
+                *x = m.mul_shoup(*x, w, ws);
+            }
+        });
+    }
+
     /// self += a * b pointwise.
     pub fn add_product(&mut self, a: &RnsPoly, b: &RnsPoly, moduli: &[Modulus]) {
         let n = self.n;
