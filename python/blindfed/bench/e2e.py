@@ -160,17 +160,37 @@ def _plaintext(student: Any, images: np.ndarray) -> dict:
     }
 
 
-def run(samples: int | None = None, *, modes: tuple[str, ...] = ("execute", "simulate")) -> dict:
-    """Runs the comparison on ``samples`` digits (default: one full ciphertext group)."""
+def run(
+    samples: int | None = None,
+    *,
+    modes: tuple[str, ...] = ("execute", "simulate"),
+    model: str = "mnist-vit",
+    student_path: str = "",
+) -> dict:
+    """Runs the comparison on ``samples`` digits (default: one full ciphertext group) laid out
+    for ``model`` (:data:`blindfed.foundation.MODELS`), through the student saved at
+    ``student_path`` (default the zoo's, which ``dinov2-small`` does not have)."""
     from blindfed import zoo
+    from blindfed.foundation import check_model, digits_for
+    from blindfed.nn.student import Student
     from blindfed.protocol import Provider
-    from blindfed.recipes import digits_for_mnist_model
 
     unknown = set(modes) - {"execute", "simulate"}
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; expected execute and/or simulate")
-    student = zoo.load_student()
-    data = digits_for_mnist_model("train")
+    check_model(model)
+    if student_path:
+        student = Student.load(student_path).eval()
+    elif model == "mnist-vit":
+        student = zoo.load_student()
+    else:
+        raise ValueError(f"{model} has no student in the zoo: give a saved one (--student)")
+    data = digits_for(model, "train")
+    if student.config.image_size != data.images.shape[-1]:
+        raise ValueError(
+            f"the student takes {student.config.image_size} px images, {model}'s layout gives "
+            f"{data.images.shape[-1]} px: a student of another model?"
+        )
     group = Provider(student, mode="simulate").samples_per_group
     n = samples or min(group, len(data.labels))
     if not 1 <= n <= len(data.labels):
@@ -179,8 +199,11 @@ def run(samples: int | None = None, *, modes: tuple[str, ...] = ("execute", "sim
     results = {m: _protocol(m, student, images, labels) for m in modes}
     results["plaintext"] = _plaintext(student, images)
     report: dict[str, Any] = {
+        "model": model,
         "threads": num_threads(),
         "samples": n,
+        "tokens": student.config.tokens,
+        "width": student.config.width,
         "blocks": student.config.depth,
         "results": results,
         "paper": PAPER,
@@ -204,7 +227,8 @@ def run(samples: int | None = None, *, modes: tuple[str, ...] = ("execute", "sim
 
 def format_table(report: dict) -> str:
     lines = [
-        f"online phase, zoo student ({report['blocks']} blocks), {report['samples']} digits, "
+        f"online phase, {report.get('model', 'mnist-vit')} student ({report['blocks']} blocks), "
+        f"{report['samples']} digits, "
         f"threads={report['threads']}; per sample per block:",
         f"{'mode':10} {'total s':>10} {'provider s':>11} {'MB up':>8} {'MB down':>8}",
     ]

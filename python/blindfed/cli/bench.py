@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from blindfed import set_num_threads
 from blindfed.cli.common import write_json
+from blindfed.foundation import MODELS
 
 
 def _sets(text: str) -> tuple[tuple[int, int], ...]:
@@ -51,7 +53,16 @@ def bench(args: argparse.Namespace) -> int:
         from blindfed.bench import e2e
 
         set_num_threads(args.threads)
-        report = e2e.run(args.samples, modes=tuple(args.modes))
+        try:
+            report = e2e.run(
+                args.samples,
+                modes=tuple(args.modes),
+                model=args.model,
+                student_path=args.student or "",
+            )
+        except ValueError as err:
+            print(f"blindfed: {err}", file=sys.stderr)
+            return 2
         print(e2e.format_table(report))
         write_json(args.json, report)
         return 0
@@ -84,6 +95,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="block: shapes to estimate from exact operation counts (empty: none)",
     )
     p.add_argument("--samples", type=int, help="e2e: digits (default: one ciphertext group)")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default=MODELS[0],
+        help="e2e: the foundation model whose student runs (default %(default)s)",
+    )
+    p.add_argument("--student", help="e2e: a saved student (default: the zoo's)")
     p.add_argument(
         "--modes",
         type=lambda t: [m for m in t.split(",") if m],

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from blindfed import set_num_threads
 from blindfed.cli.common import write_json
+from blindfed.foundation import MODELS
 
 
 def _spec_text(args: argparse.Namespace) -> str:
@@ -43,7 +45,17 @@ def distill_cmd(args: argparse.Namespace) -> int:
         }
         if args.range_ratio is not None:
             given["range_ratio"] = args.range_ratio or None
-        config = DistillConfig(**{k: v for k, v in given.items() if v is not None})
+        given = {k: v for k, v in given.items() if v is not None}
+        if args.model == "dinov2-small":
+            if args.study:
+                raise ValueError("--study distils the MNIST ViT's candidates only")
+            from blindfed.recipes import DINOV2_DISTILL
+
+            # Its schedule is layer-wise throughout: epochs given are all stage I.
+            epochs = {"stage1_epochs": given["epochs"]} if "epochs" in given else {}
+            config = dataclasses.replace(DINOV2_DISTILL, **given, **epochs)
+        else:
+            config = DistillConfig(**given)
     except ValueError as err:
         print(f"blindfed: {err}", file=sys.stderr)
         return 2
@@ -56,25 +68,44 @@ def distill_cmd(args: argparse.Namespace) -> int:
         print(f"default by the rule ({report['selection']}): {report['default']}")
         write_json(args.json, report)
         return 0
-    from blindfed.recipes import distill_mnist
+    if args.model == "dinov2-small":
+        from blindfed.recipes import distill_dinov2
 
-    report = distill_mnist(args.out, spec=spec, config=config)
-    print(f"student: {report['spec']}")
-    print(
-        f"validation: teacher {report['teacher_validation_accuracy']:.2f}%  student "
-        f"{report['student_validation_accuracy']:.2f}%;  test: teacher "
-        f"{report['teacher_test_accuracy']:.2f}%  student {report['student_test_accuracy']:.2f}%"
-        f"  (distillation {report['epoch_seconds']:.0f} s on {report['threads']} threads)"
-    )
+        report = distill_dinov2(args.out, spec=spec, config=config)
+        a = report["agreement"]
+        print(f"student: {report['spec']}")
+        print(
+            f"agreement with DINOv2-S on {a['samples']} validation MNIST images: final "
+            f"class-token cosine {a['final_class_token_cosine']:.3f}; relative error per block "
+            + ", ".join(f"{e:.3f}" for e in a["relative_error_per_block"])
+            + f"  (distillation {report['epoch_seconds']:.0f} s on {report['threads']} threads)"
+        )
+    else:
+        from blindfed.recipes import distill_mnist
+
+        report = distill_mnist(args.out, spec=spec, config=config)
+        print(f"student: {report['spec']}")
+        print(
+            f"validation: teacher {report['teacher_validation_accuracy']:.2f}%  student "
+            f"{report['student_validation_accuracy']:.2f}%;  test: teacher "
+            f"{report['teacher_test_accuracy']:.2f}%  student "
+            f"{report['student_test_accuracy']:.2f}%  (distillation "
+            f"{report['epoch_seconds']:.0f} s on {report['threads']} threads)"
+        )
+    _print_blocks(report)
+    print(f"student, checkpoint and report in {args.out}")
+    write_json(args.json, report)
+    return 0
+
+
+def _print_blocks(report: dict) -> None:
+    """One line per block of a distillation report: its depth and encrypted plan."""
     for i, b in enumerate(report["blocks"]):
         print(
             f"  block {i}: depth {b['depth']}, ring 2^{b['log_n']} with {b['levels']} levels, "
             f"{b['refresh_rounds']} refresh rounds, {b['key_switches_per_sample']:.1f} key "
             "switches per sample"
         )
-    print(f"student, checkpoint and report in {args.out}")
-    write_json(args.json, report)
-    return 0
 
 
 def adapt_cmd(args: argparse.Namespace) -> int:
@@ -156,6 +187,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Adds the commands to the ``blindfed`` parser."""
     p = sub.add_parser(
         "distill", help="distil the zoo teacher into its FHE-friendly student (MNIST)"
+    )
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default=MODELS[0],
+        help="the teacher: the zoo's MNIST ViT or the opt-in DINOv2-S/14 (default %(default)s)",
     )
     p.add_argument("--out", default="distill-out", help="checkpoints, student and report here")
     # Defaults: blindfed.distill.DistillConfig's (not restated here; it needs torch).

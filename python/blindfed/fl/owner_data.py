@@ -92,19 +92,22 @@ class OwnerData:
         seed: int = 0,
         train_samples: int | None = None,
         test_samples: int | None = None,
+        model: str = "mnist-vit",
     ) -> OwnerData:
-        """Owner ``owner``'s share of the embedded default (digits laid out like MNIST).
+        """Owner ``owner``'s share of the embedded default: digits laid out for ``model`` (one
+        of :data:`blindfed.foundation.MODELS`; the default's are laid out like MNIST).
 
         ``train_samples`` / ``test_samples`` cap the whole federation's splits (for quick
         runs) before they are shared out.
         """
         from blindfed.data import dirichlet_partition
-        from blindfed.recipes import digits_for_mnist_model
+        from blindfed.foundation import check_model, digits_for
 
         if not 0 <= owner < owners:
             raise ValueError(f"owner must be in [0, {owners}), got {owner}")
+        check_model(model)
         rng = np.random.default_rng(seed)
-        train, test = digits_for_mnist_model("train"), digits_for_mnist_model("test")
+        train, test = digits_for(model, "train"), digits_for(model, "test")
         tr = np.sort(rng.permutation(len(train))[:train_samples])
         te = np.sort(rng.permutation(len(test))[:test_samples])
         share = tr[dirichlet_partition(train.labels[tr], owners, alpha, seed=seed)[owner]]

@@ -204,8 +204,12 @@ class PolyApprox(nn.Module):
         if self._seen is not None:
             with torch.no_grad():
                 lo, hi = self.range.tolist()
-                self._seen[0] = min(self._seen[0], float(x.min()))
-                self._seen[1] = max(self._seen[1], float(x.max()))
+                # An input an earlier approximation blew up to inf or NaN is no range to fit:
+                # the seen interval keeps the finite ones (inf counts as out of range below).
+                finite = x[torch.isfinite(x)]
+                if finite.numel():
+                    self._seen[0] = min(self._seen[0], float(finite.min()))
+                    self._seen[1] = max(self._seen[1], float(finite.max()))
                 self.out_of_range += int(((x < lo) | (x > hi)).sum())
         if self._target is not None and self.training:
             lo, hi = self._target

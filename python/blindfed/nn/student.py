@@ -70,11 +70,13 @@ def _far(seen: tuple[float, float] | None, exact: tuple[float, float] | None) ->
 def _within_bound(
     seen: tuple[float, float] | None, exact: tuple[float, float] | None
 ) -> tuple[float, float] | None:
-    """``seen`` cut to the hundred widths around ``exact`` that :func:`_far` allows."""
+    """``seen`` cut to the hundred widths around ``exact`` that :func:`_far` allows (a range
+    wholly beyond them shrinks to the nearer edge, so it stays a range)."""
     if seen is None or exact is None:
         return seen
     width = max(exact[1] - exact[0], 1e-6 * max(abs(exact[0]), abs(exact[1]), 1.0))
-    return max(seen[0], exact[0] - 100 * width), min(seen[1], exact[1] + 100 * width)
+    lo, hi = exact[0] - 100 * width, exact[1] + 100 * width
+    return min(max(seen[0], lo), hi), max(min(seen[1], hi), lo)
 
 
 def _check_not_diverging(

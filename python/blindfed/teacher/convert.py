@@ -82,6 +82,20 @@ def _build(
     return vit.eval()
 
 
+def _scale_rows(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weight or bias with output row ``j`` multiplied by ``scale[j]``: how a
+    layer scale (``scale * linear(h)``) folds into the layer before it. Computed in float64 so
+    that the fold rounds once, to ``x``'s dtype."""
+    s = scale.detach().double().reshape(-1, *([1] * (x.ndim - 1)))
+    return (x.detach().double() * s).to(x.dtype)
+
+
+def _final_norm_tokens(vit: ViT) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``vit``'s every token after the final norm: what a source backbone without classifier
+    outputs, and so what :func:`_verify` compares for one (its ``ours``)."""
+    return lambda images: vit.norm(vit.features(images).hidden[-1])
+
+
 def _default_rtol(dtype: torch.dtype) -> float:
     if dtype == torch.float64:
         return 1e-10

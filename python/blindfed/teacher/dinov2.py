@@ -21,9 +21,11 @@ from blindfed.teacher.convert import (
     _build,
     _check_layer_norms,
     _existing,
+    _final_norm_tokens,
     _import,
     _listing,
     _Problems,
+    _scale_rows,
     _square,
     _verify,
     _width_and_heads,
@@ -116,11 +118,6 @@ def _config_and_state(
         "head.bias": p.new_zeros(config.num_classes),
     }
 
-    def scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """``scale * linear(h)`` is the linear layer whose output rows are scaled by ``scale``."""
-        s = scale.detach().double().reshape(-1, *([1] * (x.ndim - 1)))
-        return (x.detach().double() * s).to(x.dtype)
-
     for i, (layer, m) in enumerate(zip(layers, parts, strict=True)):
         n = f"blocks.{i}"
         state[f"{n}.attn.qkv.weight"] = torch.cat([t(m[x].weight) for x in "qkv"], dim=0)
@@ -132,8 +129,8 @@ def _config_and_state(
             ("attn.proj", "proj", layer.layer_scale1.lambda1),
             ("mlp.fc2", "fc2", layer.layer_scale2.lambda1),
         ):
-            state[f"{n}.{ours}.weight"] = scaled(m[theirs].weight, scale)
-            state[f"{n}.{ours}.bias"] = scaled(m[theirs].bias, scale)
+            state[f"{n}.{ours}.weight"] = _scale_rows(m[theirs].weight, scale)
+            state[f"{n}.{ours}.bias"] = _scale_rows(m[theirs].bias, scale)
     return config, state
 
 
@@ -198,7 +195,7 @@ def from_dinov2(
             lambda images: backbone(pixel_values=images).last_hidden_state,
             rtol,
             what,
-            ours=lambda images: vit.norm(vit.features(images).hidden[-1]),
+            ours=_final_norm_tokens(vit),
             output="last_hidden_state",
         )
     return vit
