@@ -35,6 +35,8 @@ def check_model(name: str) -> str:
 
 @dataclass
 class Foundation:
+    """A foundation model as the demo runs it (made by :func:`load_foundation`)."""
+
     name: str
     teacher: Any
     student: Any
