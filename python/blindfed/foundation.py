@@ -99,6 +99,7 @@ def _mnist_vit(
     import torch
 
     from blindfed import zoo
+    from blindfed.baselines import METHODS
     from blindfed.data import mnist
     from blindfed.distill import accuracy
 
@@ -137,14 +138,7 @@ def _mnist_vit(
         teacher,
         student,
         section,
-        (
-            "teacher_zero_shot",
-            "student_zero_shot",
-            "linear_probe",
-            "student_head",
-            "lora",
-            "full_finetune",
-        ),
+        METHODS,  # every centralised baseline: the small ViT affords them all
         ("fedavg_linear_probe", "fedavg_lora"),
     )
 
