@@ -42,6 +42,8 @@ MODULES = [
     "blindfed.recipes",
     "blindfed.protocol",
     "blindfed.protocol.provider",
+    "blindfed.protocol.evaluation",
+    "blindfed.protocol.cluster",
     "blindfed.protocol.owner",
     "blindfed.protocol.messages",
     "blindfed.protocol.privacy",

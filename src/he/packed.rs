@@ -218,6 +218,45 @@ impl PackedBatch {
         Ok(PackedBatch { groups, ..self.clone() })
     }
 
+    /// One batch per ciphertext group, in order (the last may hold fewer samples): the unit
+    /// of work a provider can spread over machines, since nothing mixes groups.
+    pub fn split_groups(&self) -> Vec<Self> {
+        (0..self.groups.len())
+            .map(|g| PackedBatch {
+                layout: self.layout,
+                batch: self.layout.samples_in_group(self.batch, g),
+                complex: self.complex,
+                groups: vec![self.groups[g].clone()],
+            })
+            .collect()
+    }
+
+    /// The batch whose groups are `parts`' groups in order, undoing [`Self::split_groups`]:
+    /// every part but the last must fill its groups, all share one layout, packing and ring.
+    pub fn concat(parts: &[Self]) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| Error::Shape("no batches to join".into()))?;
+        let per = first.layout.samples_per_group();
+        let mut batch = 0;
+        let mut groups = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            if part.layout != first.layout || part.complex != first.complex {
+                return Err(Error::Shape(format!("batch {i} has another layout or packing")));
+            }
+            if part.context() != first.context() {
+                return Err(Error::ParameterMismatch);
+            }
+            if i + 1 < parts.len() && part.batch % per != 0 {
+                return Err(Error::Shape(format!(
+                    "batch {i} holds {} samples; only the last may leave a group of {per} part-full",
+                    part.batch
+                )));
+            }
+            batch += part.batch;
+            groups.extend(part.groups.iter().cloned());
+        }
+        Ok(PackedBatch { layout: first.layout, batch, complex: first.complex, groups })
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::with_magic(MAGIC);
         w.u8(VERSION);
@@ -259,5 +298,34 @@ impl PackedBatch {
         r.finish()?;
         let groups = cts.chunks(per_group).map(|c| c.to_vec()).collect();
         Ok(PackedBatch { layout, batch, complex, groups })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ckks::{ParameterSpec, Parameters};
+
+    #[test]
+    fn split_groups_and_concat_round_trip() {
+        let mut spec = ParameterSpec::new(10, 2, 30);
+        spec.insecure = true;
+        let ctx = Context::from_parameters(Parameters::new(&spec).unwrap()).unwrap();
+        let sk = SecretKey::generate(&ctx);
+        // 3 tokens x 3 features, 200 samples: groups of 170 and 30.
+        let (tokens, features, batch) = (3, 3, 200);
+        let x: Vec<f64> = (0..batch * tokens * features).map(|i| (i % 17) as f64 / 17.0).collect();
+        let packed = PackedBatch::encrypt(&sk, tokens, features, &x, batch, true).unwrap();
+        let parts = packed.split_groups();
+        assert_eq!(parts.iter().map(|p| p.batch).collect::<Vec<_>>(), vec![170, 30]);
+        let joined = PackedBatch::concat(&parts).unwrap();
+        assert_eq!(joined.to_bytes(), packed.to_bytes());
+        let first = parts[0].decrypt(&sk).unwrap();
+        assert!(first.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-4));
+        // Only the last part may be part-full, and parts must share a layout.
+        assert!(PackedBatch::concat(&[parts[1].clone(), parts[0].clone()]).is_err());
+        let other = PackedBatch::encrypt(&sk, tokens, 2, &x[..2 * tokens * 5], 5, true).unwrap();
+        assert!(PackedBatch::concat(&[parts[0].clone(), other]).is_err());
+        assert!(PackedBatch::concat(&[]).is_err());
     }
 }

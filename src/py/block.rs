@@ -158,6 +158,19 @@ impl PyPackedBatch {
         Ok(PyPackedBatch { inner: py.detach(|| self.inner.at_level(level))? })
     }
 
+    /// One batch per ciphertext group, in order (the last may hold fewer samples).
+    fn split_groups(&self) -> Vec<Self> {
+        self.inner.split_groups().into_iter().map(|inner| PyPackedBatch { inner }).collect()
+    }
+
+    /// The batch made of `parts`' groups in order (undoes `split_groups`; only the last part
+    /// may leave a group part-full).
+    #[staticmethod]
+    fn concat(parts: Vec<PyRef<'_, PyPackedBatch>>) -> PyResult<Self> {
+        let parts: Vec<PackedBatch> = parts.iter().map(|p| p.inner.clone()).collect();
+        Ok(PyPackedBatch { inner: PackedBatch::concat(&parts)? })
+    }
+
     fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         let bytes = py.detach(|| self.inner.to_bytes());
         PyBytes::new(py, &bytes)

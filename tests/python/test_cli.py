@@ -114,3 +114,19 @@ def test_distill_study_chooses_by_validation_and_trace():
         for k, v in owner["shapes"].items()
     }
     assert choose_default([owner, *rows], tolerance=0.5) == "cheap"
+
+
+def test_provider_bench_compares_ray_evaluators_with_the_in_process_provider():
+    pytest.importorskip("torch")
+    pytest.importorskip("ray")
+    from blindfed.bench import provider
+
+    # A small insecure ring keeps the test short; `blindfed bench provider` plans a 128-bit one.
+    report = provider.run(groups=2, requests=2, evaluators=(2,), insecure_log_n=11)
+    rows = {r["provider"]: r for r in report["rows"]}
+    assert next(iter(rows)) == "in process" and rows["in process"]["ratio_to_in_process"] == 1.0
+    ray_row = rows[next(name for name in rows if name.startswith("ray, 2 evaluators"))]
+    assert ray_row["group_blocks_per_second"] > 0 and ray_row["cores"] == report["cores"]
+    assert "groups/s" in provider.format_table(report)
+    with pytest.raises(ValueError, match="2 requests"):
+        provider.run(requests=1)

@@ -47,24 +47,22 @@ def _recording_provider(student: Any, mode: str, on_block: Any) -> Any:
     for a revealed block (``sent[block]``), still encrypted in execute mode: the bench opens
     them with the owner's key. Bench instrumentation only; the protocol is unchanged."""
     from blindfed.protocol import Provider
+    from blindfed.protocol.messages import BlockOutput, decode
 
     class Recording(Provider):
         def __init__(self) -> None:
             super().__init__(student, mode=mode, on_block=on_block, rng=random.Random(SEED))
             self.outputs: dict[int, list[Any]] = {}
             self.sent: dict[int, list[bytes]] = {}
-            self._block = 0
 
-        def _evaluate(self, index: int, *args: Any, **kwargs: Any) -> Any:
-            out = super()._evaluate(index, *args, **kwargs)
+        def _on_output(self, index: int, out: Any) -> None:
             self.outputs.setdefault(index, []).append(out)
-            self._block = index
-            return out
 
-        def _sanitize(self, x: Any, order: list[int], session: Any) -> bytes:
-            payload = super()._sanitize(x, order, session)
-            self.sent.setdefault(self._block, []).append(payload)
-            return payload
+        def forward(self, request: bytes, refresh: Any) -> bytes:
+            reply = super().forward(request, refresh)
+            msg = decode(reply, BlockOutput)
+            self.sent.setdefault(msg.block, []).append(msg.payload)
+            return reply
 
     return Recording()
 

@@ -66,6 +66,14 @@ def bench(args: argparse.Namespace) -> int:
         print(e2e.format_table(report))
         write_json(args.json, report)
         return 0
+    if args.what == "provider":
+        from blindfed.bench import provider as provider_bench
+
+        set_num_threads(args.threads)
+        report = provider_bench.run(args.groups, args.requests, tuple(args.evaluators))
+        print(provider_bench.format_table(report))
+        write_json(args.json, report)
+        return 0
     raise AssertionError(args.what)
 
 
@@ -74,10 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks, each against a baseline in the same run")
     p.add_argument(
         "what",
-        choices=["ckks", "block", "e2e"],
+        choices=["ckks", "block", "e2e", "provider"],
         help="ckks: our CKKS engine vs SEAL; block: one encrypted transformer block per sample "
         "vs the same block in plaintext; e2e: the online phase on the embedded default, "
-        "execute vs simulate vs plaintext",
+        "execute vs simulate vs plaintext; provider: group-blocks per second on a local Ray "
+        "cluster vs the in-process provider",
     )
     p.add_argument("--sets", type=_sets, help="ckks: LOG_N:LEVELS pairs, e.g. 14:7,15:18,16:18")
     p.add_argument("--repeats", type=int, default=5, help="ckks: timed repetitions per operation")
@@ -107,6 +116,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=lambda t: [m for m in t.split(",") if m],
         default=["execute", "simulate"],
         help="e2e: execute and/or simulate (default both)",
+    )
+    p.add_argument(
+        "--groups", type=int, default=2, help="provider: ciphertext groups a request (default 2)"
+    )
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=2,
+        help="provider: requests a configuration (the first warms up; default 2)",
+    )
+    p.add_argument(
+        "--evaluators",
+        type=lambda t: [int(k) for k in t.split(",") if k],
+        default=[1, 2],
+        help="provider: evaluator counts to run on Ray (default 1,2; they split the cores)",
     )
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
     p.add_argument("--json", help="also write the report as JSON here")

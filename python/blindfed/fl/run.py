@@ -30,6 +30,7 @@ __all__ = [
     "milestones",
     "owner_node",
     "provide",
+    "ray_cluster",
     "run_local",
 ]
 
@@ -90,6 +91,7 @@ def _server(s: Mapping[str, Any], hooks: dict[str, Any]) -> Any:
         privacy=bool(s["privacy"]),
         on_block=hooks.get("on_block"),
         on_stage=hooks.get("on_stage"),
+        cluster=ray_cluster(s["ray-address"]),
     )
     return FederationServer(
         provider,
@@ -100,6 +102,16 @@ def _server(s: Mapping[str, Any], hooks: dict[str, Any]) -> Any:
         on_round=hooks.get("on_round"),
         on_online=hooks.get("on_online"),
     )
+
+
+def ray_cluster(address: str) -> Any:
+    """The run config's ``ray-address`` as a :class:`~blindfed.protocol.cluster.RayCluster`
+    (None for "": the provider's own process)."""
+    if not address:
+        return None
+    from blindfed.protocol.cluster import RayCluster
+
+    return RayCluster(None if address == "local" else address)
 
 
 def _online_figures(server: Any) -> dict[str, Any]:
@@ -115,7 +127,11 @@ def provide(s: Mapping[str, Any], transport: Any, hooks: Mapping[str, Any] | Non
     """The provider's run: the online phase, then the rounds; writes and returns
     ``results.json`` (mode, settings, history, online-phase figures) in ``state-dir``."""
     server = _server(s, _check_hooks(hooks))
-    history = server.run(transport)
+    try:
+        history = server.run(transport)
+    finally:
+        if server.provider.cluster is not None:
+            server.provider.cluster.shutdown()
     result = {
         "mode": s["mode"],
         "settings": dict(s),

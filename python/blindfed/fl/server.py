@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,23 @@ class FederationConfig:
         )
 
 
+class _SharedTransport:
+    """A transport several owners' passes use at once: one message exchange at a time (a
+    transport need not be thread-safe), while the cluster computes for all of them."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.lock = threading.Lock()
+
+    def nodes(self) -> list[int]:
+        with self.lock:
+            return self.transport.nodes()
+
+    def ask(self, action: str, requests: dict[int, Payload], timeout: float) -> dict[int, Payload]:
+        with self.lock:
+            return self.transport.ask(action, requests, timeout)
+
+
 def _size(payload: Payload) -> int:
     return sum(
         len(v) if isinstance(v, bytes | str) else np.asarray(v).nbytes for v in payload.values()
@@ -207,22 +226,33 @@ class FederationServer:
     def online_phase(self, transport: Transport, nodes: list[int]) -> list[int]:
         """Brings every owner's block outputs up to date; returns the owners that are ready.
 
-        Owners are served one after another, each from its key exchange to its last block:
-        the provider holds one owner's evaluation keys (137 MB at the default) and one
-        request at a time however many owners there are, and drops the keys when that
+        In process, owners are served one after another, each from its key exchange to its
+        last block: the provider holds one owner's evaluation keys (137 MB at the default) and
+        one request at a time however many owners there are, and drops the keys when that
         owner's passes are done. Nothing is lost by the order: the provider evaluates one
-        request at a time anyway, and an owner's own work between two requests (decrypting,
-        re-encrypting) takes seconds against the minutes of its blocks.
+        request at a time anyway (on every core), and an owner's own work between two
+        requests (decrypting, re-encrypting) takes seconds against the minutes of its blocks.
+        A provider on a cluster serves as many owners at once as it has evaluators
+        (:attr:`~blindfed.protocol.Provider.concurrency`), one request each; their messages
+        share the transport one at a time.
         """
         timeout = self.config.timeout
         status = transport.ask("status", {n: {} for n in nodes}, timeout)
         ready = [n for n in nodes if n in status and status[n]["ready"]]
         need = [n for n in nodes if n in status and not status[n]["ready"]]
         started = time.perf_counter()
-        for k, n in enumerate(need):
-            self._say(f"online phase: owner {n} ({k + 1} of {len(need)})")
-            if self._passes(transport, n):
-                ready.append(n)
+        workers = min(self.provider.concurrency, len(need))
+        if workers > 1:
+            shared = _SharedTransport(transport)
+            self._say(f"online phase: {len(need)} owners, {workers} at a time")
+            with ThreadPoolExecutor(workers, thread_name_prefix="blindfed-owner") as pool:
+                done = list(pool.map(lambda n: self._passes(shared, n), need))
+            ready += [n for n, ok in zip(need, done, strict=True) if ok]
+        else:
+            for k, n in enumerate(need):
+                self._say(f"online phase: owner {n} ({k + 1} of {len(need)})")
+                if self._passes(transport, n):
+                    ready.append(n)
         if need:
             self.online["seconds"] = time.perf_counter() - started
         return sorted(ready)

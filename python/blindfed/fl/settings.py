@@ -67,6 +67,9 @@ DEFAULTS: dict[str, Any] = {
     "mode": "simulate",
     "privacy": True,
     "student": "",
+    # "": the provider evaluates in its own process; "local": on a Ray instance it starts on
+    # its machine; otherwise the Ray cluster at this address ("auto", "ray://host:10001").
+    "ray-address": "",
     "state-dir": "blindfed-federation",
     "work-dir": "blindfed-owners",
     "alpha": 1.0,

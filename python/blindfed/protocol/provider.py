@@ -12,16 +12,24 @@ from __future__ import annotations
 import io
 import random
 import secrets
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from blindfed import ckks
-from blindfed._core import permutation_rotation_steps, sanitize
+from blindfed._core import permutation_rotation_steps
 from blindfed.block import PackedBatch
+from blindfed.protocol.evaluation import (
+    PassPlan,
+    evaluate_pass,
+    join_parts,
+    load_simulated,
+    part_bounds,
+    save_simulated,
+)
 from blindfed.protocol.messages import (
     BlockOutput,
     ForwardRequest,
@@ -31,6 +39,9 @@ from blindfed.protocol.messages import (
     decode,
 )
 from blindfed.protocol.privacy import Random, block_pattern, window_permutation
+
+if TYPE_CHECKING:
+    from blindfed.protocol.cluster import RayCluster
 
 __all__ = ["BlockEvent", "Provider"]
 
@@ -43,7 +54,8 @@ class BlockEvent:
 
     ``upload_bytes`` counts what reached the provider for this block (the request's payload
     for its first block, the owner's refresh replies), ``download_bytes`` what left it (the
-    refresh requests, and the reply if the block was revealed).
+    refresh requests, and the reply if the block was revealed). ``seconds`` is the block's
+    compute: on a cluster, the sum over the evaluators that ran its groups in parallel.
     """
 
     session: str
@@ -60,24 +72,27 @@ class BlockEvent:
 @dataclass
 class _Session:
     owner: str | None = None
-    keys: ckks.EvaluationKeys | None = None
+    registered: bool = False
+    keys: ckks.EvaluationKeys | None = None  # in process; a cluster holds its own copy
     # batch -> (its revealed blocks, the block its next request must start at)
     patterns: dict[str, tuple[list[bool], int]] = field(default_factory=dict)
     samples: int = 0  # samples that started a pass (counted against the budget)
 
 
-class _MeteredRefresh:
-    """A refresh callable that counts its round trips and their bytes."""
+class _Meter:
+    """Refresh round trips and their bytes, counted per block."""
 
     def __init__(self, refresh: Refresh) -> None:
         self.refresh = refresh
-        self.calls = self.sent = self.received = 0
+        self.calls: dict[int, int] = {}
+        self.sent: dict[int, int] = {}
+        self.received: dict[int, int] = {}
 
-    def __call__(self, request: bytes) -> bytes:
+    def __call__(self, block: int, request: bytes) -> bytes:
         reply = self.refresh(request)
-        self.calls += 1
-        self.sent += len(request)
-        self.received += len(reply)
+        self.calls[block] = self.calls.get(block, 0) + 1
+        self.sent[block] = self.sent.get(block, 0) + len(request)
+        self.received[block] = self.received.get(block, 0) + len(reply)
         return reply
 
 
@@ -125,7 +140,13 @@ class Provider:
         on_stage: called as an encrypted block enters each stage, with the request's batch
             name, the block and the stage ("group 1/1", "attention head 2/3", "MLP part
             1/4"): progress within a block, which takes minutes on a real model (execute mode).
+        cluster: evaluate on a :class:`~blindfed.protocol.cluster.RayCluster` instead of this
+            process: each request's ciphertext groups run in parallel on its evaluators, the
+            random choices stay here, replies are the same. None (the default): in process.
     """
+
+    #: Sees every block's output in process (the end-to-end bench's instrumentation only).
+    _on_output: Callable[[int, Any], None] | None = None
 
     def __init__(
         self,
@@ -142,6 +163,7 @@ class Provider:
         sample_budget: int | None = None,
         on_block: Callable[[BlockEvent], None] | None = None,
         on_stage: Callable[[str, int, str], None] | None = None,
+        cluster: RayCluster | None = None,
     ) -> None:
         if mode not in ("execute", "simulate"):
             raise ValueError(f"mode must be 'execute' or 'simulate', got {mode!r}")
@@ -167,8 +189,19 @@ class Provider:
         self.sample_budget = sample_budget
         self._rng: Random = rng or random.SystemRandom()
         self._sessions: dict[str, _Session] = {}
+        # Draws and session state are shared by requests served at once (several owners).
+        self._lock = threading.Lock()
         self.on_block = on_block
         self.on_stage = on_stage
+        self.cluster = cluster
+        if cluster is not None:
+            cluster.start(student, self.parameters, mode)
+
+    @property
+    def concurrency(self) -> int:
+        """Requests worth serving at once: 1 in process (every core already serves one), the
+        cluster's evaluators otherwise."""
+        return 1 if self.cluster is None else max(1, self.cluster.concurrency)
 
     @property
     def samples_per_group(self) -> int:
@@ -205,11 +238,17 @@ class Provider:
             keys = ckks.EvaluationKeys.from_bytes(self.parameters, msg.keys)
             if keys.public_key is None or keys.relin_key is None or keys.galois_keys is None:
                 raise MessageError("OwnerHello: needs public, relinearisation and rotation keys")
-        session.owner, session.keys = msg.owner, keys
+            if self.cluster is not None:
+                # Checked here, held there: the cluster's object store keeps the one copy.
+                self.cluster.add_session(msg.session, msg.keys)
+                keys = None
+        session.owner, session.keys, session.registered = msg.owner, keys, True
 
     def close(self, session: str) -> None:
         """Ends a session and drops its evaluation keys (an unknown session is a no-op)."""
         self._sessions.pop(session, None)
+        if self.cluster is not None:
+            self.cluster.drop_session(session)
 
     def _session(self, name: str) -> _Session:
         try:
@@ -224,7 +263,7 @@ class Provider:
         sanitised output. Hidden blocks on the way are joined by masked refreshes."""
         msg = decode(request, ForwardRequest)
         session = self._session(msg.session)
-        if self.mode == "execute" and session.keys is None:
+        if self.mode == "execute" and not session.registered:
             raise MessageError("no keys registered for this session")
         last = len(self.blocks) - 1
         if msg.block > last:
@@ -239,6 +278,70 @@ class Provider:
                 raise MessageError("ForwardRequest: normalised inputs of another shape")
         batch = x.shape[0]
         self._check_windows(msg.windows, batch)
+        with self._lock:
+            plan, pattern, fresh = self._plan(session, msg, batch)
+        meter = _Meter(refresh)
+        progress = None
+        if self.on_stage is not None and self.mode == "execute":
+            on_stage = self.on_stage
+
+            def progress(block: int, stage: str) -> None:
+                on_stage(msg.batch, block, stage)
+
+        if self.cluster is None:
+            payload, seconds = evaluate_pass(
+                self.blocks,
+                plan,
+                x,
+                mode=self.mode,
+                parameters=self.parameters,
+                keys=session.keys,
+                refresh=meter,
+                x_hat=x_hat,
+                progress=progress,
+                on_output=self._on_output,
+            )
+        else:
+            payload, seconds = self._on_cluster(msg, plan, x, x_hat, meter, progress)
+        # State changes only once the request has been served.
+        with self._lock:
+            session.samples += batch if fresh else 0
+            if plan.stop == last:
+                session.patterns.pop(msg.batch, None)
+            else:
+                session.patterns[msg.batch] = (pattern, plan.stop + 1)
+        reply = BlockOutput(
+            session=msg.session,
+            batch=msg.batch,
+            block=plan.stop,
+            hidden=list(plan.hidden),
+            relative=list(plan.order) if msg.block > 0 else None,
+            payload=payload,
+        ).to_bytes()
+        if self.on_block is not None:
+            for i, block in enumerate(range(plan.start, plan.stop + 1)):
+                revealed = block == plan.stop
+                self.on_block(
+                    BlockEvent(
+                        session=msg.session,
+                        batch=msg.batch,
+                        block=block,
+                        samples=batch,
+                        revealed=revealed,
+                        seconds=seconds[i],
+                        upload_bytes=meter.received.get(block, 0) + (len(request) if i == 0 else 0),
+                        download_bytes=meter.sent.get(block, 0) + (len(reply) if revealed else 0),
+                        refreshes=meter.calls.get(block, 0),
+                    )
+                )
+        return reply
+
+    def _plan(
+        self, session: _Session, msg: ForwardRequest, batch: int
+    ) -> tuple[PassPlan, list[bool], bool]:
+        """The request's pass (blocks, hidden ones, permutation), its batch's pattern and
+        whether it starts a new pass; every random draw of a request is made here."""
+        last = len(self.blocks) - 1
         state = session.patterns.get(msg.batch)
         # A request that does not continue its pass where the last reply left it starts a new
         # pass: an owner cannot skip a hidden block by asking for the next one itself.
@@ -259,60 +362,41 @@ class Provider:
             if self.sample_blocks and 0 < msg.block < last:
                 # Resumed after a revealed block (e.g. the provider restarted): the next is hidden.
                 pattern[msg.block] = False
-        hidden, events = [], []
-        for index in range(msg.block, last + 1):
-            meter = _MeteredRefresh(refresh)
-            started = time.perf_counter()
-            # Only a request's first block has an input its owner saw (and normalised).
-            x = self._evaluate(
-                index,
-                x,
-                session,
-                meter,
-                x_hat if index == msg.block else None,
-                batch_name=msg.batch,
-            )
-            if not pattern[index]:
-                hidden.append(index)
-                x = self._hide(x, meter)
-            events.append((index, time.perf_counter() - started, meter))
-            if pattern[index]:
-                break
-        order = window_permutation(msg.windows, self._rng) if self.permute else list(range(batch))
-        started = time.perf_counter()
-        payload = self._sanitize(x, order, session)
-        sanitize_seconds = time.perf_counter() - started
-        # State changes only once the request has been served.
-        session.samples += batch if fresh else 0
-        if index == last:
-            session.patterns.pop(msg.batch, None)
+        stop = next(i for i in range(msg.block, last + 1) if pattern[i] or i == last)
+        hidden = tuple(i for i in range(msg.block, stop + 1) if not pattern[i])
+        order = window_permutation(msg.windows, self._rng) if self.permute else range(batch)
+        plan = PassPlan(msg.block, stop, hidden, tuple(order), self.flood_bits)
+        return plan, pattern, fresh
+
+    def _on_cluster(
+        self,
+        msg: ForwardRequest,
+        plan: PassPlan,
+        x: Any,
+        x_hat: Any,
+        meter: _Meter,
+        progress: Callable[[int, str], None] | None,
+    ) -> tuple[bytes, list[float]]:
+        """The pass with one part per ciphertext group, in parallel on the cluster; a block's
+        seconds are its parts' (the compute it cost, not the wall time)."""
+        assert self.cluster is not None
+        bounds = part_bounds(msg.windows, self.samples_per_group)
+        if self.mode == "execute":
+            inputs = [p.to_bytes() for p in x.split_groups()]
+            normalized = [p.to_bytes() for p in x_hat.split_groups()] if x_hat is not None else None
         else:
-            session.patterns[msg.batch] = (pattern, index + 1)
-        reply = BlockOutput(
-            session=msg.session,
-            batch=msg.batch,
-            block=index,
-            hidden=hidden,
-            relative=order if msg.block > 0 else None,
-            payload=payload,
-        ).to_bytes()
-        if self.on_block is not None:
-            for i, (block, seconds, meter) in enumerate(events):
-                revealed = block == index
-                self.on_block(
-                    BlockEvent(
-                        session=msg.session,
-                        batch=msg.batch,
-                        block=block,
-                        samples=batch,
-                        revealed=revealed,
-                        seconds=seconds + (sanitize_seconds if revealed else 0.0),
-                        upload_bytes=meter.received + (len(request) if i == 0 else 0),
-                        download_bytes=meter.sent + (len(reply) if revealed else 0),
-                        refreshes=meter.calls,
-                    )
-                )
-        return reply
+            inputs = [save_simulated(x[a:b]) for a, b in bounds]
+            normalized = (
+                [save_simulated(x_hat[a:b]) for a, b in bounds] if x_hat is not None else None
+            )
+        parts = [
+            (plan.restricted(a, b), inputs[k], normalized[k] if normalized else b"")
+            for k, (a, b) in enumerate(bounds)
+        ]
+        results = self.cluster.run(msg.session, parts, meter, progress)
+        payload = join_parts(self.mode, self.parameters, [r[0] for r in results])
+        seconds = [sum(r[1][j] for r in results) for j in range(len(results[0][1]))]
+        return payload, seconds
 
     def _check_windows(self, windows: list[int], batch: int) -> None:
         if sum(windows) != batch or max(windows, default=0) > self.window:
@@ -333,7 +417,7 @@ class Provider:
             _, tokens, width = x.shape
         else:
             try:
-                x = np.load(io.BytesIO(payload), allow_pickle=False)
+                x = load_simulated(payload)
             except Exception as e:  # numpy's header parser raises many types on bad bytes
                 raise MessageError(f"simulate payload is not a .npy array ({e})") from None
             if x.dtype != np.float64 or x.ndim != 3 or not np.isfinite(x).all():
@@ -345,37 +429,3 @@ class Provider:
                 f"({self.tokens}, {self.width})"
             )
         return x
-
-    def _evaluate(
-        self,
-        index: int,
-        x: Any,
-        session: _Session,
-        refresh: Refresh,
-        x_hat: Any = None,
-        *,
-        batch_name: str = "",
-    ) -> Any:
-        block = self.blocks[index]
-        if self.mode == "execute":
-            on_stage = self.on_stage
-            progress = None
-            if on_stage is not None:
-
-                def progress(stage: str) -> None:
-                    on_stage(batch_name, index, stage)
-
-            out, _ = block.evaluate(x, session.keys, refresh, x_hat=x_hat, progress=progress)
-            return out
-        return block.mirror(x, params=self.parameters, x_hat=x_hat)
-
-    def _hide(self, x: Any, refresh: Refresh) -> Any:
-        """A hidden block's output goes on to the next block without reaching the owner."""
-        return x.refreshed(refresh) if self.mode == "execute" else x
-
-    def _sanitize(self, x: Any, order: list[int], session: _Session) -> bytes:
-        if self.mode == "execute":
-            return sanitize(x, order, session.keys, flood_bits=self.flood_bits).to_bytes()
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(x[order]))
-        return buf.getvalue()
