@@ -217,3 +217,31 @@ def test_the_federation_serves_owners_at_once_on_a_cluster(cluster_address, stud
     assert callers and all(name.startswith("blindfed-owner") for name in callers)
     for (x, y), (wx, wy) in zip(got, want, strict=True):
         assert np.array_equal(y, wy) and np.array_equal(x, wx)
+
+
+def test_the_run_config_puts_a_federation_on_the_cluster(cluster_address, tmp_path, monkeypatch):
+    from blindfed.fl.run import ray_cluster, run_local
+    from blindfed.protocol.cluster import RayCluster
+
+    assert ray_cluster("") is None
+    assert ray_cluster("local").address is None and ray_cluster("auto").address == "auto"
+    used = []
+    start = RayCluster.start
+
+    def recorded(self, *args, **kwargs):
+        used.append(self)
+        return start(self, *args, **kwargs)
+
+    monkeypatch.setattr(RayCluster, "start", recorded)
+    settings = {
+        "ray-address": "auto",
+        "rounds": 1,
+        "train-samples": 60,
+        "test-samples": 30,
+        "state-dir": str(tmp_path / "lsp"),
+        "work-dir": str(tmp_path / "owners"),
+    }
+    result = run_local(settings, 2)
+    assert result["online"]["ready"] == 2 and len(result["history"]) == 1
+    # The run's cluster served it and was shut down with it.
+    assert len(used) == 1 and used[0].concurrency == 0
