@@ -397,6 +397,9 @@ class TamperedShareError(SecAggError):
 class FixedPointOverflowError(SecAggError):
     """A value that is not finite or exceeds the bound; names its index. Never clipped."""
 
+#: Fractional bits of secure aggregation's fixed point unless a round says otherwise.
+SECAGG_FRAC_BITS: int
+
 @final
 class SecAggParams:
     """The parameters of one round, shared by the server and every owner.
@@ -417,7 +420,7 @@ class SecAggParams:
         length: int,
         bound: float,
         *,
-        frac_bits: int = 20,
+        frac_bits: int = ...,  # SECAGG_FRAC_BITS
         ring_bits: int = 64,
         neighbours: int | None = None,
         context: bytes = ...,

@@ -10,9 +10,11 @@ use pyo3::types::{PyBytes, PyDict};
 
 use zeroize::Zeroize;
 
+use crate::protocol::secagg::fixed_point::DEFAULT_FRAC_BITS;
 use crate::protocol::secagg::{Owner, ParamSpec, Params, Server};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("SECAGG_FRAC_BITS", DEFAULT_FRAC_BITS)?;
     m.add_class::<PySecAggParams>()?;
     m.add_class::<PySecAggOwner>()?;
     m.add_class::<PySecAggServer>()?;
@@ -32,7 +34,7 @@ pub struct PySecAggParams {
 #[pymethods]
 impl PySecAggParams {
     #[new]
-    #[pyo3(signature = (owners, threshold, length, bound, *, frac_bits=20, ring_bits=64, neighbours=None, context=Vec::new()))]
+    #[pyo3(signature = (owners, threshold, length, bound, *, frac_bits=DEFAULT_FRAC_BITS, ring_bits=64, neighbours=None, context=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         owners: Vec<u64>,

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from blindfed import __version__, ckks
+from blindfed.cli.common import UsageError
 
 __all__ = ["main"]
 
@@ -29,6 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ckks.CkksError as err:
-        print(f"blindfed: {err}", file=sys.stderr)
+    except (ckks.CkksError, UsageError) as err:
+        print(f"blindfed {args.command}: {err}", file=sys.stderr)
         return 2

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from blindfed import set_num_threads
-from blindfed.cli.common import write_json
+from blindfed.cli.common import usage_errors, write_json
 from blindfed.foundation import MODELS
 
 
@@ -53,16 +52,13 @@ def bench(args: argparse.Namespace) -> int:
         from blindfed.bench import e2e
 
         set_num_threads(args.threads)
-        try:
+        with usage_errors():
             report = e2e.run(
                 args.samples,
                 modes=tuple(args.modes),
                 model=args.model,
                 student_path=args.student or "",
             )
-        except ValueError as err:
-            print(f"blindfed: {err}", file=sys.stderr)
-            return 2
         print(e2e.format_table(report))
         write_json(args.json, report)
         return 0

@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+class UsageError(Exception):
+    """Options or inputs a command cannot run with: ``blindfed`` prints it and exits with 2."""
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Makes a ``ValueError`` raised while a command checks its options a :class:`UsageError`
+    (one raised later, by the work itself, stays a traceback)."""
+    try:
+        yield
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
 def write_json(path: str | None, report: dict) -> None:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from blindfed import set_num_threads
-from blindfed.cli.common import write_json
+from blindfed.cli.common import usage_errors, write_json
 
 
 def demo(args: argparse.Namespace) -> int:
     """The whole mission on the embedded default (see :mod:`blindfed.demo`)."""
     from blindfed.demo import DemoConfig, run_demo, summary
 
-    try:
+    with usage_errors():
         config = DemoConfig(
             out=args.out,
             model=args.model,
@@ -39,9 +38,6 @@ def demo(args: argparse.Namespace) -> int:
                 **({"readout": args.readout} if args.readout else {}),
             },
         )
-    except ValueError as err:
-        print(f"blindfed: {err}", file=sys.stderr)
-        return 2
     report = run_demo(config)
     print()
     print(summary(report))
@@ -54,7 +50,7 @@ def tune_cmd(args: argparse.Namespace) -> int:
     from blindfed.fl.tune import TuneConfig, run_tune
 
     set_num_threads(args.threads)
-    try:
+    with usage_errors():
         config = TuneConfig(
             out=args.out,
             owners=args.owners,
@@ -65,9 +61,6 @@ def tune_cmd(args: argparse.Namespace) -> int:
             **({"splits": args.splits} if args.splits is not None else {}),
             **({"parts": tuple(p for p in args.parts.split(",") if p)} if args.parts else {}),
         )
-    except ValueError as e:
-        print(f"blindfed tune: {e}", file=sys.stderr)
-        return 2
     report = run_tune(config)
     print(json.dumps(report["chosen"], indent=1))
     write_json(args.json, report)
@@ -79,7 +72,7 @@ def study_cmd(args: argparse.Namespace) -> int:
     from blindfed.fl.study import StudyConfig, run_study
 
     set_num_threads(args.threads)
-    try:
+    with usage_errors():
         config = StudyConfig(
             out=args.out,
             owners=args.owners,
@@ -87,9 +80,6 @@ def study_cmd(args: argparse.Namespace) -> int:
             seed=args.seed,
             tables=tuple(int(t) for t in args.tables.split(",") if t),
         )
-    except ValueError as e:
-        print(f"blindfed study: {e}", file=sys.stderr)
-        return 2
     report = run_study(config)
     print(report["tables"])
     write_json(args.json, report)

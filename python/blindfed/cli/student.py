@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 from blindfed import set_num_threads
-from blindfed.cli.common import write_json
+from blindfed.cli.common import usage_errors, write_json
 from blindfed.foundation import MODELS
 
 
@@ -32,7 +31,7 @@ def distill_cmd(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
-    try:
+    with usage_errors():
         spec = StudentSpec(_spec_text(args))
         # Options left out keep DistillConfig's defaults (their one source).
         given = {
@@ -56,9 +55,6 @@ def distill_cmd(args: argparse.Namespace) -> int:
             config = dataclasses.replace(DINOV2_DISTILL, **given, **epochs)
         else:
             config = DistillConfig(**given)
-    except ValueError as err:
-        print(f"blindfed: {err}", file=sys.stderr)
-        return 2
     if args.study:
         from blindfed.bench.students import format_table, run_study
 

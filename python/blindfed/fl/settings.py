@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from blindfed._core import SECAGG_FRAC_BITS
+
 __all__ = [
     "DEFAULTS",
     "FRAC_BITS",
@@ -82,11 +84,11 @@ DEFAULTS: dict[str, Any] = {
 #: Owners of the embedded default's federation (``blindfed demo``, ``blindfed tune``).
 OWNERS = 3
 
-#: Secure aggregation's fixed point: values carry 20 fractional bits, and every entry an owner
-#: contributes (``n * delta``, the sample count) is held to this bound; the 2^64 ring holds the
-#: sum of thousands of owners at that bound.
+#: Secure aggregation's fixed point: values carry the Rust core's default fractional bits (20),
+#: and every entry an owner contributes (``n * delta``, the sample count) is held to this
+#: bound; the 2^64 ring holds the sum of thousands of owners at that bound.
 UPDATE_BOUND = 2.0**20
-FRAC_BITS = 20
+FRAC_BITS = SECAGG_FRAC_BITS
 
 
 def merge_settings(

@@ -422,10 +422,13 @@ def _load_embedding(offer: Offer) -> dict[str, np.ndarray]:
             for info in archive.infolist():
                 if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(blob):
                     raise MessageError(f"Offer: embedding member {info.filename!r} is packed")
-        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-            if sorted(z.files) != sorted(_EMBEDDING):
-                raise MessageError(f"Offer: embedding holds {sorted(z.files)}, not {_EMBEDDING}")
-            e = {k: z[k] for k in _EMBEDDING}
+            held = sorted(name.removesuffix(".npy") for name in archive.namelist())
+            if held != sorted(_EMBEDDING) or len(set(archive.namelist())) != len(held):
+                raise MessageError(f"Offer: embedding holds {held}, not {_EMBEDDING}")
+            e = {}
+            for k in _EMBEDDING:
+                with archive.open(f"{k}.npy") as member:
+                    e[k] = np.lib.format.read_array(member, allow_pickle=False)
     except MessageError:
         raise
     except Exception as ex:  # zipfile and numpy raise many types on bad bytes

@@ -42,7 +42,6 @@ True
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,7 @@ from torch import nn
 
 from blindfed.nn.vit import ViT
 from blindfed.teacher.checkpoint import CONFIG_KEY, _metadata, load, save
-from blindfed.teacher.convert import PathLike, _existing
+from blindfed.teacher.convert import PathLike, _existing, _model_folder
 from blindfed.teacher.dinov2 import from_dinov2, load_dinov2
 from blindfed.teacher.huggingface_vit import from_huggingface, load_huggingface
 from blindfed.teacher.onnx_dinov2 import load_dinov2_onnx
@@ -71,16 +70,6 @@ __all__ = [
 ]
 
 # ---- dispatch ---------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {str(path)!r} as JSON: {e}") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"{str(path)!r} is not a JSON object")
-    return d
 
 
 def _load_timm_folder(folder: Path, config: dict[str, Any], kwargs: dict[str, Any]) -> ViT:
@@ -138,12 +127,7 @@ def load_teacher(source: PathLike | nn.Module, **kwargs: Any) -> ViT:
 
     path = _existing(source, "teacher source")
     if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise ValueError(
-                f"folder {str(path)!r} has no config.json: not a Hugging Face or timm model folder"
-            )
-        config = _read_json(config_file)
+        _, config = _model_folder(path)
         model_type = config.get("model_type")
         if model_type == "vit":
             if kwargs:

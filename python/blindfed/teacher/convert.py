@@ -4,6 +4,7 @@ checking that it computes what the source model computes, and naming what it can
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -35,6 +36,29 @@ def _existing(path: PathLike, what: str) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"{what} {str(p)!r} does not exist")
     return p
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ValueError naming the file if it is not one."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {str(path)!r} as JSON: {e}") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{str(path)!r} is not a JSON object")
+    return d
+
+
+def _model_folder(path: PathLike) -> tuple[Path, dict[str, Any]]:
+    """A Hugging Face or timm model folder and its ``config.json``: FileNotFoundError if the
+    folder does not exist, ValueError if it has no readable config.json."""
+    folder = _existing(path, "model folder")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"{str(folder)!r} is not a Hugging Face or timm model folder (no config.json)"
+        )
+    return folder, _read_json(config_file)
 
 
 def _listing(keys: Iterable[str], limit: int = 12) -> str:

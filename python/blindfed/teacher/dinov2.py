@@ -10,8 +10,6 @@ takes). Its classifier does not fold: see :func:`from_dinov2`.
 
 from __future__ import annotations
 
-import json
-
 import torch
 from torch import nn
 
@@ -20,10 +18,10 @@ from blindfed.teacher.convert import (
     PathLike,
     _build,
     _check_layer_norms,
-    _existing,
     _final_norm_tokens,
     _import,
     _listing,
+    _model_folder,
     _Problems,
     _scale_rows,
     _square,
@@ -222,15 +220,8 @@ def load_dinov2(
             model does not convert.
     """
     transformers = _import("transformers", "transformers")
-    folder = _existing(path, "Hugging Face model folder")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{str(folder)!r} is not a Hugging Face model folder (no config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {str(config_file)!r} as JSON: {e}") from e
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    folder, config = _model_folder(path)
+    model_type = config.get("model_type")
     if model_type != "dinov2":
         raise ValueError(f"{str(folder)!r} holds model_type {model_type!r}, not 'dinov2'")
     architectures = config.get("architectures") or []

@@ -11,9 +11,9 @@ from blindfed.teacher.convert import (
     PathLike,
     _build,
     _check_layer_norms,
-    _existing,
     _import,
     _listing,
+    _model_folder,
     _Problems,
     _square,
     _verify,
@@ -195,9 +195,7 @@ def load_huggingface(path: PathLike, *, verify: bool = True, rtol: float | None 
             does not convert (see :func:`from_huggingface`).
     """
     transformers = _import("transformers", "transformers")
-    folder = _existing(path, "Hugging Face model folder")
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"{str(folder)!r} is not a Hugging Face model folder (no config.json)")
+    folder, _ = _model_folder(path)
     model, info = transformers.ViTForImageClassification.from_pretrained(
         str(folder), local_files_only=True, output_loading_info=True
     )

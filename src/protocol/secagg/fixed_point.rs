@@ -7,6 +7,11 @@
 
 use crate::error::{Error, Result};
 
+/// Fractional bits of the fixed point unless a round says otherwise: 20 bits keep about six
+/// decimal digits of each update, and a 64-bit ring then holds the sum of thousands of owners
+/// at a bound of 2^20.
+pub const DEFAULT_FRAC_BITS: u32 = 20;
+
 /// The encoding shared by all owners and the server.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FixedPoint {

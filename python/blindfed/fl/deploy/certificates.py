@@ -7,6 +7,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from blindfed.atomic import write_atomically
 
@@ -51,35 +52,49 @@ def make_certificates(
     not_before = now - datetime.timedelta(minutes=5)
     not_after = now + datetime.timedelta(days=days)
 
+    def signed(
+        subject: Any,
+        issuer: Any,
+        key: Any,
+        signer: Any,
+        *,
+        ca: bool,
+        extensions: Sequence[Any] = (),
+    ) -> Any:
+        """A certificate valid from ``not_before`` to ``not_after``: a CA signs certificates,
+        a server agrees keys (TLS); both sign."""
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=not ca,
+                    key_cert_sign=ca,
+                    crl_sign=ca,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+        )
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
+        return builder.sign(signer, hashes.SHA384())
+
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "blindfed local CA")])
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA384())
-    )
+    ca_cert = signed(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True, extensions=[ca_ski])
 
     sans: list[x509.GeneralName] = []
     for host in hosts:
@@ -88,61 +103,36 @@ def make_certificates(
         except ValueError:
             sans.append(x509.DNSName(host))
     server_key = ec.generate_private_key(ec.SECP384R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False
-        )
-        .add_extension(
+    server_cert = signed(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]),
+        ca_name,
+        server_key.public_key(),
+        ca_key,
+        ca=False,
+        extensions=[
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+            x509.SubjectAlternativeName(sans),
+            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()),
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA384())
+        ],
     )
 
     pem = serialization.Encoding.PEM
-    no_pass = serialization.NoEncryption()
     certs = Certificates(
         ca_cert=directory / "ca.crt",
         ca_key=directory / "ca.key",
         server_cert=directory / "server.pem",
         server_key=directory / "server.key",
     )
-    certs.ca_cert.write_bytes(ca_cert.public_bytes(pem))
-    write_atomically(
-        certs.ca_key,
-        ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, no_pass),
-        private=True,
-    )
-    certs.server_cert.write_bytes(server_cert.public_bytes(pem))
-    write_atomically(
-        certs.server_key,
-        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, no_pass),
-        private=True,
-    )
+    for cert, cert_path, key, key_path in (
+        (ca_cert, certs.ca_cert, ca_key, certs.ca_key),
+        (server_cert, certs.server_cert, server_key, certs.server_key),
+    ):
+        cert_path.write_bytes(cert.public_bytes(pem))
+        private = key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        write_atomically(key_path, private, private=True)
     return certs
 
 
