@@ -104,6 +104,14 @@ def test_the_dinov2_student_distils_plans_reports_agreement_and_resumes(
     assert -1 <= a["final_class_token_cosine"] <= 1
     assert len(report["blocks"]) == 12 and all(b["log_n"] in (14, 15) for b in report["blocks"])
     assert json.loads((out / "report.json").read_text())["agreement"] == a
+    # Every 1/sqrt reaches past its calibrated top (odd owners' samples), as precise as before.
+    from blindfed.recipes import DINOV2_INV_SQRT_HEADROOM, INV_SQRT_RELATIVE_ERROR
+
+    assert report["inv_sqrt_headroom"] == DINOV2_INV_SQRT_HEADROOM > 1
+    tops = {k: v for k, v in report["approximations"].items() if k.endswith("inv_sqrt")}
+    assert len(tops) == 13 and all(
+        v["max_error"][1] <= INV_SQRT_RELATIVE_ERROR for v in tops.values()
+    )
     # A second call with the same folder finds every epoch done: nothing is trained again.
     again = distill_dinov2(out, config=TINY, aux_samples=8, progress=False)
     assert [h["epoch"] for h in again["history"]] == [1]

@@ -86,6 +86,20 @@ def test_range_is_a_buffer_that_refits_the_approximation():
     assert m.out_of_range == 1
 
 
+def test_raise_top_gives_one_over_sqrt_headroom_at_the_same_precision():
+    m = PolyApprox(Approximation.inv_sqrt(0.01, 1.0, guess_degree=31, newton_steps=2)).eval()
+    x = torch.tensor([0.1, 2.5], dtype=torch.float64)  # 2.5: past the top, as an odd sample is
+    assert not torch.isclose(m(x)[1], x[1].rsqrt(), rtol=1e-2)  # the guess exploded there
+    m.raise_top(16.0, max_relative_error=1e-6)
+    assert m.approximation.range == (0.01, 16.0) and m.approximation.max_error()[1] <= 1e-6
+    assert m.approximation.steps()[0]["steps"] > 2  # paid for in Newton steps, not precision
+    assert torch.allclose(m(x), x.rsqrt(), rtol=1e-5)
+    with pytest.raises(ValueError, match="only a 1/sqrt"):
+        PolyApprox(Approximation.gelu_quad()).raise_top(2.0)
+    with pytest.raises(ValueError, match="Newton"):
+        m.raise_top(1e6, max_relative_error=1e-12, max_newton_steps=3)
+
+
 def test_text_is_the_serialisation():
     for a in APPROXIMATIONS:
         again = Approximation.from_text(a.text)

@@ -183,6 +183,35 @@ class PolyApprox(nn.Module):
         with torch.no_grad():
             self.range.copy_(torch.tensor(approximation.range, dtype=torch.float64))
 
+    def raise_top(
+        self, factor: float, *, max_relative_error: float = 1e-5, max_newton_steps: int = 8
+    ) -> None:
+        """Raises a 1/sqrt's range top ``factor``-fold, adding Newton steps until its relative
+        error is back within ``max_relative_error``.
+
+        Why: 1/sqrt starts from a Chebyshev guess, which past its range grows like its
+        top-degree Chebyshev polynomial, so a variance a little above the calibrated top (a
+        sample unlike the calibration data) sends Newton to infinity, and under encryption
+        nothing can clamp it. Headroom costs Newton steps on a narrow chain (refresh round
+        trips, not levels of the block).
+        """
+        if self.function != "inv_sqrt":
+            raise ValueError(f"only a 1/sqrt's top is raised, not a {self.function}'s")
+        if factor < 1:
+            raise ValueError(f"factor must be at least 1, got {factor}")
+        (newton,) = (s for s in self._steps if s["op"] == "newton")
+        degree = len(newton["guess"]["coefficients"]) - 1
+        lo, hi = self.approximation.range
+        for steps in range(int(newton["steps"]), max_newton_steps + 1):
+            wider = Approximation.inv_sqrt(lo, hi * factor, guess_degree=degree, newton_steps=steps)
+            if wider.max_error()[1] <= max_relative_error:
+                self.set_approximation(wider)
+                return
+        raise ValueError(
+            f"1/sqrt on [{lo:.4g}, {hi * factor:.4g}] needs more than {max_newton_steps} Newton "
+            f"steps for a relative error of {max_relative_error:g}"
+        )
+
     def keep_in(self, target: tuple[float, float] | None) -> None:
         """Sets (or clears) the interval the range penalty pulls the inputs into."""
         self._target = target
