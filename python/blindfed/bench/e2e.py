@@ -23,7 +23,6 @@ model and machine.
 
 from __future__ import annotations
 
-import io
 import random
 import time
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 
 from blindfed import num_threads
 from blindfed.block import PackedBatch
+from blindfed.protocol.evaluation import load_simulated
 
 __all__ = ["format_table", "run"]
 
@@ -78,7 +78,7 @@ def _opened(mode: str, provider: Any, owner: Any) -> dict[str, dict[int, np.ndar
     def payload(p: bytes) -> np.ndarray:
         if mode == "execute":
             return PackedBatch.from_bytes(provider.parameters, p).decrypt(secret)
-        return np.load(io.BytesIO(p), allow_pickle=False)
+        return load_simulated(p)
 
     return {
         "blocks": {i: np.concatenate([block(x) for x in xs]) for i, xs in provider.outputs.items()},

@@ -25,6 +25,7 @@ from blindfed import ckks
 from blindfed._core import answer_refresh
 from blindfed.atomic import write_atomically
 from blindfed.block import PackedBatch, owner_normalise
+from blindfed.protocol.evaluation import load_simulated, save_simulated
 from blindfed.protocol.messages import (
     BlockOutput,
     ForwardRequest,
@@ -179,15 +180,13 @@ class DataOwner:
     def _encode(self, x: np.ndarray) -> bytes:
         if self.mode == "execute":
             return PackedBatch.encrypt(self._secret, np.ascontiguousarray(x)).to_bytes()
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(x, dtype=np.float64))
-        return buf.getvalue()
+        return save_simulated(x)
 
     def _decode(self, payload: bytes) -> np.ndarray:
         if self.mode == "execute":
             batch = PackedBatch.from_bytes(self._secret.parameters, payload)
             return batch.decrypt(self._secret)
-        return np.load(io.BytesIO(payload), allow_pickle=False)
+        return load_simulated(payload)
 
     # ---- the block-wise forward pass ------------------------------------------------------
 
