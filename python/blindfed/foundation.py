@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODELS", "Foundation", "check_model", "digits_for", "load_foundation"]
+__all__ = [
+    "MODELS",
+    "Foundation",
+    "baselines_of",
+    "check_model",
+    "digits_for",
+    "load_foundation",
+    "load_teacher",
+]
 
 #: The demo's foundation models (``--model``); the first is the default.
 MODELS: tuple[str, ...] = ("mnist-vit", "dinov2-small")
@@ -75,6 +83,28 @@ def load_foundation(
     return foundation
 
 
+def baselines_of(model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The centralised and the federated baselines run beside BlindFed on ``model``: the
+    small ViT affords them all; DINOv2-S's fine-tuning ones run the 22 M-parameter model at
+    every step, too slow on CPU."""
+    if check_model(model) == "mnist-vit":
+        from blindfed.baselines import METHODS
+
+        return METHODS, ("fedavg_linear_probe", "fedavg_lora")
+    return ("linear_probe", "student_head"), ("fedavg_linear_probe",)
+
+
+def load_teacher(model: str) -> Any:
+    """The plaintext foundation model ``model`` (the baselines' teacher)."""
+    if check_model(model) == "mnist-vit":
+        from blindfed import zoo
+
+        return zoo.load("mnist_vit")
+    from blindfed.zoo import dinov2
+
+    return dinov2.load_teacher()
+
+
 def digits_for(model: str, split: str, *, seed: int = 0) -> Any:
     """scikit-learn's digits (:func:`blindfed.data.digits`'s ``split``) in the input layout of
     ``model``: like MNIST for ``mnist-vit``, as DINOv2 takes images for ``dinov2-small``."""
@@ -99,11 +129,10 @@ def _mnist_vit(
     import torch
 
     from blindfed import zoo
-    from blindfed.baselines import METHODS
     from blindfed.data import mnist
     from blindfed.distill import accuracy
 
-    teacher = zoo.load("mnist_vit")
+    teacher = load_teacher("mnist-vit")
     if student_path:
         student, source = _saved(student_path), f"loaded from {student_path}"
     elif distill_epochs:
@@ -138,8 +167,7 @@ def _mnist_vit(
         teacher,
         student,
         section,
-        METHODS,  # every centralised baseline: the small ViT affords them all
-        ("fedavg_linear_probe", "fedavg_lora"),
+        *baselines_of("mnist-vit"),
     )
 
 
@@ -148,9 +176,8 @@ def _dinov2_small(
 ) -> Foundation:
 
     from blindfed.recipes import DINOV2_DISTILL, agreement, dinov2_validation, distill_dinov2
-    from blindfed.zoo import dinov2
 
-    teacher = dinov2.load_teacher()
+    teacher = load_teacher("dinov2-small")
     agreed = None
     if student_path:
         student, source = _saved(student_path), f"loaded from {student_path}"
@@ -193,6 +220,5 @@ def _dinov2_small(
         teacher,
         student,
         section,
-        ("linear_probe", "student_head"),
-        ("fedavg_linear_probe",),
+        *baselines_of("dinov2-small"),
     )

@@ -35,7 +35,7 @@ __all__ = [
     "AGREEMENT_SAMPLES",
     "DINOV2_AUX_SAMPLES",
     "DINOV2_DISTILL",
-    "DINOV2_INV_SQRT_HEADROOM",
+    "DINOV2_HEADROOM",
     "agreement",
     "dinov2_validation",
     "distill_dinov2",
@@ -106,13 +106,15 @@ DINOV2_DISTILL = DistillConfig(
     calibration_samples=256,
 )
 DINOV2_AUX_SAMPLES = 2000
-#: How far above its calibrated top every 1/sqrt of the DINOv2 student reaches (Newton steps
-#: added to keep its precision, :meth:`~blindfed.nn.approx.PolyApprox.raise_top`): the owners'
-#: digits are not the provider's MNIST, and 16 of 1,438 of them had a LayerNorm variance up to
-#: 2.1 times the calibrated top, which sent 1/sqrt to infinity; with 4x none does (nor any of
-#: 500 validation images).
-DINOV2_INV_SQRT_HEADROOM = 4.0
-#: A 1/sqrt's relative error once its top is raised.
+#: How far beyond its calibrated range every 1/sqrt and 1/x of the DINOv2 student reaches, above
+#: its top and below its bottom (iterations added to keep its precision,
+#: :meth:`~blindfed.nn.approx.PolyApprox.raise_top`): the owners' digits are not the provider's
+#: MNIST. 16 of 1,438 of them had a LayerNorm variance up to 2.1 times the calibrated top, and
+#: one a variance 0.6 times the bottom, either sending 1/sqrt to infinity (and the softmax
+#: sums downstream past their 1/x's top); with 4x both ways none does (nor any of 500
+#: validation images).
+DINOV2_HEADROOM = 4.0
+#: A widened 1/sqrt's or 1/x's relative error (or its error before, if that was larger).
 INV_SQRT_RELATIVE_ERROR = 1e-5
 
 
@@ -145,7 +147,7 @@ def distill_dinov2(
         config,
         progress,
         f"mnist fit split in DINOv2's layout ({len(images)} images at {dinov2.IMAGE_SIZE} px)",
-        inv_sqrt_headroom=DINOV2_INV_SQRT_HEADROOM,
+        headroom=DINOV2_HEADROOM,
     )
     validation = dinov2_validation()
     report.update(
@@ -221,11 +223,11 @@ def _distill(
     progress: bool,
     aux_data: str,
     *,
-    inv_sqrt_headroom: float = 1.0,
+    headroom: float = 1.0,
 ) -> tuple[Student, dict[str, Any]]:
-    """The student of ``teacher`` distilled on ``images`` into ``out`` (resuming), its 1/sqrt
-    tops raised by ``inv_sqrt_headroom``, and the part of its report that every teacher
-    shares."""
+    """The student of ``teacher`` distilled on ``images`` into ``out`` (resuming), the ranges
+    of its 1/sqrt and Goldschmidt 1/x widened ``headroom``-fold both ways, and the part of its
+    report that every teacher shares."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = student_spec(spec)
@@ -248,10 +250,14 @@ def _distill(
             margin=config.calibration_margin,
             strict=False,
         )
-    if inv_sqrt_headroom > 1:
-        for _, m in student.approximations():
-            if m.function == "inv_sqrt":
-                m.raise_top(inv_sqrt_headroom, max_relative_error=INV_SQRT_RELATIVE_ERROR)
+    refused = {}
+    widened = ("inv_sqrt", "reciprocal:goldschmidt")
+    for name, m in student.approximations():
+        if headroom > 1 and m.approximation.kind.startswith(widened):
+            try:
+                m.raise_top(headroom, bottom=headroom, max_relative_error=INV_SQRT_RELATIVE_ERROR)
+            except ValueError as e:  # kept as calibrated, and said so in the report
+                refused[name] = str(e)
     seconds = time.perf_counter() - t0
     student.save(out / "student.pt")
     plans = [b.plan() for b in student.export_blocks()]
@@ -263,7 +269,8 @@ def _distill(
         "epoch_seconds": sum(h["seconds"] for h in history),
         "threads": torch.get_num_threads(),
         "config": asdict(config),
-        "inv_sqrt_headroom": inv_sqrt_headroom,
+        "headroom": headroom,
+        "headroom_refused": refused,
         "approximations": {
             name: {"approximation": m.approximation.text, "max_error": m.approximation.max_error()}
             for name, m in student.approximations()

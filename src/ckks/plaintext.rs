@@ -61,12 +61,15 @@ impl Plaintext {
         let mut padded = values.to_vec();
         padded.resize(slots, Complex::default());
         let coeffs = ctx.encoder.embed(&padded);
-        let max = coeffs.iter().fold(0f64, |m, c| m.max(c.abs())) * scale;
+        let largest = coeffs.iter().fold(0f64, |m, c| m.max(c.abs()));
+        let max = largest * scale;
         // The scaled message must stay well inside (-Q/2, Q/2) and inside i128.
         let log_q: f64 = ctx.params.q[..=level].iter().map(|&q| (q as f64).log2()).sum();
         if max >= 2f64.powf((log_q - 2.0).min(126.0)) {
             return Err(Error::OutOfRange(format!(
-                "values too large: scaled magnitude 2^{:.1} does not fit level {level} (2^{log_q:.1})",
+                "values too large: coefficients up to {largest:.4e} at scale 2^{:.1} reach 2^{:.1}, \
+                 beyond level {level} (2^{log_q:.1}) or 2^126",
+                scale.log2(),
                 max.log2()
             )));
         }

@@ -198,7 +198,7 @@ def test_tune_scores_candidates_on_validation_and_resumes(tmp_path, monkeypatch)
     from blindfed.fl import tune
 
     stages = {"blindfed": ({"lr": 1e-3}, {"lr": 3e-2}), "readout": ({"readout": "mean"},)}
-    monkeypatch.setattr(tune, "BLINDFED_STAGES", stages)
+    monkeypatch.setattr(tune, "STAGES", {"mnist-vit": ("paper", stages)})
     monkeypatch.setattr(
         tune,
         "CENTRAL_GRID",
@@ -241,6 +241,64 @@ def test_tune_scores_candidates_on_validation_and_resumes(tmp_path, monkeypatch)
     assert again["rows"] == rows and again["chosen"] == report["chosen"]
     with pytest.raises(ValueError, match="other settings"):
         tune.run_tune(tune.TuneConfig(out=cfg.out, owners=2, rounds=3, splits=2), progress=print)
+
+
+def test_tune_reuses_a_demos_passes_and_validates_on_held_out_outputs(tmp_path, monkeypatch):
+    from blindfed.demo import DemoConfig, run_demo
+    from blindfed.fl import tune
+    from blindfed.fl.owner_data import OwnerData
+    from blindfed.fl.owner_node import OwnerNode
+    from blindfed.protocol import Provider
+
+    demo = tmp_path / "demo"
+    run_demo(
+        DemoConfig(
+            out=str(demo),
+            owners=2,
+            mode="simulate",
+            runtime="local",
+            rounds=1,
+            train_samples=120,
+            test_samples=40,
+            baselines=False,
+            progress=False,
+        )
+    )
+    rounds = sorted(p.name for p in (demo / "owners" / "owner-0" / "rounds").iterdir())
+    stages = {"blindfed": ({"lr": 1e-3}, {"lr": 3e-2})}
+    monkeypatch.setattr(tune, "STAGES", {"mnist-vit": ("digits", stages)})
+    # No block is served again: the candidates train on the demo's cached outputs.
+    monkeypatch.setattr(Provider, "forward", _never)
+    cfg = tune.TuneConfig(
+        out=str(tmp_path / "t"),
+        owners=2,
+        rounds=1,
+        splits=2,
+        parts=("blindfed",),
+        passes=str(demo),
+    )
+    report = tune.run_tune(cfg, progress=lambda _: None)
+    scored = [r for r in report["rows"] if r["part"] == "blindfed"]
+    assert len(scored) == 4 and all(0 < r["validation_accuracy"] <= 100 for r in scored)
+    assert report["chosen"]["blindfed"] in stages["blindfed"]
+    # The demo's own rounds are left as they were.
+    assert sorted(p.name for p in (demo / "owners" / "owner-0" / "rounds").iterdir()) == rounds
+    # A split holds out a fifth of each label's training outputs; the test split is unread.
+    source = demo / "owners" / "owner-0"
+    node = OwnerNode(tmp_path / "t" / "owners" / "owner-0", OwnerData.load(source / "data.npz"))
+    held = node.reopened()
+    held.holdout = (0.2, cfg.seed)
+    x, y = node.outputs("train")
+    fit, fit_y = held.outputs("train")
+    val, val_y = held.outputs("test")
+    assert len(fit) + len(val) == len(x) and sorted([*fit_y, *val_y]) == sorted(y)
+    for label in np.unique(y):
+        assert (val_y == label).sum() == round(0.2 * (y == label).sum())
+    with pytest.raises(ValueError, match="no finished online phase"):
+        tune.run_tune(
+            tune.TuneConfig(out=str(tmp_path / "u"), owners=3, passes=str(demo)),
+            progress=lambda _: None,
+        )
 
 
 def _never(*args, **kwargs):

@@ -96,8 +96,31 @@ def test_raise_top_gives_one_over_sqrt_headroom_at_the_same_precision():
     assert torch.allclose(m(x), x.rsqrt(), rtol=1e-5)
     with pytest.raises(ValueError, match="only a 1/sqrt"):
         PolyApprox(Approximation.gelu_quad()).raise_top(2.0)
-    with pytest.raises(ValueError, match="Newton"):
+    with pytest.raises(ValueError, match="needs more than 3 iterations"):
         m.raise_top(1e6, max_relative_error=1e-12, max_newton_steps=3)
+    # The bottom too: a variance under the calibrated one (a flat image) stays finite.
+    low = torch.tensor([0.002], dtype=torch.float64)
+    assert not torch.isclose(m(low), low.rsqrt(), rtol=1e-3)
+    m.raise_top(1.0, bottom=8.0, max_relative_error=1e-6)
+    assert m.approximation.range == (0.01 / 8, 16.0)
+    assert torch.allclose(m(low), low.rsqrt(), rtol=1e-5)
+
+
+def test_raise_top_widens_a_goldschmidt_reciprocal_with_iterations():
+    m = PolyApprox(Approximation.goldschmidt(12, 1.0, 100.0)).eval()
+    x = torch.tensor([0.3, 350.0], dtype=torch.float64)  # both outside: Goldschmidt is off
+    assert not torch.allclose(m(x), 1 / x, rtol=1e-2)
+    before = m.approximation.max_error()[1]
+    m.raise_top(4.0, bottom=4.0)
+    assert m.approximation.range == (0.25, 400.0)
+    assert m.approximation.max_error()[1] <= max(1e-5, before)
+    assert m.approximation.steps()[0]["iterations"] > 12
+    assert torch.allclose(m(x), 1 / x, rtol=1e-4)
+    with pytest.raises(ValueError, match="at least 1"):
+        m.raise_top(0.5)
+    # Past the core's most Goldschmidt iterations: the same clear refusal.
+    with pytest.raises(ValueError, match=r"needs more than .* iterations"):
+        m.raise_top(1e9, max_relative_error=1e-9)
 
 
 def test_text_is_the_serialisation():
@@ -283,6 +306,31 @@ def test_calibration_refuses_to_chase_a_diverging_approximation():
     _check_not_diverging("a", (0.5, 90.0), (0.1, 2.0), modules)  # a different model: widen
     with pytest.raises(ValueError, match=r"calibration diverges.*inv_sqrt"):
         _check_not_diverging("a", (0.1, 3e20), (0.1, 2.0), modules)
+
+
+def test_a_power_softmax_reciprocal_is_not_widened_past_its_reference(monkeypatch):
+    """The 1/x of a power's row sums has no exact-model range; the pass that first observes
+    it is its reference, so an upstream blow-up (as a DINOv2 student's calibration met) is
+    cut to a hundred widths of it, not chased to 1e38."""
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=8, patch_size=4, width=8, depth=1, heads=2, mlp=16)
+    student = Student.from_teacher(ViT(config), StudentSpec("softmax=power:2"))
+    name = "blocks.0.attn.softmax.reciprocal"
+    observe, calls = Student._observe, []
+
+    def blown_up(self, batches):
+        report = observe(self, batches)
+        calls.append(report[name]["observed"])
+        if len(calls) == 3:  # the first widening pass
+            lo = report[name]["observed"][0]
+            report[name].update(observed=(lo, 1e38), out_of_range=1)
+        return report
+
+    monkeypatch.setattr(Student, "_observe", blown_up)
+    student.calibrate([tiny_images(16)], strict=False)
+    reference = calls[1]
+    top = float(student.blocks[0].attn.softmax.reciprocal.range[1])
+    assert reference[1] < top <= reference[1] + 1.2 * 101 * (reference[1] - reference[0])
 
 
 def test_training_clamps_to_the_range_and_eval_does_not():

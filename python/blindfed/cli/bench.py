@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from blindfed import set_num_threads
-from blindfed.cli.common import usage_errors, write_json
-from blindfed.foundation import MODELS
+from blindfed.cli.common import add_model_option, usage_errors, write_json
 
 
 def _sets(text: str) -> tuple[tuple[int, int], ...]:
@@ -100,12 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="block: shapes to estimate from exact operation counts (empty: none)",
     )
     p.add_argument("--samples", type=int, help="e2e: digits (default: one ciphertext group)")
-    p.add_argument(
-        "--model",
-        choices=MODELS,
-        default=MODELS[0],
-        help="e2e: the foundation model whose student runs (default %(default)s)",
-    )
+    add_model_option(p, "e2e: the foundation model whose student runs")
     p.add_argument("--student", help="e2e: a saved student (default: the zoo's)")
     p.add_argument(
         "--modes",

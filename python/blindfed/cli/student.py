@@ -6,8 +6,7 @@ import argparse
 import dataclasses
 
 from blindfed import set_num_threads
-from blindfed.cli.common import usage_errors, write_json
-from blindfed.foundation import MODELS
+from blindfed.cli.common import add_model_option, usage_errors, write_json
 
 
 def _spec_text(args: argparse.Namespace) -> str:
@@ -184,12 +183,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "distill", help="distil the zoo teacher into its FHE-friendly student (MNIST)"
     )
-    p.add_argument(
-        "--model",
-        choices=MODELS,
-        default=MODELS[0],
-        help="the teacher: the zoo's MNIST ViT or the opt-in DINOv2-S/14 (default %(default)s)",
-    )
+    add_model_option(p, "the teacher: the zoo's MNIST ViT or the opt-in DINOv2-S/14")
     p.add_argument("--out", default="distill-out", help="checkpoints, student and report here")
     # Defaults: blindfed.distill.DistillConfig's (not restated here; it needs torch).
     p.add_argument("--epochs", type=int, help="epochs, half of them layer-wise")

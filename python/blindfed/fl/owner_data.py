@@ -15,7 +15,25 @@ import numpy as np
 
 from blindfed.atomic import write_atomically
 
-__all__ = ["OwnerData"]
+__all__ = ["OwnerData", "held_out"]
+
+
+def held_out(labels: np.ndarray, fraction: float, *, seed: int = 0) -> np.ndarray:
+    """A mask holding out a seeded ``fraction`` of each label's samples (a validation split
+    drawn the same way whether the samples are images or their cached block outputs)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        held[rng.permutation(where)[: round(fraction * len(where))]] = True
+    if held.all() or not held.any():
+        raise ValueError(
+            f"holding out {fraction:g} of {len(held)} training samples leaves a split empty"
+        )
+    return held
 
 
 @dataclass(frozen=True)
@@ -64,17 +82,7 @@ class OwnerData:
         """For choosing hyperparameters without the test split: a seeded ``fraction`` of each
         label's training images becomes the test split (the validation split), the rest the
         training split; the real test split is left out entirely."""
-        if not 0 < fraction < 1:
-            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
-        rng = np.random.default_rng(seed)
-        held = np.zeros(len(self.train_labels), dtype=bool)
-        for label in np.unique(self.train_labels):
-            where = np.flatnonzero(self.train_labels == label)
-            held[rng.permutation(where)[: round(fraction * len(where))]] = True
-        if held.all() or not held.any():
-            raise ValueError(
-                f"holding out {fraction:g} of {len(held)} training images leaves a split empty"
-            )
+        held = held_out(self.train_labels, fraction, seed=seed)
         return OwnerData(
             self.train_images[~held],
             self.train_labels[~held],

@@ -27,7 +27,7 @@ import numpy as np
 
 from blindfed import secagg
 from blindfed.atomic import write_atomically
-from blindfed.fl.owner_data import OwnerData
+from blindfed.fl.owner_data import OwnerData, held_out
 from blindfed.protocol import DataOwner
 
 __all__ = ["OwnerNode"]
@@ -51,6 +51,10 @@ class OwnerNode:
         name: how the provider's session knows it.
         allow_insecure: accept CKKS parameters below 128-bit security (tests only; see
             :class:`~blindfed.protocol.DataOwner`).
+        holdout: ``(fraction, seed)`` to choose hyperparameters on outputs already computed:
+            the rounds train on the rest of the training outputs and are scored on a seeded
+            ``fraction`` of each label's (:func:`~blindfed.fl.owner_data.held_out`) instead
+            of the test split, which is then never read (``blindfed tune --passes``).
     """
 
     def __init__(
@@ -60,18 +64,24 @@ class OwnerNode:
         *,
         name: str = "owner",
         allow_insecure: bool = False,
+        holdout: tuple[float, int] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.data = data
         self.name = name
         self.allow_insecure = allow_insecure
+        self.holdout = holdout
         self._owner: DataOwner | None = None
 
     def reopened(self) -> OwnerNode:
         """The same owner as a new process sees it: only what is on its disk carries over."""
         return OwnerNode(
-            self.directory, self.data, name=self.name, allow_insecure=self.allow_insecure
+            self.directory,
+            self.data,
+            name=self.name,
+            allow_insecure=self.allow_insecure,
+            holdout=self.holdout,
         )
 
     # ---- the online phase -----------------------------------------------------------------
@@ -153,7 +163,8 @@ class OwnerNode:
 
     def outputs(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The block outputs (samples, blocks, tokens, width) and labels of a split (the test
-        split in the order of ``data.test_images``)."""
+        split in the order of ``data.test_images``; with :attr:`holdout`, the training
+        outputs split into the part trained on and the held-out part)."""
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         owner = self.owner()
@@ -162,6 +173,11 @@ class OwnerNode:
         y = np.concatenate([p.labels for p in parts])
         # Unlabelled (test) samples sort first within each batch and keep their order.
         keep = y >= 0 if split == "train" else y < 0
+        if self.holdout is not None:
+            x, y = x[y >= 0], y[y >= 0]
+            held = held_out(y, self.holdout[0], seed=self.holdout[1])
+            keep = ~held if split == "train" else held
+            return x[keep], y[keep]
         if not keep.any():
             raise ValueError(f"no {split} data")
         if split == "train":

@@ -17,6 +17,15 @@ rest and are scored on the held-out images; the test split is never loaded. The 
 - ``federated``: the federated baselines' client learning rates (:mod:`blindfed.fl.baselines`),
   and the federated linear probe's readout x rate.
 
+Another foundation model (``model``, :data:`blindfed.foundation.MODELS`) has its own grid
+(:data:`STAGES`): DINOv2-S's student is tuned on its client learning rate alone, over the
+``digits`` preset. With ``passes`` (a finished demo's ``--out``), BlindFed's candidates skip the
+online phase: each owner reuses that demo's cached block outputs and holds out a seeded
+``fraction`` of each label's *training outputs* as its validation split
+(:class:`~blindfed.fl.owner_node.OwnerNode`'s ``holdout``; the provider's permutation hides
+which image an output came from, so these are not the very images the baselines hold out, only
+the same share of the same owners' training data).
+
 Results go to ``out/tune.json`` as each candidate finishes; running again with the same
 ``out`` skips the candidates already there (resumable). Ties go to the earlier candidate.
 """
@@ -38,8 +47,10 @@ from blindfed.nn.adapter import READOUTS
 __all__ = [
     "BLINDFED_STAGES",
     "CENTRAL_GRID",
+    "DINOV2_STAGES",
     "FEDERATED_GRID",
     "PARTS",
+    "STAGES",
     "TuneConfig",
     "run_tune",
 ]
@@ -63,6 +74,21 @@ BLINDFED_STAGES: dict[str, tuple[dict[str, Any], ...]] = {
     "readout": tuple(
         {"readout": readout, "lr": lr} for readout in READOUTS for lr in (1e-2, 3e-2, 1e-1)
     ),
+}
+
+#: DINOv2-S's candidates: the client learning rate over the ``digits`` preset (its server
+#: optimiser and readout), the one setting that fails outright (at the preset's 0.1, two of the
+#: demo's three owners' first local update is NaN). A 12-block federation costs about 20 s a
+#: round on 2 cores, so the rates are 0.01 and 0.03 (finite on every owner), 0.1 kept to
+#: bound it.
+DINOV2_STAGES: dict[str, tuple[dict[str, Any], ...]] = {
+    "blindfed": tuple({"lr": lr} for lr in (1e-2, 3e-2, 1e-1)),
+}
+
+#: Per foundation model: the preset its first stage's candidates are laid over, and its stages.
+STAGES: dict[str, tuple[str, dict[str, tuple[dict[str, Any], ...]]]] = {
+    "mnist-vit": ("paper", BLINDFED_STAGES),
+    "dinov2-small": ("digits", DINOV2_STAGES),
 }
 
 PARTS: tuple[str, ...] = (*BLINDFED_STAGES, "central", "federated")
@@ -98,8 +124,18 @@ class TuneConfig:
     #: (0.35 points) between neighbouring candidates. The baselines use the first split.
     splits: int = 3
     parts: tuple[str, ...] = PARTS
+    #: The foundation model (:data:`blindfed.foundation.MODELS`) and its saved student (""
+    #: for the zoo's, or, for DINOv2-S, distilled into ``out``).
+    model: str = "mnist-vit"
+    student: str = ""
+    #: A finished ``blindfed demo --out`` whose owners' cached block outputs BlindFed's
+    #: candidates reuse ("": each split runs its own online phase).
+    passes: str = ""
 
     def __post_init__(self) -> None:
+        from blindfed.foundation import check_model
+
+        check_model(self.model)
         unknown = set(self.parts) - set(PARTS)
         if unknown or not self.parts:
             raise ValueError(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
@@ -165,18 +201,19 @@ def run_tune(config: TuneConfig, progress: Callable[[str], None] | None = None) 
         f"{config.splits} splits (the test split unused)"
     )
     chosen: dict[str, Any] = rows.state.get("chosen", {})
+    preset, stages = STAGES[config.model]
     base: dict[str, Any] = {}
-    for part, stage in BLINDFED_STAGES.items():
+    for part, stage in stages.items():
         if part in config.parts:
             grid = tuple({**base, **c} for c in stage)
-            chosen[part] = _blindfed(config, splits, rows, out, say, part, grid)
+            chosen[part] = _blindfed(config, splits, rows, out, say, part, grid, preset)
         base = chosen.get(part, base)
     if "central" in config.parts:
         train_x = np.concatenate([s.train_images for s in shares])
         train_y = np.concatenate([s.train_labels for s in shares])
         val_x = np.concatenate([s.test_images for s in shares])
         val_y = np.concatenate([s.test_labels for s in shares])
-        chosen["central"] = _central(config, (train_x, train_y, val_x, val_y), rows, say)
+        chosen["central"] = _central(config, (train_x, train_y, val_x, val_y), rows, out, say)
     if "federated" in config.parts:
         chosen["federated"] = _federated(config, shares, rows, chosen.get("blindfed"), say)
     rows.state["chosen"] = chosen
@@ -184,17 +221,33 @@ def run_tune(config: TuneConfig, progress: Callable[[str], None] | None = None) 
     return rows.state
 
 
-def _split(config: TuneConfig, j: int) -> list:
-    """Validation split ``j``: the owners' shares (as in the demo) with draw ``seed + j``
-    held out."""
+def _shares(config: TuneConfig) -> list:
+    """The owners' data: as the demo shares it out, or that of the demo in ``passes``."""
     from blindfed.fl.owner_data import OwnerData
 
-    return [
-        OwnerData.digits_share(k, config.owners, alpha=config.alpha, seed=config.seed).holdout(
-            config.fraction, seed=config.seed + j
-        )
-        for k in range(config.owners)
-    ]
+    if not config.passes:
+        return [
+            OwnerData.digits_share(
+                k, config.owners, alpha=config.alpha, seed=config.seed, model=config.model
+            )
+            for k in range(config.owners)
+        ]
+    shares = []
+    for k in range(config.owners):
+        owner = _passes_owner(config, k)
+        if not (owner / "offer.bin").exists():
+            raise ValueError(f"{owner} holds no finished online phase to reuse")
+        shares.append(OwnerData.load(owner / "data.npz"))
+    return shares
+
+
+def _passes_owner(config: TuneConfig, k: int) -> Path:
+    return Path(config.passes, "owners", f"owner-{k}")
+
+
+def _split(config: TuneConfig, j: int) -> list:
+    """Validation split ``j``: the owners' shares with draw ``seed + j`` held out."""
+    return [share.holdout(config.fraction, seed=config.seed + j) for share in _shares(config)]
 
 
 def _servers(blindfed: dict | None) -> dict[str, Any]:
@@ -214,10 +267,9 @@ def _blindfed(
     say: Callable,
     part: str,
     grid: Sequence[dict[str, Any]],
+    preset: str,
 ) -> dict:
-    from blindfed import zoo
-
-    student = zoo.load_student()
+    student = _student(config, out, say)
     scored = []
     for i, candidate in enumerate(grid):
         accuracies = []
@@ -225,7 +277,7 @@ def _blindfed(
             accuracy = rows.find(part, "blindfed", candidate, j)
             if accuracy is None:
                 name = f"{i}-{j}" if part == "blindfed" else f"{part}-{i}-{j}"
-                accuracy = _federate(config, candidate, shares, student, out, name, j)
+                accuracy = _federate(config, candidate, shares, student, out, name, j, preset)
                 rows.add(part, "blindfed", candidate, accuracy, j)
             accuracies.append(accuracy)
         mean = sum(accuracies) / len(accuracies)
@@ -243,6 +295,7 @@ def _federate(
     out: Path,
     name: str,
     split: int,
+    preset: str,
 ) -> float:
     """One BlindFed federation on one validation split; its final round's accuracy."""
     from blindfed.fl.owner_node import OwnerNode
@@ -256,11 +309,14 @@ def _federate(
         directory = owners / f"owner-{k}"
         # Each candidate's rounds start afresh; the cached block outputs are kept.
         shutil.rmtree(directory / "rounds", ignore_errors=True)
-        nodes[k + 1] = OwnerNode(directory, share, name=str(k + 1))
+        if config.passes:
+            nodes[k + 1] = _reusing(config, k, directory, split)
+        else:
+            nodes[k + 1] = OwnerNode(directory, share, name=str(k + 1))
     settings = merge_settings(
         {},
         {
-            **PRESETS["paper"],
+            **PRESETS[preset],
             **candidate,
             "rounds": config.rounds,
             "min-owners": config.owners,
@@ -278,11 +334,50 @@ def _federate(
     return float(result["history"][-1]["accuracy"])
 
 
-def _central(config: TuneConfig, data: tuple, rows: _Rows, say: Callable) -> dict:
-    from blindfed.baselines import BaselineConfig, run_baselines
+def _reusing(config: TuneConfig, k: int, directory: Path, split: int) -> Any:
+    """Owner ``k`` of the demo in ``passes``, its session and cached outputs linked into
+    ``directory`` (its rounds kept apart from the demo's), holding out validation split
+    ``split`` of its training outputs."""
+    from blindfed.fl.owner_data import OwnerData
+    from blindfed.fl.owner_node import OwnerNode
 
+    source = _passes_owner(config, k).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("passes", "offer.bin", "key_seed"):
+        link = directory / name
+        if not link.is_symlink() and (source / name).exists():
+            link.symlink_to(source / name)
+    return OwnerNode(
+        directory,
+        OwnerData.load(source / "data.npz"),
+        name=str(k + 1),
+        holdout=(config.fraction, config.seed + split),
+    )
+
+
+def _student(config: TuneConfig, out: Path, say: Callable) -> Any:
+    """The student BlindFed's candidates federate: ``config.student``, the zoo's, or (for a
+    model the zoo has none of) distilled into ``out`` like the demo's."""
+    from blindfed import zoo
+    from blindfed.foundation import load_foundation
+
+    if config.model == "mnist-vit" and not config.student:
+        return zoo.load_student()
+    return load_foundation(config.model, out, student=config.student, say=say).student
+
+
+def _central(config: TuneConfig, data: tuple, rows: _Rows, out: Path, say: Callable) -> dict:
+    """The centralised baselines' fields, those of the methods ``config.model`` affords."""
+    from blindfed.baselines import BaselineConfig, run_baselines
+    from blindfed.foundation import baselines_of, load_teacher
+
+    affordable = baselines_of(config.model)[0]
+    models = {"teacher": load_teacher(config.model), "student": _student(config, out, say)}
     chosen: dict[str, Any] = {}
-    for field_name, (methods, values) in CENTRAL_GRID.items():
+    for field_name, (drives, values) in CENTRAL_GRID.items():
+        methods = tuple(m for m in drives if m in affordable)
+        if not methods:
+            continue
         before = {
             f: chosen[f]
             for f, (drives, _) in CENTRAL_GRID.items()
@@ -295,6 +390,7 @@ def _central(config: TuneConfig, data: tuple, rows: _Rows, say: Callable) -> dic
             if None in accuracies:
                 results = run_baselines(
                     *data,
+                    **models,
                     methods=methods,
                     config=BaselineConfig(seed=config.seed, **setting),  # type: ignore[arg-type]
                 )
@@ -314,10 +410,11 @@ def _federated(
     """With BlindFed's chosen server optimiser (when that part ran), so that the baselines
     and BlindFed differ only in what the owners train; then the linear probe's readout at its
     chosen rate."""
-    from blindfed import zoo
     from blindfed.fl.baselines import FederatedBaselineConfig, run_federated
+    from blindfed.foundation import baselines_of, load_teacher
 
-    teacher = zoo.load("mnist_vit")
+    teacher = load_teacher(config.model)
+    affordable = baselines_of(config.model)[1]
     server = _servers(blindfed)
 
     def score(method: str, setting: dict[str, Any], **fields: Any) -> float:
@@ -336,6 +433,8 @@ def _federated(
 
     chosen: dict[str, Any] = {}
     for method, values in FEDERATED_GRID.items():
+        if method not in affordable:
+            continue
         scored = []
         for lr in values:
             accuracy = score(method, {"lr": lr, **server}, lr={method: lr})

@@ -184,32 +184,58 @@ class PolyApprox(nn.Module):
             self.range.copy_(torch.tensor(approximation.range, dtype=torch.float64))
 
     def raise_top(
-        self, factor: float, *, max_relative_error: float = 1e-5, max_newton_steps: int = 8
+        self,
+        factor: float,
+        *,
+        bottom: float = 1.0,
+        max_relative_error: float = 1e-5,
+        max_newton_steps: int = 8,
     ) -> None:
-        """Raises a 1/sqrt's range top ``factor``-fold, adding Newton steps until its relative
-        error is back within ``max_relative_error``.
+        """Raises a 1/sqrt's or 1/x's range top ``factor``-fold (and lowers its bottom
+        ``bottom``-fold), adding iterations until its relative error is back within
+        ``max_relative_error`` (or within its error before, if that was larger).
 
         Why: 1/sqrt starts from a Chebyshev guess, which past its range grows like its
-        top-degree Chebyshev polynomial, so a variance a little above the calibrated top (a
-        sample unlike the calibration data) sends Newton to infinity, and under encryption
-        nothing can clamp it. Headroom costs Newton steps on a narrow chain (refresh round
-        trips, not levels of the block).
+        top-degree Chebyshev polynomial, so a variance a little outside the calibrated range
+        (a sample unlike the calibration data) sends Newton to infinity; Goldschmidt's 1/x
+        diverges from about twice its top. Under encryption nothing can clamp either. Headroom
+        costs iterations on a narrow chain (refresh round trips, not levels of the block):
+        Newton steps for 1/sqrt (at most ``max_newton_steps``), Goldschmidt iterations for
+        1/x (at most 8 more than it had).
         """
-        if self.function != "inv_sqrt":
-            raise ValueError(f"only a 1/sqrt's top is raised, not a {self.function}'s")
-        if factor < 1:
-            raise ValueError(f"factor must be at least 1, got {factor}")
-        (newton,) = (s for s in self._steps if s["op"] == "newton")
-        degree = len(newton["guess"]["coefficients"]) - 1
+        if factor < 1 or bottom < 1:
+            raise ValueError(f"factor and bottom must be at least 1, got {factor} and {bottom}")
         lo, hi = self.approximation.range
-        for steps in range(int(newton["steps"]), max_newton_steps + 1):
-            wider = Approximation.inv_sqrt(lo, hi * factor, guess_degree=degree, newton_steps=steps)
-            if wider.max_error()[1] <= max_relative_error:
+        lo, hi = lo / bottom, hi * factor
+        target = max(max_relative_error, self.approximation.max_error()[1])
+        if self.function == "inv_sqrt":
+            (step,) = (s for s in self._steps if s["op"] == "newton")
+            degree = len(step["guess"]["coefficients"]) - 1
+            first, last = int(step["steps"]), max_newton_steps
+
+            def make(n: int) -> Approximation:
+                return Approximation.inv_sqrt(lo, hi, guess_degree=degree, newton_steps=n)
+
+        elif self.function == "reciprocal" and self._steps[0]["op"] == "goldschmidt":
+            first = int(self._steps[0]["iterations"])
+            last = first + 8
+
+            def make(n: int) -> Approximation:
+                return Approximation.goldschmidt(n, lo, hi)
+
+        else:
+            raise ValueError(f"only a 1/sqrt's or a Goldschmidt 1/x's range is widened, not {self}")
+        for n in range(first, last + 1):
+            try:
+                wider = make(n)
+            except ValueError:  # past the core's most iterations
+                break
+            if wider.max_error()[1] <= target:
                 self.set_approximation(wider)
                 return
         raise ValueError(
-            f"1/sqrt on [{lo:.4g}, {hi * factor:.4g}] needs more than {max_newton_steps} Newton "
-            f"steps for a relative error of {max_relative_error:g}"
+            f"{self.function} on [{lo:.4g}, {hi:.4g}] needs more than {last} iterations for a "
+            f"relative error of {target:g}"
         )
 
     def keep_in(self, target: tuple[float, float] | None) -> None:

@@ -313,6 +313,10 @@ class Student(ViT):
                 for name, m in unset.items():
                     m.exact = False
                     self._fit(m, report[name]["observed"], margin, widen=False)
+                    # This pass is such a function's reference from now on: without one, a
+                    # blow-up upstream (one image whose 1/sqrt explodes) would widen its range
+                    # unbounded (to 1e38), and its 1/x would be garbage on the real sums.
+                    exact[name] = report[name]["observed"]
             # Downstream inputs are only trusted once everything upstream is in range: each
             # pass widens the out-of-range ranges of the first block that has any.
             for _ in range(rounds * (self.config.depth + 1)):
