@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from blindfed import __version__, num_threads, set_num_threads
-from blindfed.fl.settings import DEFAULTS, OWNERS
+from blindfed.fl.settings import DEFAULTS, MODEL_PRESETS, OWNERS
 from blindfed.foundation import MODELS, check_model
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -216,7 +216,9 @@ def _owners(config: DemoConfig, work: Path) -> list[Any]:
 
 
 def _settings(config: DemoConfig, out: Path) -> dict[str, Any]:
+    preset = MODEL_PRESETS[config.model]
     return {
+        **({"preset": preset} if preset else {}),
         "rounds": config.rounds,
         "local-epochs": config.local_epochs,
         "rank": config.rank,
@@ -426,12 +428,17 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
             config=baseline_config,
             progress=say,
         )
-        from blindfed.fl.baselines import FederatedBaselineConfig, run_federated
+        from blindfed.fl.baselines import (
+            MODEL_LEARNING_RATES,
+            FederatedBaselineConfig,
+            run_federated,
+        )
         from blindfed.fl.run import federation_config, merge_settings
 
         say("baselines: plaintext, federated (FedAvg, secure aggregation), the same owners")
         federated = FederatedBaselineConfig.from_federation(
-            federation_config(merge_settings({}, _settings(config, out)))
+            federation_config(merge_settings({}, _settings(config, out))),
+            lr=MODEL_LEARNING_RATES.get(config.model, {}),
         )
         report["baselines"].update(
             run_federated(

@@ -123,3 +123,21 @@ def test_demo_config_refuses_bad_settings():
         DemoConfig(mode="fast")
     with pytest.raises(ValueError, match="every owner a sample"):
         DemoConfig(train_samples=2)
+
+
+def test_each_model_runs_its_own_preset_unless_given_one(tmp_path):
+    from blindfed.demo import _settings
+    from blindfed.fl.run import merge_settings
+    from blindfed.fl.settings import DEFAULTS, MODEL_PRESETS, PRESETS
+    from blindfed.foundation import MODELS
+
+    assert set(MODEL_PRESETS) == set(MODELS)
+
+    def merged(**fields):
+        return merge_settings({}, _settings(DemoConfig(**fields), tmp_path))
+
+    dinov2 = merged(model="dinov2-small")
+    assert dinov2["preset"] == "dinov2" and dinov2["lr"] == PRESETS["dinov2"]["lr"]
+    assert PRESETS["dinov2"]["lr"] != PRESETS["digits"]["lr"] == DEFAULTS["lr"]
+    assert merged()["lr"] == DEFAULTS["lr"]
+    assert merged(model="dinov2-small", settings={"preset": "paper"})["lr"] == 1e-3

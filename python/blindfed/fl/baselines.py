@@ -59,6 +59,12 @@ LEARNING_RATES: dict[str, float] = {
     "fedavg_full_finetune": 1e-2,
 }
 
+#: Per foundation model, the client learning rates chosen for it where they differ from
+#: :data:`LEARNING_RATES` (``blindfed tune --model``; figures in docs/federation.md).
+MODEL_LEARNING_RATES: dict[str, dict[str, float]] = {
+    "dinov2-small": {"fedavg_linear_probe": 3.0},
+}
+
 
 @dataclass(frozen=True)
 class FederatedBaselineConfig:

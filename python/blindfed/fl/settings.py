@@ -17,6 +17,7 @@ from blindfed._core import SECAGG_FRAC_BITS
 __all__ = [
     "DEFAULTS",
     "FRAC_BITS",
+    "MODEL_PRESETS",
     "OWNERS",
     "PRESETS",
     "UPDATE_BOUND",
@@ -29,8 +30,10 @@ __all__ = [
 #: carved from the owners' training digits (3 owners, Dirichlet 1; never the test split) by
 #: ``blindfed tune`` (:mod:`blindfed.fl.tune`; figures in docs/federation.md). ``paper`` is
 #: Tastan & Nandakumar's schedule (SGD 1e-3, x0.1 at rounds 25 and 40, plain FedAvg, the
-#: class-token head), made for 50,000 CIFAR images. A run config's ``preset`` replaces the keys
-#: it names; overrides given in Python replace those in turn.
+#: class-token head), made for 50,000 CIFAR images. ``dinov2`` is ``digits`` with the client
+#: learning rate chosen for DINOv2-S's student (``blindfed tune --model dinov2-small``, on
+#: validation outputs of the demo's owners; figures in docs/federation.md). A run config's
+#: ``preset`` replaces the keys it names; overrides given in Python replace those in turn.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "lr": 1e-3,
@@ -51,6 +54,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "readout": "cls+mean",
     },
 }
+PRESETS["dinov2"] = {**PRESETS["digits"], "lr": 3e-2}
+
+#: The preset a foundation model's demo runs with unless given one ("": the defaults).
+MODEL_PRESETS: dict[str, str] = {"mnist-vit": "", "dinov2-small": "dinov2"}
 
 #: Run-config keys and their defaults (with the default preset's keys).
 DEFAULTS: dict[str, Any] = {
