@@ -171,13 +171,13 @@ class OwnerNode:
         parts = [owner.begin_pass(x, y, batch_id=b).result() for b, x, y in self.batches()]
         x = np.concatenate([p.outputs for p in parts])
         y = np.concatenate([p.labels for p in parts])
-        # Unlabelled (test) samples sort first within each batch and keep their order.
-        keep = y >= 0 if split == "train" else y < 0
         if self.holdout is not None:
             x, y = x[y >= 0], y[y >= 0]
             held = held_out(y, self.holdout[0], seed=self.holdout[1])
             keep = ~held if split == "train" else held
             return x[keep], y[keep]
+        # Unlabelled (test) samples sort first within each batch and keep their order.
+        keep = y >= 0 if split == "train" else y < 0
         if not keep.any():
             raise ValueError(f"no {split} data")
         if split == "train":
