@@ -28,6 +28,7 @@ __all__ = [
     "digits_for",
     "load_foundation",
     "load_teacher",
+    "saved_student",
 ]
 
 #: The demo's foundation models (``--model``); the first is the default.
@@ -73,10 +74,11 @@ def load_foundation(
     check_model(name)
     loader = _mnist_vit if name == "mnist-vit" else _dinov2_small
     foundation = loader(out, student, distill_epochs, progress, say)
-    plan = foundation.student.export_blocks()[0].plan()
+    plan = foundation.student.plans(foundation.student.export_blocks()[:1])[0]
     foundation.section.update(
         log_n=plan["log_n"],
         levels=plan["levels"],
+        scale_bits=plan["scale_bits"],
         samples_per_group=plan["samples_per_group"],
         key_switches_per_sample_per_block=plan["cost"]["key_switches"] / plan["samples_per_group"],
     )
@@ -117,10 +119,17 @@ def digits_for(model: str, split: str, *, seed: int = 0) -> Any:
     return dinov2.digits(split, seed=seed)
 
 
-def _saved(path: str) -> Any:
+def saved_student(model: str, path: str) -> Any:
+    """``model``'s student saved at ``path``, in eval mode; one saved before students carried
+    their CKKS scale takes the model's (DINOv2-S: :data:`blindfed.recipes.DINOV2_SCALE_BITS`)."""
     from blindfed.nn.student import Student
 
-    return Student.load(path).eval()
+    student = Student.load(path).eval()
+    if student.scale_bits is None and check_model(model) == "dinov2-small":
+        from blindfed.recipes import DINOV2_SCALE_BITS
+
+        student.scale_bits = DINOV2_SCALE_BITS
+    return student
 
 
 def _mnist_vit(
@@ -134,7 +143,7 @@ def _mnist_vit(
 
     teacher = load_teacher("mnist-vit")
     if student_path:
-        student, source = _saved(student_path), f"loaded from {student_path}"
+        student, source = saved_student("mnist-vit", student_path), f"loaded from {student_path}"
     elif distill_epochs:
         from blindfed.distill import DistillConfig
         from blindfed.recipes import distill_mnist
@@ -143,7 +152,7 @@ def _mnist_vit(
         distill_mnist(
             out / "distill", config=DistillConfig(epochs=distill_epochs), progress=progress
         )
-        student = _saved(str(out / "distill" / "student.pt"))
+        student = saved_student("mnist-vit", str(out / "distill" / "student.pt"))
         source = f"distilled in this run ({distill_epochs} epochs)"
     else:
         student = zoo.load_student("mnist_vit")
@@ -180,7 +189,7 @@ def _dinov2_small(
     teacher = load_teacher("dinov2-small")
     agreed = None
     if student_path:
-        student, source = _saved(student_path), f"loaded from {student_path}"
+        student, source = saved_student("dinov2-small", student_path), f"loaded from {student_path}"
     else:
         config = DINOV2_DISTILL
         if distill_epochs:
@@ -192,7 +201,7 @@ def _dinov2_small(
             f"{out / 'distill'}; a second run resumes)"
         )
         agreed = distill_dinov2(out / "distill", config=config, progress=progress)["agreement"]
-        student = _saved(str(out / "distill" / "student.pt"))
+        student = saved_student("dinov2-small", str(out / "distill" / "student.pt"))
         source = f"distilled in this run ({config.epochs} epochs, layer-wise)"
     if student.config != teacher.config:
         raise ValueError(

@@ -36,6 +36,7 @@ __all__ = [
     "DINOV2_AUX_SAMPLES",
     "DINOV2_DISTILL",
     "DINOV2_HEADROOM",
+    "DINOV2_SCALE_BITS",
     "agreement",
     "dinov2_validation",
     "distill_dinov2",
@@ -116,6 +117,12 @@ DINOV2_AUX_SAMPLES = 2000
 DINOV2_HEADROOM = 4.0
 #: A widened 1/sqrt's or 1/x's relative error (or its error before, if that was larger).
 INV_SQRT_RELATIVE_ERROR = 1e-5
+#: The CKKS scale the DINOv2 student's blocks are planned at (:attr:`Student.scale_bits`).
+#: At the planner's 30 bits (N = 2^14) its block 0 differs from the mirror by 7.0e-2 of the
+#: output's range on a full group of 126 digits; at 40 bits (N = 2^15) by 8.0e-5: the error
+#: is encryption noise amplified by the widened 1/sqrt and 1/x chains, and shrinks with the
+#: scale (2^10 more bits, 880 times less).
+DINOV2_SCALE_BITS = 40
 
 
 def distill_dinov2(
@@ -148,6 +155,7 @@ def distill_dinov2(
         progress,
         f"mnist fit split in DINOv2's layout ({len(images)} images at {dinov2.IMAGE_SIZE} px)",
         headroom=DINOV2_HEADROOM,
+        scale_bits=DINOV2_SCALE_BITS,
     )
     validation = dinov2_validation()
     report.update(
@@ -224,10 +232,12 @@ def _distill(
     aux_data: str,
     *,
     headroom: float = 1.0,
+    scale_bits: int | None = None,
 ) -> tuple[Student, dict[str, Any]]:
     """The student of ``teacher`` distilled on ``images`` into ``out`` (resuming), the ranges
-    of its 1/sqrt and Goldschmidt 1/x widened ``headroom``-fold both ways, and the part of its
-    report that every teacher shares."""
+    of its 1/sqrt and Goldschmidt 1/x widened ``headroom``-fold both ways, planned at
+    ``scale_bits`` (None: the planner's default), and the part of its report that every
+    teacher shares."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = student_spec(spec)
@@ -259,8 +269,9 @@ def _distill(
             except ValueError as e:  # kept as calibrated, and said so in the report
                 refused[name] = str(e)
     seconds = time.perf_counter() - t0
+    student.scale_bits = scale_bits
     student.save(out / "student.pt")
-    plans = [b.plan() for b in student.export_blocks()]
+    plans = student.plans()
     report = {
         "spec": spec.text,
         "mode": "plaintext student (torch); the encrypted evaluator runs the same polynomials",
@@ -280,6 +291,7 @@ def _distill(
                 "depth": p["depth"],
                 "log_n": p["log_n"],
                 "levels": p["levels"],
+                "scale_bits": p["scale_bits"],
                 "refresh_rounds": p["cost"]["refresh_rounds"],
                 "key_switches_per_sample": p["cost"]["key_switches"] / p["samples_per_group"],
             }

@@ -27,6 +27,11 @@ def test_e2e_bench_reports_ratios_against_plaintext(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["samples"] == 24 and report["ratios"]["simulate/plaintext"] > 0
     assert "simulate/plaintext" in capsys.readouterr().out
+    # Only the first blocks, on request; a count the student does not have is refused.
+    argv = ["bench", "e2e", "--samples", "8", "--modes", "simulate", "--json", str(out)]
+    assert main([*argv, "--blocks", "1"]) == 0
+    assert json.loads(out.read_text())["blocks"] == 1
+    assert main([*argv, "--blocks", "9"]) == 2
 
 
 def test_e2e_precision_compares_every_block_and_what_the_owner_received():

@@ -159,6 +159,49 @@ def test_readouts_read_what_they_name_and_travel_to_the_owners():
         BaselineConfig(probe_readout="max")
 
 
+def test_standardised_inputs_put_every_feature_on_one_scale_and_stay_with_the_owner():
+    from blindfed.fl.fedavg import LocalTraining, get_vector, local_update
+    from blindfed.fl.run import federation_config
+    from blindfed.nn.adapter import accuracy, standardisation
+
+    # Block outputs as a real model's are: one feature a hundred times wider than the rest
+    # (pure noise), the label in a narrow one; block 0 hidden for half the samples.
+    gen = torch.Generator().manual_seed(0)
+    n, width = 400, 16
+    labels = torch.randint(0, 2, (n,), generator=gen)
+    x = torch.randn(n, 2, 3, width, generator=gen)
+    x[..., 0] *= 100.0
+    x[..., 1] = 0.05 * (2.0 * labels.view(n, 1, 1) - 1.0) + 0.01 * x[..., 1]
+    x[::2, 0] = 0.0
+    mean, scale = standardisation(x)
+    shown = x[1::2, 0]
+    assert torch.allclose(mean[0, 1], shown[:, 1:].mean((0, 1)), atol=1e-5)
+    assert torch.allclose(scale[1, 0], 1 / x[:, 1, :1].std((0, 1), correction=0), rtol=1e-3)
+    model = make_model(2, width, 2, rank=0, readout="cls", standardise=True)
+    model.standardise_by(mean, scale)
+    # A hidden block stays zero for the adapters; the statistics are buffers, not what
+    # federated averaging adds up.
+    hidden = x[:2].clone()
+    hidden[:, 0] = 0.0
+    assert torch.equal(model._standardised(hidden)[:, 0], torch.zeros_like(hidden[:, 0]))
+    assert len(get_vector(model)) == len(get_vector(make_model(2, width, 2, rank=0)))
+    # The same SGD separates the classes with the inputs standardised, not without.
+    results = {}
+    for standardise in (False, True):
+        torch.manual_seed(0)
+        model = make_model(2, width, 2, rank=0, readout="cls", standardise=standardise)
+        model.standardise_by(*standardisation(x[:300]))
+        local_update(model, x[:300].numpy(), labels[:300].numpy(), 0.03, LocalTraining(epochs=3))
+        results[standardise] = accuracy(model, x[300:].numpy(), labels[300:].numpy())
+    assert results[True] >= 95.0 > results[False] + 20.0
+    with pytest.raises(ValueError, match="block outputs"):
+        standardisation(x[:, :, :1])
+    # DINOv2's preset turns it on; the owners get it with their round's config.
+    settings = merge_settings({}, {"preset": "dinov2"})
+    assert settings["standardise"] and not merge_settings({}, None)["standardise"]
+    assert '"standardise": true' in federation_config(settings).owner_config(1)
+
+
 def test_secure_sum_in_process_is_the_fixed_point_sum():
     rng = np.random.default_rng(0)
     vectors = {i: rng.uniform(-3, 3, 50) for i in (4, 9, 11)}

@@ -103,6 +103,11 @@ def test_the_dinov2_student_distils_plans_reports_agreement_and_resumes(
     assert all(np.isfinite(a["relative_error_per_block"]))
     assert -1 <= a["final_class_token_cosine"] <= 1
     assert len(report["blocks"]) == 12 and all(b["log_n"] in (14, 15) for b in report["blocks"])
+    # Planned at the scale its precision needs, which it carries (and the provider plans at).
+    from blindfed.recipes import DINOV2_SCALE_BITS
+
+    assert student.scale_bits == DINOV2_SCALE_BITS
+    assert all(b["scale_bits"] == DINOV2_SCALE_BITS for b in report["blocks"])
     assert json.loads((out / "report.json").read_text())["agreement"] == a
     # Every 1/sqrt and 1/x reaches past its calibrated range (odd owners' samples), about as
     # precise as before.

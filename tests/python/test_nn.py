@@ -250,6 +250,20 @@ def test_save_and_load_keep_weights_and_ranges(tmp_path):
     assert [m.range.tolist() for _, m in student.approximations()] == [
         m.range.tolist() for _, m in again.approximations()
     ]
+    # The CKKS scale it is planned at travels with it; the provider plans at it.
+    from blindfed.protocol import Provider
+
+    assert again.scale_bits is None
+    default = Provider(again, mode="simulate").parameters.scale_bits
+    student.scale_bits = default + 10
+    student.save(tmp_path / "student.pt")
+    again = Student.load(tmp_path / "student.pt")
+    assert again.scale_bits == default + 10
+    assert Provider(again, mode="simulate").parameters.scale_bits == default + 10
+    assert {p["scale_bits"] for p in again.plans()} == {default + 10}
+    description = again.describe()
+    with pytest.raises(ValueError, match="scale_bits must be an integer"):
+        Student.rebuild({**description, "scale_bits": "40"}, again.state_dict())
 
 
 @pytest.mark.parametrize(

@@ -143,6 +143,19 @@ def precision(execute: dict, simulate: dict) -> list[dict]:
     return rows
 
 
+def _first_blocks(student: Any, blocks: int) -> Any:
+    """A copy of ``student`` cut after its first ``blocks`` blocks (same scale and families)."""
+    import copy
+    import dataclasses
+
+    if not 1 <= blocks <= student.config.depth:
+        raise ValueError(f"blocks must be in [1, {student.config.depth}], got {blocks}")
+    cut = copy.deepcopy(student)
+    cut.blocks = cut.blocks[:blocks]
+    cut.config = dataclasses.replace(cut.config, depth=blocks)
+    return cut
+
+
 def _plaintext(student: Any, images: np.ndarray) -> dict:
     import torch
 
@@ -164,13 +177,14 @@ def run(
     modes: tuple[str, ...] = ("execute", "simulate"),
     model: str = "mnist-vit",
     student_path: str = "",
+    blocks: int | None = None,
 ) -> dict:
     """Runs the comparison on ``samples`` digits (default: one full ciphertext group) laid out
     for ``model`` (:data:`blindfed.foundation.MODELS`), through the student saved at
-    ``student_path`` (default the zoo's, which ``dinov2-small`` does not have)."""
+    ``student_path`` (default the zoo's, which ``dinov2-small`` does not have), or through its
+    first ``blocks`` only."""
     from blindfed import zoo
-    from blindfed.foundation import check_model, digits_for
-    from blindfed.nn.student import Student
+    from blindfed.foundation import check_model, digits_for, saved_student
     from blindfed.protocol import Provider
 
     unknown = set(modes) - {"execute", "simulate"}
@@ -178,11 +192,13 @@ def run(
         raise ValueError(f"unknown modes {sorted(unknown)}; expected execute and/or simulate")
     check_model(model)
     if student_path:
-        student = Student.load(student_path).eval()
+        student = saved_student(model, student_path)
     elif model == "mnist-vit":
         student = zoo.load_student()
     else:
         raise ValueError(f"{model} has no student in the zoo: give a saved one (--student)")
+    if blocks is not None:
+        student = _first_blocks(student, blocks)
     data = digits_for(model, "train")
     if student.config.image_size != data.images.shape[-1]:
         raise ValueError(

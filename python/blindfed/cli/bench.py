@@ -57,6 +57,7 @@ def bench(args: argparse.Namespace) -> int:
                 modes=tuple(args.modes),
                 model=args.model,
                 student_path=args.student or "",
+                blocks=args.blocks,
             )
         print(e2e.format_table(report))
         write_json(args.json, report)
@@ -101,6 +102,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, help="e2e: digits (default: one ciphertext group)")
     add_model_option(p, "e2e: the foundation model whose student runs")
     p.add_argument("--student", help="e2e: a saved student (default: the zoo's)")
+    p.add_argument(
+        "--blocks",
+        type=int,
+        help="e2e: run only the student's first blocks (default all; a deep model's first "
+        "blocks show its precision in a fraction of the time)",
+    )
     p.add_argument(
         "--modes",
         type=lambda t: [m for m in t.split(",") if m],

@@ -67,11 +67,19 @@ class LocalTraining:
 
 
 def make_model(
-    blocks: int, width: int, classes: int, rank: int, readout: str = "cls"
+    blocks: int,
+    width: int,
+    classes: int,
+    rank: int,
+    readout: str = "cls",
+    standardise: bool = False,
 ) -> AdaptedClassifier:
     """The federated model: adapters on every block and a head reading the last block's
-    features through ``readout`` (``rank=0``: the head alone)."""
-    return AdaptedClassifier(blocks, width, classes, rank=rank, readout=readout)
+    features through ``readout`` (``rank=0``: the head alone), its inputs standardised by
+    each owner's statistics with ``standardise``."""
+    return AdaptedClassifier(
+        blocks, width, classes, rank=rank, readout=readout, standardise=standardise
+    )
 
 
 def _parameters(model: nn.Module | Iterable[nn.Parameter]) -> list[nn.Parameter]:

@@ -73,6 +73,8 @@ class OwnerNode:
         self.allow_insecure = allow_insecure
         self.holdout = holdout
         self._owner: DataOwner | None = None
+        # The head's input statistics, from this node's training outputs (kept while it lives).
+        self._statistics: tuple[Any, Any] | None = None
 
     def reopened(self) -> OwnerNode:
         """The same owner as a new process sees it: only what is on its disk carries over."""
@@ -99,6 +101,7 @@ class OwnerNode:
         write_atomically(self.directory / "key_seed", seed, private=True)
         write_atomically(self.directory / "offer.bin", offer, private=True)
         self._owner = owner
+        self._statistics = None  # a new session's passes give new outputs
         return hello
 
     def owner(self) -> DataOwner:
@@ -214,7 +217,7 @@ class OwnerNode:
         done = path / "contribution.npy"
         if not done.exists() or (path / "model.sha256").read_text() != digest:
             x, y = self.outputs("train")
-            model = self._model(config)
+            model = self._model(config, x)
             set_vector(model, model_vector)
             delta = local_update(
                 model,
@@ -294,19 +297,32 @@ class OwnerNode:
         set_vector(model, model_vector)
         return round(accuracy(model, x, y) * len(y) / 100), len(y)
 
-    def _model(self, config: dict[str, Any]) -> Any:
+    def _model(self, config: dict[str, Any], train: np.ndarray | None = None) -> Any:
+        """The round's model; with ``config["standardise"]``, standardising its inputs by
+        the statistics of this owner's training outputs (``train`` if given; they never
+        leave the node)."""
         from blindfed.fl.fedavg import make_model
+        from blindfed.nn.adapter import standardisation
 
         offer = self.owner()._require_offer()
-        return make_model(
+        model = make_model(
             offer.blocks,
             offer.width,
             int(config["classes"]),
             int(config["rank"]),
             str(config["readout"]),
+            bool(config["standardise"]),
         )
+        if model.standardise:
+            if self._statistics is None:
+                self._statistics = standardisation(
+                    self.outputs("train")[0] if train is None else train
+                )
+            model.standardise_by(*self._statistics)
+        return model
 
     def forget(self) -> None:
         """Deletes everything this owner keeps for the federation (keys, outputs, rounds)."""
         _shred(self.directory / "key_seed")
         shutil.rmtree(self.directory, ignore_errors=True)
+        self._statistics = None

@@ -64,6 +64,7 @@ def federation_config(s: Mapping[str, Any]) -> Any:
         ),
         rank=int(s["rank"]),
         readout=str(s["readout"]),
+        standardise=bool(s["standardise"]),
         min_owners=int(s["min-owners"]),
         threshold=int(s["threshold"]) or None,
         neighbours=int(s["neighbours"]) or None,

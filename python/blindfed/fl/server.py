@@ -73,6 +73,9 @@ class FederationConfig:
     rank: int = DEFAULTS["rank"]
     #: how the head reads the last block's features (:data:`blindfed.nn.adapter.READOUTS`).
     readout: str = _PAPER["readout"]
+    #: whether each owner standardises the head's inputs by its own statistics
+    #: (:meth:`blindfed.nn.adapter.AdaptedClassifier.standardise_by`).
+    standardise: bool = _PAPER["standardise"]
     classes: int = 10
     min_owners: int = DEFAULTS["min-owners"]
     #: shares needed to unmask; None: a majority of the round's owners (at least 2).
@@ -110,6 +113,7 @@ class FederationConfig:
                 "local": asdict(self.local),
                 "rank": self.rank,
                 "readout": self.readout,
+                "standardise": self.standardise,
                 "classes": self.classes,
             }
         )

@@ -26,14 +26,17 @@ __all__ = [
 ]
 
 #: Named sets of the optimisation settings (client learning rate and its decay, the server's
-#: optimiser, the head's readout). The defaults are ``digits``, chosen on a validation split
-#: carved from the owners' training digits (3 owners, Dirichlet 1; never the test split) by
-#: ``blindfed tune`` (:mod:`blindfed.fl.tune`; figures in docs/federation.md). ``paper`` is
-#: Tastan & Nandakumar's schedule (SGD 1e-3, x0.1 at rounds 25 and 40, plain FedAvg, the
-#: class-token head), made for 50,000 CIFAR images. ``dinov2`` is ``digits`` with the client
-#: learning rate chosen for DINOv2-S's student (``blindfed tune --model dinov2-small``, on
-#: validation outputs of the demo's owners; figures in docs/federation.md). A run config's
-#: ``preset`` replaces the keys it names; overrides given in Python replace those in turn.
+#: optimiser, the head's readout, whether the owners standardise the head's inputs). The
+#: defaults are ``digits``, chosen on a validation split carved from the owners' training
+#: digits (3 owners, Dirichlet 1; never the test split) by ``blindfed tune``
+#: (:mod:`blindfed.fl.tune`; figures in docs/federation.md). ``paper`` is Tastan &
+#: Nandakumar's schedule (SGD 1e-3, x0.1 at rounds 25 and 40, plain FedAvg, the class-token
+#: head), made for 50,000 CIFAR images. ``dinov2`` is ``digits`` with the head's inputs
+#: standardised, chosen with its client learning rate for DINOv2-S's student (``blindfed tune
+#: --model dinov2-small``, on validation outputs of the demo's owners; figures in
+#: docs/federation.md).
+#: A run config's ``preset`` replaces the keys it names; overrides given in Python replace
+#: those in turn.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "lr": 1e-3,
@@ -43,6 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "server-lr": 1.0,
         "server-momentum": 0.9,
         "readout": "cls",
+        "standardise": False,
     },
     "digits": {
         "lr": 1e-1,
@@ -52,9 +56,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "server-lr": 1.0,
         "server-momentum": 0.9,
         "readout": "cls+mean",
+        "standardise": False,
     },
 }
-PRESETS["dinov2"] = {**PRESETS["digits"], "lr": 3e-2}
+PRESETS["dinov2"] = {**PRESETS["digits"], "standardise": True}
 
 #: The preset a foundation model's demo runs with unless given one ("": the defaults).
 MODEL_PRESETS: dict[str, str] = {"mnist-vit": "", "dinov2-small": "dinov2"}

@@ -126,6 +126,10 @@ class Student(ViT):
     :attr:`owner_blocks` to the blocks that are, or leave it None to draw them per forward
     pass from the provider's block sampling (seeded by :attr:`pattern_rng`), as distillation
     must see both paths.
+
+    :attr:`scale_bits` is the CKKS scale its encrypted blocks are planned at (None: the
+    planner's default, :meth:`blindfed.block.Block.plan`): a student whose polynomials amplify
+    the encryption noise more needs more bits (saved with it; :meth:`plans`).
     """
 
     def __init__(self, config: ViTConfig, spec: str | StudentSpec | None = None) -> None:
@@ -133,6 +137,7 @@ class Student(ViT):
         super().__init__(config, _student_functions(self.spec, config.heads))
         self.owner_blocks: set[int] | None = None
         self.pattern_rng = random.Random(0)
+        self.scale_bits: int | None = None
 
     @classmethod
     def from_teacher(cls, teacher: ViT, spec: str | StudentSpec | None = None) -> Student:
@@ -442,6 +447,12 @@ class Student(ViT):
             for i in range(self.config.depth)
         ]
 
+    def plans(self, blocks: list[EncryptedBlock] | None = None) -> list[dict[str, Any]]:
+        """Each exported block's plan (its smallest secure parameters and predicted cost) at
+        :attr:`scale_bits`; ``blocks`` if already exported."""
+        options = {} if self.scale_bits is None else {"scale_bits": self.scale_bits}
+        return [b.plan(**options) for b in blocks or self.export_blocks()]
+
     # ---- saving -------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
@@ -451,6 +462,7 @@ class Student(ViT):
             "config": self.config.to_dict(),
             "spec": self.spec.text,
             "approximations": {name: m.approximation.text for name, m in self.approximations()},
+            "scale_bits": self.scale_bits,
         }
 
     @classmethod
@@ -460,9 +472,17 @@ class Student(ViT):
             config = ViTConfig.from_dict(description["config"])
             spec = StudentSpec(description["spec"])
             texts = description["approximations"]
-        except (KeyError, TypeError) as e:
+            scale_bits = description.get("scale_bits")  # students saved before it: None
+        except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed student description: {e!r}") from e
+        # Its range is the parameters' to check (planning refuses an impossible scale).
+        if scale_bits is not None and type(scale_bits) is not int:
+            raise ValueError(
+                f"malformed student description: scale_bits must be an integer or None, "
+                f"got {scale_bits!r}"
+            )
         student = cls(config, spec)
+        student.scale_bits = scale_bits
         student.load_state_dict(state)
         for name, m in student.approximations():
             if not isinstance(texts.get(name), str):

@@ -96,9 +96,10 @@ class _Meter:
         return reply
 
 
-def _plan_parameters(blocks: list[Any]) -> ckks.Parameters:
-    """One parameter set for every block: the widest of their plans."""
-    plans = [b.plan() for b in blocks]
+def _plan_parameters(student: Any, blocks: list[Any]) -> ckks.Parameters:
+    """One parameter set for every block: the widest of their plans (at the student's
+    scale)."""
+    plans = student.plans(blocks)
     return max(plans, key=lambda p: (p["log_n"], p["levels"]))["parameters"]
 
 
@@ -181,7 +182,7 @@ class Provider:
         # distilled for it (its first norm is then exact there).
         self.owner_norm = bool(student.spec.owner_norm)
         self.eps = float(student.config.eps)
-        self.parameters = parameters or _plan_parameters(self.blocks)
+        self.parameters = parameters or _plan_parameters(student, self.blocks)
         steps = {s for b in self.blocks for s in b.rotation_steps(self.parameters)}
         steps.update(permutation_rotation_steps(self.tokens, window) if self.permute else [])
         self.rotation_steps = sorted(steps)
