@@ -5,8 +5,9 @@ owners never see the model. The CKKS engine (:mod:`blindfed.ckks`), the polynomi
 approximations (:mod:`blindfed.approx`) and the encrypted transformer block
 (:mod:`blindfed.block`); with torch, distillation (:mod:`blindfed.distill`), the online
 phase (:class:`Provider` and :class:`DataOwner`, :mod:`blindfed.protocol`), federation over
-Flower with secure aggregation (:mod:`blindfed.fl`), the plaintext baselines
-(:mod:`blindfed.baselines`) and the end-to-end demo (:mod:`blindfed.demo`).
+Flower with secure aggregation (:mod:`blindfed.fl`). Apart from this library, the harness
+behind the README's figures (:mod:`blindfed.experiments`): the end-to-end demo, the
+baselines, tuning, the studies and the benchmarks.
 
 >>> import numpy as np
 >>> from blindfed import approx, block, ckks

@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Dataset", "digits", "dirichlet_partition", "mnist", "natural_partition"]
+__all__ = [
+    "Dataset",
+    "digits",
+    "digits_for_mnist_model",
+    "dirichlet_partition",
+    "mnist",
+    "natural_partition",
+]
 
 
 @dataclass(frozen=True)
@@ -154,3 +161,15 @@ def natural_partition(groups: np.ndarray) -> list[np.ndarray]:
     if groups.ndim != 1 or len(groups) == 0:
         raise ValueError(f"groups must be a non-empty 1-D array, got shape {groups.shape}")
     return [np.flatnonzero(groups == g) for g in np.unique(groups)]
+
+
+def digits_for_mnist_model(split: str = "train", *, seed: int = 0, standardise: bool = True) -> Any:
+    """scikit-learn's 8x8 digits laid out like MNIST: upsampled to 20x20 and centred in 28x28
+    on the background value (the embedded default owner data)."""
+    import torch
+
+    d = digits(split, seed=seed, standardise=standardise)
+    x = torch.as_tensor(d.images, dtype=torch.float64)
+    big = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
+    out = torch.nn.functional.pad(big, (4, 4, 4, 4), value=float(x.min()))
+    return Dataset(out.numpy(), d.labels, d.classes)

@@ -1,4 +1,5 @@
-"""The plaintext, centralised baselines (blindfed.baselines) on the zoo models and digits."""
+"""The plaintext, centralised baselines (blindfed.experiments.baselines) on the zoo models and
+digits."""
 
 from __future__ import annotations
 
@@ -7,17 +8,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from blindfed import baselines, zoo  # noqa: E402
-from blindfed.baselines import (  # noqa: E402
+from blindfed import zoo  # noqa: E402
+from blindfed.data import digits_for_mnist_model  # noqa: E402
+from blindfed.distill import accuracy  # noqa: E402
+from blindfed.experiments import baselines  # noqa: E402
+from blindfed.experiments.baselines import (  # noqa: E402
     METHODS,
     PAPER_CIFAR10,
     SETTING,
     BaselineConfig,
     run_baselines,
 )
-from blindfed.distill import accuracy  # noqa: E402
 from blindfed.nn.lora import LoRALinear, add_lora  # noqa: E402
-from blindfed.recipes import digits_for_mnist_model  # noqa: E402
 
 # LoRA of rank 8 on qkv (64 -> 192) and proj (64 -> 64) of each of the 4 blocks, and the head.
 LORA_FACTORS = 4 * (8 * 64 + 192 * 8 + 8 * 64 + 64 * 8)

@@ -38,8 +38,8 @@ def test_e2e_precision_compares_every_block_and_what_the_owner_received():
     """Two runs drawn alike record the same blocks; the report finds a planted error."""
     pytest.importorskip("torch")
     from blindfed import zoo
-    from blindfed.bench import e2e
-    from blindfed.recipes import digits_for_mnist_model
+    from blindfed.data import digits_for_mnist_model
+    from blindfed.experiments.bench import e2e
 
     student = zoo.load_student()
     data = digits_for_mnist_model("train")
@@ -87,7 +87,7 @@ def test_distill_refuses_bad_families(capsys):
 
 def test_distill_study_chooses_by_validation_and_trace():
     """The study's rule, on rows made up for it: cheapest within tolerance of the reference."""
-    from blindfed.bench.students import choose_default, format_table
+    from blindfed.experiments.bench.students import choose_default, format_table
 
     def row(name, accuracy, seconds):
         depth = {"attention": 6, "mlp": 3, "inv_sqrt": 0, "reciprocal": 0, "narrow_step": 0}
@@ -124,7 +124,7 @@ def test_distill_study_chooses_by_validation_and_trace():
 def test_provider_bench_compares_ray_evaluators_with_the_in_process_provider():
     pytest.importorskip("torch")
     pytest.importorskip("ray")
-    from blindfed.bench import provider
+    from blindfed.experiments.bench import provider
 
     # A small insecure ring keeps the test short; `blindfed bench provider` plans a 128-bit one.
     report = provider.run(groups=2, requests=2, evaluators=(2,), insecure_log_n=11)

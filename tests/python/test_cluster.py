@@ -18,7 +18,7 @@ from blindfed import ckks  # noqa: E402
 from blindfed.protocol import DataOwner, Provider  # noqa: E402
 from blindfed.protocol.evaluation import PassPlan, part_bounds  # noqa: E402
 from blindfed.protocol.messages import BlockOutput, decode  # noqa: E402
-from blindfed.protocol.privacy import label_windows  # noqa: E402
+from blindfed.protocol.permutation import label_windows  # noqa: E402
 
 # 8x8 images give 5 tokens: 204 samples fill a group at N = 2^11, so 300 samples make two.
 SAMPLES = 300

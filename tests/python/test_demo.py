@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from blindfed.cli import main  # noqa: E402
-from blindfed.demo import DemoConfig, run_demo  # noqa: E402
-from blindfed.report import accuracy_rows, render_markdown  # noqa: E402
+from blindfed.experiments.demo import DemoConfig, run_demo  # noqa: E402
+from blindfed.experiments.report import accuracy_rows, render_markdown  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -126,10 +126,10 @@ def test_demo_config_refuses_bad_settings():
 
 
 def test_each_model_runs_its_own_preset_unless_given_one(tmp_path):
-    from blindfed.demo import _settings
+    from blindfed.experiments.demo import _settings
     from blindfed.fl.run import merge_settings
     from blindfed.fl.settings import DEFAULTS, MODEL_PRESETS, PRESETS
-    from blindfed.foundation import MODELS
+    from blindfed.zoo.foundations import MODELS
 
     assert set(MODEL_PRESETS) == set(MODELS)
 

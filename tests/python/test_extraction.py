@@ -7,13 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from blindfed.nn.student import Student  # noqa: E402
-from blindfed.protocol.extraction import (  # noqa: E402
+from blindfed.experiments.extraction import (  # noqa: E402
     Scenario,
     SurrogateConfig,
     extraction_study,
     match_windows,
 )
+from blindfed.nn.student import Student  # noqa: E402
 
 
 def test_matching_recovers_a_permutation_within_windows():

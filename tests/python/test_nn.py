@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -314,12 +316,23 @@ def test_torch_student_equals_rust_mirror_equals_encrypted_block(spec):
 
 
 def test_calibration_refuses_to_chase_a_diverging_approximation():
-    from blindfed.nn.student import _check_not_diverging
+    from blindfed.nn.calibration import check_not_diverging
 
     modules = {"a": PolyApprox(Approximation.inv_sqrt(0.05, 5.0, 3, 1))}
-    _check_not_diverging("a", (0.5, 90.0), (0.1, 2.0), modules)  # a different model: widen
+    check_not_diverging("a", (0.5, 90.0), (0.1, 2.0), modules)  # a different model: widen
     with pytest.raises(ValueError, match=r"calibration diverges.*inv_sqrt"):
-        _check_not_diverging("a", (0.1, 3e20), (0.1, 2.0), modules)
+        check_not_diverging("a", (0.1, 3e20), (0.1, 2.0), modules)
+
+
+def test_calibration_refuses_a_range_float32_training_cannot_hold():
+    """A DINOv2 student with the paper's exp numerator crashed its second distillation epoch
+    on a row-sum range widened past float32's top; such a range is now a clear error."""
+    from blindfed.nn.calibration import check_representable
+
+    check_representable("a", (1e-9, 3e38))
+    for bad in ((1.0, 3.5e38), (-math.inf, 1.0), (0.0, math.nan)):
+        with pytest.raises(ValueError, match=r"calibration: blocks.3.attn.softmax.reciprocal"):
+            check_representable("blocks.3.attn.softmax.reciprocal", bad)
 
 
 def test_a_power_softmax_reciprocal_is_not_widened_past_its_reference(monkeypatch):

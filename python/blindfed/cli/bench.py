@@ -33,14 +33,14 @@ def _names(text: str) -> list[str]:
 def bench(args: argparse.Namespace) -> int:
     """Benchmarks against a baseline timed in the same run."""
     if args.what == "ckks":
-        from blindfed.bench import ckks as ckks_bench
+        from blindfed.experiments.bench import ckks as ckks_bench
 
         report = ckks_bench.run(args.sets or ckks_bench.DEFAULT_SETS, repeats=args.repeats)
         print(ckks_bench.format_table(report))
         write_json(args.json, report)
         return 0
     if args.what == "block":
-        from blindfed.bench import block as block_bench
+        from blindfed.experiments.bench import block as block_bench
 
         set_num_threads(args.threads)
         report = block_bench.run(tuple(args.shapes), tuple(args.estimate))
@@ -48,7 +48,7 @@ def bench(args: argparse.Namespace) -> int:
         write_json(args.json, report)
         return 0
     if args.what == "e2e":
-        from blindfed.bench import e2e
+        from blindfed.experiments.bench import e2e
 
         set_num_threads(args.threads)
         with usage_errors():
@@ -63,7 +63,7 @@ def bench(args: argparse.Namespace) -> int:
         write_json(args.json, report)
         return 0
     if args.what == "provider":
-        from blindfed.bench import provider as provider_bench
+        from blindfed.experiments.bench import provider as provider_bench
 
         set_num_threads(args.threads)
         report = provider_bench.run(args.groups, args.requests, tuple(args.evaluators))

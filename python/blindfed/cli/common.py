@@ -32,8 +32,8 @@ def write_json(path: str | None, report: dict) -> None:
 
 
 def add_model_option(p: argparse.ArgumentParser, help: str) -> None:
-    """``--model``: one of :data:`blindfed.foundation.MODELS`, the first by default."""
-    from blindfed.foundation import MODELS
+    """``--model``: one of :data:`blindfed.zoo.foundations.MODELS`, the first by default."""
+    from blindfed.zoo.foundations import MODELS
 
     p.add_argument(
         "--model", choices=MODELS, default=MODELS[0], help=f"{help} (default %(default)s)"

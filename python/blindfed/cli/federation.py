@@ -10,8 +10,8 @@ from blindfed.cli.common import add_model_option, usage_errors, write_json
 
 
 def demo(args: argparse.Namespace) -> int:
-    """The whole mission on the embedded default (see :mod:`blindfed.demo`)."""
-    from blindfed.demo import DemoConfig, run_demo, summary
+    """The whole mission on the embedded default (see :mod:`blindfed.experiments.demo`)."""
+    from blindfed.experiments.demo import DemoConfig, run_demo, summary
 
     with usage_errors():
         config = DemoConfig(
@@ -46,8 +46,8 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def tune_cmd(args: argparse.Namespace) -> int:
-    """Learning rates chosen on a validation split (see :mod:`blindfed.fl.tune`)."""
-    from blindfed.fl.tune import TuneConfig, run_tune
+    """Learning rates chosen on a validation split (see :mod:`blindfed.experiments.tune`)."""
+    from blindfed.experiments.tune import TuneConfig, run_tune
 
     set_num_threads(args.threads)
     with usage_errors():
@@ -71,8 +71,8 @@ def tune_cmd(args: argparse.Namespace) -> int:
 
 
 def study_cmd(args: argparse.Namespace) -> int:
-    """The paper's tables' shapes on digits (see :mod:`blindfed.fl.study`)."""
-    from blindfed.fl.study import StudyConfig, run_study
+    """The paper's tables' shapes on digits (see :mod:`blindfed.experiments.study`)."""
+    from blindfed.experiments.study import StudyConfig, run_study
 
     set_num_threads(args.threads)
     with usage_errors():
@@ -91,9 +91,9 @@ def study_cmd(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds the commands to the ``blindfed`` parser."""
-    from blindfed.demo import DemoConfig
+    from blindfed.experiments.demo import DemoConfig
+    from blindfed.experiments.study import StudyConfig
     from blindfed.fl.settings import DEFAULTS, OWNERS, PRESETS
-    from blindfed.fl.study import StudyConfig
 
     p = sub.add_parser(
         "demo",
@@ -209,7 +209,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--splits", type=int, help="validation splits BlindFed is scored on (default 3)")
     p.add_argument(
-        "--parts", help="what to tune, comma-separated (default: every part of blindfed.fl.tune)"
+        "--parts",
+        help="what to tune, comma-separated (default: every part of blindfed.experiments.tune)",
     )
     add_model_option(p, "the foundation model whose student and baselines are tuned")
     p.add_argument("--student", help="a saved student (default: the zoo's, or distilled in --out)")

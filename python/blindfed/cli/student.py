@@ -21,7 +21,7 @@ def _spec_text(args: argparse.Namespace) -> str:
 
 def distill_cmd(args: argparse.Namespace) -> int:
     """Distils the zoo teacher into its FHE-friendly student on MNIST and reports accuracy;
-    with ``--study``, every candidate family (see :mod:`blindfed.bench.students`)."""
+    with ``--study``, every candidate family (see :mod:`blindfed.experiments.bench.students`)."""
     import torch
 
     from blindfed.approx import StudentSpec
@@ -47,7 +47,7 @@ def distill_cmd(args: argparse.Namespace) -> int:
         if args.model == "dinov2-small":
             if args.study:
                 raise ValueError("--study distils the MNIST ViT's candidates only")
-            from blindfed.recipes import DINOV2_DISTILL
+            from blindfed.experiments.recipes import DINOV2_DISTILL
 
             # Its schedule is layer-wise throughout: epochs given are all stage I.
             epochs = {"stage1_epochs": given["epochs"]} if "epochs" in given else {}
@@ -55,7 +55,7 @@ def distill_cmd(args: argparse.Namespace) -> int:
         else:
             config = DistillConfig(**given)
     if args.study:
-        from blindfed.bench.students import format_table, run_study
+        from blindfed.experiments.bench.students import format_table, run_study
 
         names = [n for n in (args.candidates or "").split(",") if n] or None
         report = run_study(args.out, candidates=names, seeds=args.seeds, config=config)
@@ -64,7 +64,7 @@ def distill_cmd(args: argparse.Namespace) -> int:
         write_json(args.json, report)
         return 0
     if args.model == "dinov2-small":
-        from blindfed.recipes import distill_dinov2
+        from blindfed.experiments.recipes import distill_dinov2
 
         report = distill_dinov2(args.out, spec=spec, config=config)
         a = report["agreement"]
@@ -76,7 +76,7 @@ def distill_cmd(args: argparse.Namespace) -> int:
             + f"  (distillation {report['epoch_seconds']:.0f} s on {report['threads']} threads)"
         )
     else:
-        from blindfed.recipes import distill_mnist
+        from blindfed.experiments.recipes import distill_mnist
 
         report = distill_mnist(args.out, spec=spec, config=config)
         print(f"student: {report['spec']}")
@@ -107,7 +107,7 @@ def adapt_cmd(args: argparse.Namespace) -> int:
     """One owner adapts the zoo student to scikit-learn's digits through the online phase."""
     import torch
 
-    from blindfed.recipes import adapt_digits
+    from blindfed.experiments.recipes import adapt_digits
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,7 +154,7 @@ def extraction_cmd(args: argparse.Namespace) -> int:
 
     from blindfed import zoo
     from blindfed.data import mnist
-    from blindfed.protocol.extraction import SurrogateConfig, extraction_study
+    from blindfed.experiments.extraction import SurrogateConfig, extraction_study
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,10 +11,8 @@
 - :mod:`~blindfed.fl.dispatch`: the actions an owner answers.
 - :mod:`~blindfed.fl.settings`: a federation's settings (run-config keys, their defaults,
   presets), the one source of every default; :mod:`~blindfed.fl.run`: its two roles.
-- :mod:`~blindfed.fl.baselines`: FedAvg of linear probing, LoRA and full fine-tuning of the
-  teacher (plaintext, not double-blind), over :mod:`~blindfed.fl.secure_sum` (a SecAgg round
-  in one process).
-- :mod:`~blindfed.fl.tune`: ``blindfed tune``, learning rates chosen on a validation split.
+- :mod:`~blindfed.fl.secure_sum`: a SecAgg round in one process (the federated baselines of
+  :mod:`blindfed.experiments.federated_baselines` add up through it).
 - :mod:`~blindfed.fl.app`: the Flower ServerApp and ClientApp (``flwr`` 1.42, Python 3.11+);
   :mod:`~blindfed.fl.deploy`: Flower's deployment runtime on one machine.
 

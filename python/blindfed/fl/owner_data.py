@@ -103,13 +103,13 @@ class OwnerData:
         model: str = "mnist-vit",
     ) -> OwnerData:
         """Owner ``owner``'s share of the embedded default: digits laid out for ``model`` (one
-        of :data:`blindfed.foundation.MODELS`; the default's are laid out like MNIST).
+        of :data:`blindfed.zoo.foundations.MODELS`; the default's are laid out like MNIST).
 
         ``train_samples`` / ``test_samples`` cap the whole federation's splits (for quick
         runs) before they are shared out.
         """
         from blindfed.data import dirichlet_partition
-        from blindfed.foundation import check_model, digits_for
+        from blindfed.zoo.foundations import check_model, digits_for
 
         if not 0 <= owner < owners:
             raise ValueError(f"owner must be in [0, {owners}), got {owner}")

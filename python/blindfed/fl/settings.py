@@ -29,7 +29,7 @@ __all__ = [
 #: optimiser, the head's readout, whether the owners standardise the head's inputs). The
 #: defaults are ``digits``, chosen on a validation split carved from the owners' training
 #: digits (3 owners, Dirichlet 1; never the test split) by ``blindfed tune``
-#: (:mod:`blindfed.fl.tune`; figures in docs/federation.md). ``paper`` is Tastan &
+#: (:mod:`blindfed.experiments.tune`; figures in docs/federation.md). ``paper`` is Tastan &
 #: Nandakumar's schedule (SGD 1e-3, x0.1 at rounds 25 and 40, plain FedAvg, the class-token
 #: head), made for 50,000 CIFAR images. ``dinov2`` is ``digits`` with the head's inputs
 #: standardised, chosen with its client learning rate for DINOv2-S's student (``blindfed tune

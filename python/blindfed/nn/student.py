@@ -34,9 +34,15 @@ import torch
 from blindfed.approx import Approximation, StudentSpec, student_spec
 from blindfed.block import Block as EncryptedBlock
 from blindfed.nn.approx import PolyApprox, PolyGELU, PolySoftmax
+from blindfed.nn.calibration import (
+    check_not_diverging,
+    check_representable,
+    far,
+    within_bound,
+)
 from blindfed.nn.norm import AffineNorm, PolyLayerNorm
 from blindfed.nn.vit import Functions, ViT, ViTConfig
-from blindfed.protocol.privacy import block_pattern, request_starts
+from blindfed.protocol.block_sampling import block_pattern, request_starts
 
 __all__ = ["Student"]
 
@@ -57,52 +63,6 @@ def _student_functions(spec: StudentSpec, heads: int) -> Functions:
         return PolySoftmax(spec.numerator, spec.reciprocal)
 
     return Functions(norm=norm, softmax=softmax, act=lambda block: PolyGELU(spec.gelu))
-
-
-def _far(seen: tuple[float, float] | None, exact: tuple[float, float] | None) -> bool:
-    """Whether ``seen`` reaches a hundred widths of ``exact`` beyond it."""
-    if seen is None or exact is None:
-        return False
-    width = max(exact[1] - exact[0], 1e-6 * max(abs(exact[0]), abs(exact[1]), 1.0))
-    return seen[0] < exact[0] - 100 * width or seen[1] > exact[1] + 100 * width
-
-
-def _within_bound(
-    seen: tuple[float, float] | None, exact: tuple[float, float] | None
-) -> tuple[float, float] | None:
-    """``seen`` cut to the hundred widths around ``exact`` that :func:`_far` allows (a range
-    wholly beyond them shrinks to the nearer edge, so it stays a range)."""
-    if seen is None or exact is None:
-        return seen
-    width = max(exact[1] - exact[0], 1e-6 * max(abs(exact[0]), abs(exact[1]), 1.0))
-    lo, hi = exact[0] - 100 * width, exact[1] + 100 * width
-    return min(max(seen[0], lo), hi), max(min(seen[1], hi), lo)
-
-
-def _check_not_diverging(
-    name: str,
-    seen: tuple[float, float] | None,
-    exact: tuple[float, float] | None,
-    modules: dict[str, PolyApprox],
-) -> None:
-    """Refuses to chase inputs that an inaccurate earlier approximation blew up.
-
-    The student legitimately differs from the exact model (Quad is not GELU), so only inputs
-    a hundred widths beyond the exact model's are taken for a blow-up.
-    """
-    if not _far(seen, exact):
-        return
-    # Quad stands in for GELU without approximating it: not a suspect.
-    suspects = {k: m for k, m in modules.items() if m.approximation.name != "gelu_quad"} or modules
-    worst = max(suspects.items(), key=lambda kv: kv[1].approximation.max_error(501)[1])
-    raise ValueError(
-        f"calibration diverges: {name} sees inputs in [{seen[0]:.4g}, {seen[1]:.4g}] where the "
-        f"exact model gives [{exact[0]:.4g}, {exact[1]:.4g}]; the least accurate approximation "
-        f"is {worst[0]} ({worst[1].approximation!r}, relative error "
-        f"{worst[1].approximation.max_error(501)[1]:.3g} on its range). Use a higher degree or "
-        "more Newton steps, or calibrate on non-degenerate data (an untrained model's ~constant "
-        "tokens give LayerNorm variances near 0)"
-    )
 
 
 def _block_of(name: str) -> str:
@@ -307,7 +267,7 @@ class Student(ViT):
             if constants:
                 self._calibrate_constants(batches)
             for name, m in modules.items():
-                self._fit(m, exact[name], margin, widen=False)
+                self._fit(name, m, exact[name], margin, widen=False)
             # What the exact pass cannot show (the 1/x of a power's row sums) is observed with
             # the families everywhere else, that function still exact, then fitted.
             unset = {name: modules[name] for name, seen in exact.items() if seen is None}
@@ -317,7 +277,7 @@ class Student(ViT):
                 report = self._observe(batches)
                 for name, m in unset.items():
                     m.exact = False
-                    self._fit(m, report[name]["observed"], margin, widen=False)
+                    self._fit(name, m, report[name]["observed"], margin, widen=False)
                     # This pass is such a function's reference from now on: without one, a
                     # blow-up upstream (one image whose 1/sqrt explodes) would widen its range
                     # unbounded (to 1e38), and its 1/x would be garbage on the real sums.
@@ -332,18 +292,18 @@ class Student(ViT):
                 # A later module's blow-up may be an earlier one's doing: only the first one
                 # out of range is held to the divergence check, the rest wait a pass.
                 if strict:
-                    _check_not_diverging(
+                    check_not_diverging(
                         outside[0], report[outside[0]]["observed"], exact[outside[0]], modules
                     )
                 block = _block_of(outside[0])
                 for name in outside:
                     seen = report[name]["observed"]
-                    if _block_of(name) != block or (name != outside[0] and _far(seen, exact[name])):
+                    if _block_of(name) != block or (name != outside[0] and far(seen, exact[name])):
                         break
                     if not strict:
                         # Not past the divergence bound: training clamps to the range.
-                        seen = _within_bound(seen, exact[name])
-                    self._fit(modules[name], seen, margin, widen=True)
+                        seen = within_bound(seen, exact[name])
+                    self._fit(name, modules[name], seen, margin, widen=True)
         finally:
             self.set_exact(False)
             self.train(was_training)
@@ -365,7 +325,9 @@ class Student(ViT):
         return report
 
     @staticmethod
-    def _fit(m: PolyApprox, seen: tuple[float, float] | None, margin: float, widen: bool) -> None:
+    def _fit(
+        name: str, m: PolyApprox, seen: tuple[float, float] | None, margin: float, widen: bool
+    ) -> None:
         if seen is None:
             return
         lo, hi = seen
@@ -377,6 +339,7 @@ class Student(ViT):
         if m.function in ("reciprocal", "inv_sqrt"):
             # Positive functions: keep the range positive (the inputs are).
             lo = max(lo, seen[0] / (1.0 + margin), 1e-9)
+        check_representable(name, (lo, hi))
         m.set_range(lo, hi)
 
     @torch.no_grad()

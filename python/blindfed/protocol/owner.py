@@ -34,7 +34,7 @@ from blindfed.protocol.messages import (
     OwnerHello,
     decode,
 )
-from blindfed.protocol.privacy import label_windows
+from blindfed.protocol.permutation import label_windows
 
 __all__ = ["BlockOutputs", "DataOwner", "Pass"]
 

@@ -22,6 +22,7 @@ import numpy as np
 from blindfed import ckks
 from blindfed._core import permutation_rotation_steps
 from blindfed.block import PackedBatch
+from blindfed.protocol.block_sampling import Random, block_pattern
 from blindfed.protocol.evaluation import (
     PassPlan,
     evaluate_pass,
@@ -38,7 +39,7 @@ from blindfed.protocol.messages import (
     OwnerHello,
     decode,
 )
-from blindfed.protocol.privacy import Random, block_pattern, window_permutation
+from blindfed.protocol.permutation import window_permutation
 
 if TYPE_CHECKING:
     from blindfed.protocol.cluster import RayCluster
@@ -127,7 +128,7 @@ class Provider:
         window: the most samples one permutation window may hold.
         privacy: stochastic block sampling and permutations (off only for comparisons).
         permute, sample_blocks: either defence alone (each defaults to ``privacy``), for
-            studies such as :mod:`blindfed.protocol.extraction`.
+            studies such as :mod:`blindfed.experiments.extraction`.
         sample_budget: the most samples one session may start passes with (training passes
             and inference together); None for no limit. Every pass draws new revealed blocks,
             and passes of the same images can be linked by their last block, so repeated

@@ -77,7 +77,8 @@ def load_student(name: str = "mnist_vit") -> Student:
     if _check(name) in _OPT_IN:
         raise ValueError(
             f"the zoo ships no student of {name}: distil one with blindfed distill --model "
-            f"{name.replace('_', '-')} (or blindfed.recipes.distill_{name.split('_')[0]}) and "
+            f"{name.replace('_', '-')} (or blindfed.experiments.recipes."
+            f"distill_{name.split('_')[0]}) and "
             "load it with blindfed.nn.student.Student.load"
         )
     return Student.load(path(f"{name}_student")).eval()

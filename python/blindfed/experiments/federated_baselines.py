@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from blindfed.baselines import _accuracy, _copy, _head_inputs, _new_head
+from blindfed.experiments.baselines import _accuracy, _copy, _head_inputs, _new_head
 from blindfed.fl.fedavg import LocalTraining, Schedule, get_vector, set_vector
 from blindfed.fl.owner_data import OwnerData
 from blindfed.fl.secure_sum import secure_sum
@@ -52,7 +52,8 @@ FEDERATED_METHODS: tuple[str, ...] = ("fedavg_linear_probe", "fedavg_lora", "fed
 FEDERATED_SETTING = "plaintext, federated (SecAgg), not double-blind"
 
 #: Per method, the client learning rate (SGD) chosen on the validation split by
-#: ``blindfed tune`` (:data:`blindfed.fl.tune.FEDERATED_GRID`; figures in docs/federation.md).
+#: ``blindfed tune`` (:data:`blindfed.experiments.tune.FEDERATED_GRID`; figures in
+#: docs/federation.md).
 LEARNING_RATES: dict[str, float] = {
     "fedavg_linear_probe": 1.0,
     "fedavg_lora": 3e-2,
@@ -88,7 +89,7 @@ class FederatedBaselineConfig:
     update_bound: float = UPDATE_BOUND
     seed: int = DEFAULTS["seed"]
     #: torch's intra-op threads while the baselines run (restored after; None: left alone).
-    #: One by default, as for the centralised baselines (:class:`blindfed.baselines.
+    #: One by default, as for the centralised baselines (:class:`blindfed.experiments.baselines.
     #: BaselineConfig`): on these small matrices more threads cost more than they gain.
     threads: int | None = 1
 

@@ -4,8 +4,8 @@
    FHE-friendly student is the one shipped with the package, or distilled again on MNIST with a
    short schedule (``distill_epochs``). Both are measured on held-out MNIST and one student
    block is planned for encryption. ``model="dinov2-small"`` runs a real pretrained model
-   instead, DINOv2-S/14 at 112 px (:mod:`blindfed.foundation`), whose student the provider
-   distils first (checkpointed; about 40 minutes on 2 cores) and measures by its agreement
+   instead, DINOv2-S/14 at 112 px (:mod:`blindfed.experiments.foundation`), whose student the
+   provider distils first (checkpointed; about 40 minutes on 2 cores) and measures by its agreement
    with the teacher.
 2. **The owners.** ``owners`` data owners hold a Dirichlet(``alpha``) label-skewed share of
    scikit-learn's digits (laid out as the model takes images) and an even share of its test
@@ -19,11 +19,11 @@
 4. **Federated rounds**: local training of adapters and head, SecAgg+ so the provider learns
    only the sum, weighted FedAvg, evaluation on the owners' test outputs every round.
 5. **Baselines** on the same frozen teacher and data, in plaintext and not double-blind:
-   centralised (:mod:`blindfed.baselines`) and federated over the same owners, rounds and
-   secure aggregation (:mod:`blindfed.fl.baselines`: FedAvg of a linear probe and of LoRA),
-   and the paper's figures for reference.
-6. **The report** (:mod:`blindfed.report`): ``report.json``, ``report.md`` and PNG plots in
-   ``out``.
+   centralised (:mod:`blindfed.experiments.baselines`) and federated over the same owners,
+   rounds and secure aggregation (:mod:`blindfed.experiments.federated_baselines`: FedAvg of a
+   linear probe and of LoRA), and the paper's figures for reference.
+6. **The report** (:mod:`blindfed.experiments.report`): ``report.json``, ``report.md`` and PNG
+   plots in ``out``.
 
 Steps 3 and 4 are one federation run over Flower's simulation runtime (``runtime="flower"``:
 the ServerApp in this process, each owner's ClientApp in a Ray worker, every protocol message
@@ -49,11 +49,11 @@ import numpy as np
 
 from blindfed import __version__, num_threads, set_num_threads
 from blindfed.fl.settings import DEFAULTS, MODEL_PRESETS, OWNERS
-from blindfed.foundation import MODELS, check_model
+from blindfed.zoo.foundations import MODELS, check_model
 
 __all__ = ["DemoConfig", "run_demo"]
 
-log = logging.getLogger("blindfed.demo")
+log = logging.getLogger("blindfed.experiments.demo")
 
 
 @dataclass
@@ -61,7 +61,7 @@ class DemoConfig:
     """The demo's settings (the ``blindfed demo`` options)."""
 
     out: str = "blindfed-demo"
-    #: The foundation model (:data:`blindfed.foundation.MODELS`): the embedded MNIST ViT, or
+    #: The foundation model (:data:`blindfed.zoo.foundations.MODELS`): the embedded MNIST ViT, or
     #: the opt-in DINOv2-S/14.
     model: str = MODELS[0]
     #: A saved student to use instead (a path; "": the zoo's, or distilled in ``out``).
@@ -296,7 +296,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     """Runs the demo; returns the report (also written to ``config.out``)."""
     import torch
 
-    from blindfed.report import write_report
+    from blindfed.experiments.report import write_report
 
     config = config or DemoConfig()
     if config.threads:
@@ -312,7 +312,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
         f"{config.mode} mode, {num_threads()} threads, output in {out}"
     )
     runtime = _pick_runtime(config.runtime, say)
-    from blindfed.foundation import load_foundation
+    from blindfed.experiments.foundation import load_foundation
 
     foundation = load_foundation(
         config.model,
@@ -407,7 +407,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
         },
     }
     if config.baselines:
-        from blindfed.baselines import PAPER_CIFAR10, BaselineConfig, run_baselines
+        from blindfed.experiments.baselines import PAPER_CIFAR10, BaselineConfig, run_baselines
 
         say("baselines: plaintext, centralised, the same frozen teacher and data")
         train_x = np.concatenate([d.train_images for d in shares])
@@ -428,7 +428,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
             config=baseline_config,
             progress=say,
         )
-        from blindfed.fl.baselines import (
+        from blindfed.experiments.federated_baselines import (
             MODEL_LEARNING_RATES,
             FederatedBaselineConfig,
             run_federated,
@@ -461,7 +461,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
 
 def summary(report: dict[str, Any]) -> str:
     """The short table printed at the end of the demo."""
-    from blindfed.report import accuracy_rows
+    from blindfed.experiments.report import accuracy_rows
 
     rows = accuracy_rows(report)
     width = max([len("method"), *(len(name) for name, _, _ in rows)])

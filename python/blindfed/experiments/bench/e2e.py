@@ -180,12 +180,12 @@ def run(
     blocks: int | None = None,
 ) -> dict:
     """Runs the comparison on ``samples`` digits (default: one full ciphertext group) laid out
-    for ``model`` (:data:`blindfed.foundation.MODELS`), through the student saved at
+    for ``model`` (:data:`blindfed.zoo.foundations.MODELS`), through the student saved at
     ``student_path`` (default the zoo's, which ``dinov2-small`` does not have), or through its
     first ``blocks`` only."""
     from blindfed import zoo
-    from blindfed.foundation import check_model, digits_for, saved_student
     from blindfed.protocol import Provider
+    from blindfed.zoo.foundations import check_model, digits_for, saved_student
 
     unknown = set(modes) - {"execute", "simulate"}
     if unknown:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from blindfed.approx import StudentSpec, student_spec
-from blindfed.data import mnist
+from blindfed.data import digits_for_mnist_model, mnist
 from blindfed.distill import DistillConfig, accuracy, distill
 from blindfed.nn.student import Student
 
@@ -36,7 +36,6 @@ __all__ = [
     "DINOV2_AUX_SAMPLES",
     "DINOV2_DISTILL",
     "DINOV2_HEADROOM",
-    "DINOV2_SCALE_BITS",
     "agreement",
     "dinov2_validation",
     "distill_dinov2",
@@ -117,12 +116,6 @@ DINOV2_AUX_SAMPLES = 2000
 DINOV2_HEADROOM = 4.0
 #: A widened 1/sqrt's or 1/x's relative error (or its error before, if that was larger).
 INV_SQRT_RELATIVE_ERROR = 1e-5
-#: The CKKS scale the DINOv2 student's blocks are planned at (:attr:`Student.scale_bits`).
-#: At the planner's 30 bits (N = 2^14) its block 0 differs from the mirror by 7.0e-2 of the
-#: output's range on a full group of 126 digits; at 40 bits (N = 2^15) by 8.0e-5: the error
-#: is encryption noise amplified by the widened 1/sqrt and 1/x chains, and shrinks with the
-#: scale (2^10 more bits, 880 times less).
-DINOV2_SCALE_BITS = 40
 
 
 def distill_dinov2(
@@ -155,7 +148,7 @@ def distill_dinov2(
         progress,
         f"mnist fit split in DINOv2's layout ({len(images)} images at {dinov2.IMAGE_SIZE} px)",
         headroom=DINOV2_HEADROOM,
-        scale_bits=DINOV2_SCALE_BITS,
+        scale_bits=dinov2.SCALE_BITS,
     )
     validation = dinov2_validation()
     report.update(
@@ -307,18 +300,6 @@ def _write_report(out: str | Path, report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def digits_for_mnist_model(split: str = "train", *, seed: int = 0, standardise: bool = True) -> Any:
-    """scikit-learn's 8x8 digits laid out like MNIST: upsampled to 20x20 and centred in 28x28
-    on the background value (the embedded default owner data)."""
-    from blindfed.data import Dataset, digits
-
-    d = digits(split, seed=seed, standardise=standardise)
-    x = torch.as_tensor(d.images, dtype=torch.float64)
-    big = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
-    out = torch.nn.functional.pad(big, (4, 4, 4, 4), value=float(x.min()))
-    return Dataset(out.numpy(), d.labels, d.classes)
-
-
 def adapt_digits(
     *,
     mode: str = "simulate",
@@ -343,9 +324,9 @@ def adapt_digits(
     provider's draws (revealed blocks, permutations) reproducible; the default is its CSPRNG.
     """
     from blindfed import zoo
+    from blindfed.experiments.extraction import match_windows
     from blindfed.nn.adapter import AdaptedClassifier, TrainConfig, accuracy, train
     from blindfed.protocol import DataOwner, Provider
-    from blindfed.protocol.extraction import match_windows
 
     say = progress or (lambda _: None)
     train_set = digits_for_mnist_model("train", seed=seed)

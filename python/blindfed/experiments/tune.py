@@ -12,12 +12,14 @@ rest and are scored on the held-out images; the test split is never loaded. The 
   patch tokens, both; :data:`~blindfed.nn.adapter.READOUTS`) x client learning rate over the
   first stage's choice, scored the same way (:data:`BLINDFED_STAGES`); the winner is the
   ``digits`` preset of :mod:`blindfed.fl.run`.
-- ``central``: the centralised baselines' learning rates (:mod:`blindfed.baselines`), trained
-  on the union of the owners' remaining images, then the probes' readout at the chosen rate.
-- ``federated``: the federated baselines' client learning rates (:mod:`blindfed.fl.baselines`),
-  and the federated linear probe's readout x rate.
+- ``central``: the centralised baselines' learning rates
+  (:mod:`blindfed.experiments.baselines`), trained on the union of the owners' remaining
+  images, then the probes' readout at the chosen rate.
+- ``federated``: the federated baselines' client learning rates
+  (:mod:`blindfed.experiments.federated_baselines`), and the federated linear probe's readout
+  x rate.
 
-Another foundation model (``model``, :data:`blindfed.foundation.MODELS`) has its own grid
+Another foundation model (``model``, :data:`blindfed.zoo.foundations.MODELS`) has its own grid
 (:data:`STAGES`): DINOv2-S's student is tuned on its client learning rate alone, over the
 ``digits`` preset. With ``passes`` (a finished demo's ``--out``), BlindFed's candidates skip the
 online phase: each owner reuses that demo's cached block outputs and holds out a seeded
@@ -97,9 +99,10 @@ STAGES: dict[str, tuple[str, dict[str, tuple[dict[str, Any], ...]]]] = {
 
 PARTS: tuple[str, ...] = (*BLINDFED_STAGES, "central", "federated")
 
-#: The centralised baselines' settings (:class:`~blindfed.baselines.BaselineConfig` fields),
-#: the methods that each one drives and its candidates, chosen in this order (a field is tried
-#: with the values already chosen for the fields before it that drive the same methods).
+#: The centralised baselines' settings
+#: (:class:`~blindfed.experiments.baselines.BaselineConfig` fields), the methods that each one
+#: drives and its candidates, chosen in this order (a field is tried with the values already
+#: chosen for the fields before it that drive the same methods).
 CENTRAL_GRID: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {
     "head_lr": (("linear_probe", "student_head"), (3e-3, 1e-2, 3e-2)),
     "probe_readout": (("linear_probe", "student_head"), tuple(READOUTS)),
@@ -128,7 +131,7 @@ class TuneConfig:
     #: (0.35 points) between neighbouring candidates. The baselines use the first split.
     splits: int = 3
     parts: tuple[str, ...] = PARTS
-    #: The foundation model (:data:`blindfed.foundation.MODELS`) and its saved student (""
+    #: The foundation model (:data:`blindfed.zoo.foundations.MODELS`) and its saved student (""
     #: for the zoo's, or, for DINOv2-S, distilled into ``out``).
     model: str = "mnist-vit"
     student: str = ""
@@ -137,7 +140,7 @@ class TuneConfig:
     passes: str = ""
 
     def __post_init__(self) -> None:
-        from blindfed.foundation import check_model
+        from blindfed.zoo.foundations import check_model
 
         check_model(self.model)
         unknown = set(self.parts) - set(PARTS)
@@ -363,7 +366,7 @@ def _student(config: TuneConfig, out: Path, say: Callable) -> Any:
     """The student BlindFed's candidates federate: ``config.student``, the zoo's, or (for a
     model the zoo has none of) distilled into ``out`` like the demo's."""
     from blindfed import zoo
-    from blindfed.foundation import load_foundation
+    from blindfed.experiments.foundation import load_foundation
 
     if config.model == "mnist-vit" and not config.student:
         return zoo.load_student()
@@ -372,8 +375,9 @@ def _student(config: TuneConfig, out: Path, say: Callable) -> Any:
 
 def _central(config: TuneConfig, data: tuple, rows: _Rows, out: Path, say: Callable) -> dict:
     """The centralised baselines' fields, those of the methods ``config.model`` affords."""
-    from blindfed.baselines import BaselineConfig, run_baselines
-    from blindfed.foundation import baselines_of, load_teacher
+    from blindfed.experiments.baselines import BaselineConfig, run_baselines
+    from blindfed.experiments.foundation import baselines_of
+    from blindfed.zoo.foundations import load_teacher
 
     affordable = baselines_of(config.model)[0]
     models = {"teacher": load_teacher(config.model), "student": _student(config, out, say)}
@@ -414,8 +418,9 @@ def _federated(
     """With BlindFed's chosen server optimiser (when that part ran), so that the baselines
     and BlindFed differ only in what the owners train; then the linear probe's readout at its
     chosen rate."""
-    from blindfed.fl.baselines import FederatedBaselineConfig, run_federated
-    from blindfed.foundation import baselines_of, load_teacher
+    from blindfed.experiments.federated_baselines import FederatedBaselineConfig, run_federated
+    from blindfed.experiments.foundation import baselines_of
+    from blindfed.zoo.foundations import load_teacher
 
     teacher = load_teacher(config.model)
     affordable = baselines_of(config.model)[1]

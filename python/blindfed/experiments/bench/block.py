@@ -22,8 +22,8 @@ import numpy as np
 from blindfed import ckks, num_threads
 from blindfed._core import answer_refresh
 from blindfed.approx import StudentSpec
-from blindfed.bench.timing import median_seconds
 from blindfed.block import SHAPES, Block, PackedBatch, random_weights
+from blindfed.experiments.bench.timing import median_seconds
 
 PAPER = {"shape": "vit_base", "seconds_per_sample": 136.0, "megabytes_per_sample": 17.33}
 

@@ -7,11 +7,11 @@ block, the federation's rounds) and two plots, ``accuracy_per_round.png`` and
 axes, so a notebook can redraw the plots from a saved ``report.json``::
 
     import json, matplotlib.pyplot as plt
-    from blindfed.report import plot_accuracy
+    from blindfed.experiments.report import plot_accuracy
     report = json.load(open("demo-out/report.json"))
     plot_accuracy(report, plt.gca())
 
-The document's keys (all written by :mod:`blindfed.demo`): ``mode`` ("execute" or
+The document's keys (all written by :mod:`blindfed.experiments.demo`): ``mode`` ("execute" or
 "simulate"), ``settings``, ``model`` (teacher and student accuracy, the block plan),
 ``owners`` (one entry each: samples, labels), ``online`` (``per_block``: seconds, bytes up and
 down, samples and revealed count per block; totals), ``federation`` (``runtime``, ``rounds``:

@@ -2,10 +2,11 @@
 
 Table 1: rows full fine-tuning, LoRA, linear probing (of the teacher), BlindFed and BlindFed
 without block sampling (every block revealed, nothing permuted); columns centralised (one
-party holds all training digits: the plaintext baselines of :mod:`blindfed.baselines`; BlindFed
-needs at least two owners, so its cells there are empty) and ``owners`` owners at each
-Dirichlet ``alpha`` (the federated baselines of :mod:`blindfed.fl.baselines` and BlindFed's
-federation, simulate mode). Table 3: ``owner_counts`` owners at alpha 1.
+party holds all training digits: the plaintext baselines of
+:mod:`blindfed.experiments.baselines`; BlindFed needs at least two owners, so its cells there
+are empty) and ``owners`` owners at each Dirichlet ``alpha`` (the federated baselines of
+:mod:`blindfed.experiments.federated_baselines` and BlindFed's federation, simulate mode).
+Table 3: ``owner_counts`` owners at alpha 1.
 
 Data: scikit-learn's digits (1,438 training, 359 test images laid out like MNIST), shared out
 by :meth:`~blindfed.fl.owner_data.OwnerData.digits_share`; with 50 owners that is about 29
@@ -175,7 +176,7 @@ def _cell(config: StudyConfig, key: dict[str, Any], out: Path) -> float:
         )
         return float(result["history"][-1]["accuracy"])
     from blindfed import zoo
-    from blindfed.fl.baselines import FederatedBaselineConfig, run_federated
+    from blindfed.experiments.federated_baselines import FederatedBaselineConfig, run_federated
     from blindfed.fl.run import federation_config, merge_settings
 
     settings = merge_settings({}, {"rounds": config.rounds, "seed": config.seed})
@@ -192,7 +193,7 @@ def _centralised(config: StudyConfig, method: str) -> float:
     """One party holds what all the owners hold (the same caps and draw as their shares)."""
     import numpy as np
 
-    from blindfed.baselines import BaselineConfig, run_baselines
+    from blindfed.experiments.baselines import BaselineConfig, run_baselines
 
     shares = _shares(config, 2, 1.0)
     results = run_baselines(

@@ -70,7 +70,12 @@ def shape_costs(
     """The tracer's prediction for one block of ``shape`` with ``spec``'s families: random
     weights at a trained ViT's scale, ranges calibrated on ViT-like activations, a power's
     shift from a student if given. ``units`` caches unit costs per (log_n, levels)."""
-    from blindfed.bench.block import estimate_seconds, student_block, traffic, unit_costs
+    from blindfed.experiments.bench.block import (
+        estimate_seconds,
+        student_block,
+        traffic,
+        unit_costs,
+    )
 
     block = student_block(shape, spec, seed=seed, shift=shift)
     plan = block.plan()
@@ -154,8 +159,8 @@ def _row(
     from dataclasses import replace
 
     from blindfed.data import mnist
+    from blindfed.experiments.recipes import distill_mnist
     from blindfed.nn.student import Student
-    from blindfed.recipes import distill_mnist
 
     spec = spec_of(name)
     directory = _directory(out, name)
