@@ -80,9 +80,28 @@ def test_adapt_runs_the_online_phase_in_simulate_mode(tmp_path, capsys):
 def test_distill_refuses_bad_families(capsys):
     pytest.importorskip("torch")
     assert main(["distill", "--softmax", "chebyshev:x", "--out", "unused"]) == 2
-    assert "chebyshev:x" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "chebyshev:x" in err and "not key=value" not in err  # refused for what it is
     assert main(["distill", "--spec", "norm=batch", "--out", "unused"]) == 2
     assert "norm" in capsys.readouterr().err
+
+
+def test_distill_slot_options_apply_over_the_spec_or_preset():
+    import argparse
+
+    from blindfed.approx import StudentSpec
+    from blindfed.cli import student
+
+    parser = argparse.ArgumentParser()
+    student.register(parser.add_subparsers(dest="command"))
+
+    def spec(*argv: str) -> StudentSpec:
+        return StudentSpec(student._spec_text(parser.parse_args(["distill", *argv])))
+
+    assert spec("--gelu", "chebyshev:15").text == StudentSpec("gelu=chebyshev:15").text
+    paper = spec("--spec", "paper", "--gelu", "chebyshev:15")
+    assert paper.numerator.kind == "exp:taylor:6" and paper.gelu.kind == "gelu:chebyshev:15"
+    assert spec("--spec", "norm=affine", "--gelu", "quad").text == StudentSpec("norm=affine").text
 
 
 def test_distill_study_chooses_by_validation_and_trace():

@@ -10,8 +10,9 @@ from blindfed.cli.common import add_model_option, usage_errors, write_json
 
 
 def _spec_text(args: argparse.Namespace) -> str:
-    """``--spec`` with the per-slot options appended (later keys win; parsed in the core)."""
-    parts = [args.spec]
+    """``--spec`` with the per-slot options appended (later keys win; parsed in the core). A
+    preset's name becomes ``preset=NAME``: the core reads a name alone, not before pairs."""
+    parts = [args.spec if "=" in args.spec else f"preset={args.spec}"]
     for key in ("softmax", "denominator", "norm", "gelu", "owner_norm"):
         value = getattr(args, key)
         if value is not None:
