@@ -436,14 +436,20 @@ class PolySoftmax(nn.Module):
                 self._row_sums.append(self.numerator(x).sum(dim=-1).mean(dim=(0, 2)).double())
                 self.numerator.exact = exact
         if self.exact:
-            # The teacher's softmax; an exp numerator's 1/x sees the teacher's sums (a power's
-            # sums are of another scale: its 1/x is calibrated on the student's own).
+            # The teacher's softmax; an exp numerator's 1/x sees the teacher's sums. A power's
+            # sums are of another scale: its 1/x sees the power's own sums of the teacher's
+            # scores, which no approximation upstream can have blown up.
             self.numerator._observe(x)
             if self.reciprocal is not None and self.numerator.function == "exp":
                 e = x.exp()
                 den = e.sum(dim=-1, keepdim=True)
                 self.reciprocal._observe(den)
                 return e / den
+            if self.reciprocal is not None and isinstance(self.numerator, PowerApprox):
+                with torch.no_grad():
+                    shift = self.numerator.shift.to(x.dtype)
+                    sums = _power(x + shift, self.numerator.p).sum(dim=-1, keepdim=True)
+                    self.reciprocal._observe(sums)
             return torch.softmax(x, dim=-1)
         e = self.numerator(x)
         if self._row_sums is not None:

@@ -266,22 +266,15 @@ class Student(ViT):
             self.set_exact(False)
             if constants:
                 self._calibrate_constants(batches)
+                # A power's sums change with its shift: its 1/x is observed again.
+                self.set_exact(True)
+                again = self._observe(batches)
+                self.set_exact(False)
+                for name, m in modules.items():
+                    if m.function == "reciprocal":
+                        exact[name] = again[name]["observed"]
             for name, m in modules.items():
                 self._fit(name, m, exact[name], margin, widen=False)
-            # What the exact pass cannot show (the 1/x of a power's row sums) is observed with
-            # the families everywhere else, that function still exact, then fitted.
-            unset = {name: modules[name] for name, seen in exact.items() if seen is None}
-            if unset:
-                for m in unset.values():
-                    m.exact = True
-                report = self._observe(batches)
-                for name, m in unset.items():
-                    m.exact = False
-                    self._fit(name, m, report[name]["observed"], margin, widen=False)
-                    # This pass is such a function's reference from now on: without one, a
-                    # blow-up upstream (one image whose 1/sqrt explodes) would widen its range
-                    # unbounded (to 1e38), and its 1/x would be garbage on the real sums.
-                    exact[name] = report[name]["observed"]
             # Downstream inputs are only trusted once everything upstream is in range: each
             # pass widens the out-of-range ranges of the first block that has any.
             for _ in range(rounds * (self.config.depth + 1)):
