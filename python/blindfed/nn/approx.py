@@ -342,7 +342,12 @@ class PowerApprox(PolyApprox):
             # As for every approximation: trained on its range, evaluated unclamped.
             lo, hi = self.range.tolist()
             x = x.clamp(lo, hi)
-        return _power(x + self.shift.to(x.dtype), self.p)
+        return self.power_of(x)
+
+    def power_of(self, x: torch.Tensor, shift: float | None = None) -> torch.Tensor:
+        """``(x + shift)^p`` as the core computes it, at the learned shift unless one is
+        given; unclamped and unobserved (what calibration and fitting the shift use)."""
+        return _power(x + (self.shift.to(x.dtype) if shift is None else shift), self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, shift={float(self.shift):.4g}, " + super().extra_repr()
@@ -410,7 +415,7 @@ class PolySoftmax(nn.Module):
         want = torch.softmax(rows, dim=-1)
         best = (math.inf, -lo)
         for c in torch.linspace(-lo - 0.5 * (hi - lo), -lo + 2.0 * (hi - lo), candidates).tolist():
-            e = _power(rows + c, self.numerator.p)
+            e = self.numerator.power_of(rows, c)
             err = float(((e / e.sum(dim=-1, keepdim=True).clamp_min(1e-300) - want) ** 2).mean())
             best = min(best, (err, c))
         self.numerator.shift.fill_(best[1])
@@ -447,9 +452,7 @@ class PolySoftmax(nn.Module):
                 return e / den
             if self.reciprocal is not None and isinstance(self.numerator, PowerApprox):
                 with torch.no_grad():
-                    shift = self.numerator.shift.to(x.dtype)
-                    sums = _power(x + shift, self.numerator.p).sum(dim=-1, keepdim=True)
-                    self.reciprocal._observe(sums)
+                    self.reciprocal._observe(self.numerator.power_of(x).sum(dim=-1, keepdim=True))
             return torch.softmax(x, dim=-1)
         e = self.numerator(x)
         if self._row_sums is not None:

@@ -196,10 +196,11 @@ class Student(ViT):
         }
 
     @torch.no_grad()
-    def _calibrate_constants(self, batches: Iterable[torch.Tensor]) -> None:
+    def _calibrate_constants(self, batches: Iterable[torch.Tensor]) -> bool:
         """Initial learned constants: affine statistics from what the exact norms see, power
         shifts whose maps are nearest the exact softmax's, and constant denominators at the
-        mean row sum of the numerators."""
+        mean row sum of the numerators. True if a power with a fitted shift feeds a 1/x (whose
+        range must then be observed again)."""
         norms = [m for m in self.modules() if isinstance(m, AffineNorm)]
         softmaxes = [m for m in self.modules() if isinstance(m, PolySoftmax)]
         powers = [m for m in softmaxes if hasattr(m.numerator, "shift")]
@@ -229,6 +230,7 @@ class Student(ViT):
                 sums = m.stop_observing_sums()
                 if m.log_denominator is not None and sums is not None:
                     m.log_denominator.copy_(sums.clamp_min(1e-6).log())
+        return any(m.reciprocal is not None for m in powers)
 
     def calibrate(
         self,
@@ -264,8 +266,7 @@ class Student(ViT):
             report = self._observe(batches)
             exact = {name: r["observed"] for name, r in report.items()}
             self.set_exact(False)
-            if constants:
-                self._calibrate_constants(batches)
+            if constants and self._calibrate_constants(batches):
                 # A power's sums change with its shift: its 1/x is observed again.
                 self.set_exact(True)
                 again = self._observe(batches)
