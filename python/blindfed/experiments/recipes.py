@@ -90,15 +90,21 @@ def distill_mnist(
     return _write_report(out, report)
 
 
-#: How the zoo's DINOv2 student is distilled: layer-wise throughout (its teacher has no
-#: classifier to match), the first epoch on the families' constants alone, the second
-#: teacher-forced, on :data:`DINOV2_AUX_SAMPLES` auxiliary images; ranges calibrated on 256 of
-#: them after each epoch (each calibration pass runs the whole student over them, up to 52
-#: passes while the first blocks settle), and on all of them at the end. Sized for this
-#: machine's budget, not tuned: no other schedule was tried.
+#: How the zoo's DINOv2 student is distilled: one epoch on the families' constants alone (the
+#: power numerators' shifts, layer-wise and teacher-forced), the weights left the teacher's, on
+#: :data:`DINOV2_AUX_SAMPLES` auxiliary images; ranges calibrated on 256 of them before and
+#: after the epoch (each calibration pass runs the whole student over them, up to 52 passes
+#: while the first blocks settle), and on all of them at the end. Chosen on validation (a
+#: seeded 20 % of the owners' training digits; a logistic probe, C chosen on it, on each
+#: feature of the last block's class token and patch mean, standardised): the teacher reaches
+#: 99.7 %, this student 95.1 %, the teacher's weights with the families calibrated and no epoch
+#: 95.8 %. The earlier schedule (5 epochs, the weights trained layer-wise on the provider's
+#: MNIST) agreed far better with the teacher on MNIST (final class-token cosine 0.81, this one
+#: -0.06) and transferred worse: its digits probe was 89.9 % (by a probe whose teacher figure
+#: was 96.5 %). Training the weights fits the student to the auxiliary data, not the owners'.
 DINOV2_DISTILL = DistillConfig(
-    epochs=5,
-    stage1_epochs=5,
+    epochs=1,
+    stage1_epochs=1,
     warm_start_epochs=1,
     teacher_forced_epochs=1,
     lr=2e-4,
