@@ -195,15 +195,22 @@ class Student(ViT):
             for name, m in modules.items()
         }
 
+    def _power_softmaxes(self) -> list[PolySoftmax]:
+        """The softmaxes whose numerator is a power with a learned shift."""
+        return [
+            m
+            for m in self.modules()
+            if isinstance(m, PolySoftmax) and hasattr(m.numerator, "shift")
+        ]
+
     @torch.no_grad()
-    def _calibrate_constants(self, batches: Iterable[torch.Tensor]) -> bool:
+    def _calibrate_constants(self, batches: Iterable[torch.Tensor]) -> None:
         """Initial learned constants: affine statistics from what the exact norms see, power
         shifts whose maps are nearest the exact softmax's, and constant denominators at the
-        mean row sum of the numerators. True if a power with a fitted shift feeds a 1/x (whose
-        range must then be observed again)."""
+        mean row sum of the numerators."""
         norms = [m for m in self.modules() if isinstance(m, AffineNorm)]
         softmaxes = [m for m in self.modules() if isinstance(m, PolySoftmax)]
-        powers = [m for m in softmaxes if hasattr(m.numerator, "shift")]
+        powers = self._power_softmaxes()
         self.set_exact(True)
         for m in norms:
             m.start_observing()
@@ -230,7 +237,6 @@ class Student(ViT):
                 sums = m.stop_observing_sums()
                 if m.log_denominator is not None and sums is not None:
                     m.log_denominator.copy_(sums.clamp_min(1e-6).log())
-        return any(m.reciprocal is not None for m in powers)
 
     def calibrate(
         self,
@@ -266,7 +272,9 @@ class Student(ViT):
             report = self._observe(batches)
             exact = {name: r["observed"] for name, r in report.items()}
             self.set_exact(False)
-            if constants and self._calibrate_constants(batches):
+            if constants:
+                self._calibrate_constants(batches)
+            if constants and any(m.reciprocal is not None for m in self._power_softmaxes()):
                 # A power's sums change with its shift: its 1/x is observed again.
                 self.set_exact(True)
                 again = self._observe(batches)
